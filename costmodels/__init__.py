@@ -1,0 +1,1 @@
+"""Cost models: analytical counts, table lookup, surrogates, expected cost."""

@@ -1,0 +1,137 @@
+"""The ``hwcost`` command: one subcommand per job, each a thin layer over a function.
+
+Bad input ends in one line on stderr and exit code 2, never a traceback
+(set HWCOST_DEBUG=1 to see one).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _user_errors() -> tuple[type, ...]:
+    from spaces.errors import HwcostError
+    errors: list[type] = [HwcostError]
+    try:
+        from device_tables.errors import TableError
+        errors.append(TableError)
+    except ImportError:  # pragma: no cover - table layer not present
+        pass
+    return tuple(errors)
+
+
+def _fmt_m(v: float) -> str:
+    return f"{v / 1e6:.3f} M"
+
+
+def _print_costs(d: dict) -> None:
+    rows = [("network", " ".join(str(d[k]) for k in ("space", "genotype", "arch", "network") if k in d)),
+            ("input", "x".join(map(str, d["input_shape"]))),
+            ("params", _fmt_m(d["params"])),
+            ("params (with aux head)", _fmt_m(d["params_with_aux"])),
+            ("MACs (conv + linear)", _fmt_m(d["macs"])),
+            ("MACs (+ BN, pooling)", _fmt_m(d["macs_with_bn"])),
+            ("activations written", f"{d['activation_bytes'] / 2**20:.2f} MiB"),
+            ("model size", f"{d['model_bytes'] / 2**20:.2f} MiB")]
+    w = max(len(r[0]) for r in rows)
+    for k, v in rows:
+        print(f"{k:<{w}}  {v}")
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", default="darts", help="darts | sharpdarts | nb201 (default darts)")
+    p.add_argument("--genotype", help="built-in name (e.g. DARTS_V2) or a genotype file (JSON or Genotype(...) literal)")
+    p.add_argument("--arch", help="NB201 architecture string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")
+    p.add_argument("--network", default="cifar10", help="cifar10 (C=36, 20 cells) | imagenet (C=48, 14 cells)")
+
+
+def cmd_cost(args) -> int:
+    from .api import cost
+    d = cost(args.space, args.genotype, args.arch, args.network)
+    if args.json:
+        print(json.dumps(d, indent=1))
+    else:
+        _print_costs(d)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .api import export
+    d = export(args.onnx, args.space, args.genotype, args.arch, args.network, atol=args.atol)
+    if args.json:
+        print(json.dumps(d, indent=1))
+    else:
+        print(f"wrote {d['onnx']} ({d['nodes']} nodes, opset {d['opset']}); onnx.checker: ok; "
+              f"max abs diff vs PyTorch on ONNX Runtime CPU: {d['max_abs_diff']:.2e}")
+    return 0
+
+
+def cmd_spaces(args) -> int:
+    from .api import list_spaces_info
+    info = list_spaces_info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    for s in info:
+        print(f"{s['space']}: {s['description']}")
+        print(f"  searchable: {', '.join(s['searchable'])}")
+        print(f"  fixed parts: {', '.join(s['fixed'])}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(out_dir=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hwcost", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("cost", help="analytical costs of a network (params, MACs, memory, size)")
+    _add_target_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cost)
+
+    p = sub.add_parser("export", help="export a network to ONNX and check it against PyTorch")
+    _add_target_args(p)
+    p.add_argument("--onnx", required=True, help="output .onnx path")
+    p.add_argument("--atol", type=float, default=1e-4, help="fail if ORT differs from PyTorch by more")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("spaces", help="list spaces and their ops")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_spaces)
+
+    p = sub.add_parser("demo", help="the main job on embedded defaults")
+    p.add_argument("--out", default="out/demo", help="directory for the demo's files")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from .cmd_table import add_table_parser
+        add_table_parser(sub)
+    except ImportError:  # pragma: no cover
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as e:
+        if os.environ.get("HWCOST_DEBUG"):
+            raise
+        print(f"hwcost: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hwcost: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Profilers: backends, shape enumeration, measurement, remote bundles, ONNX export."""

@@ -1,0 +1,1 @@
+"""The search engine: supernets, strategies, objectives, derivation."""
