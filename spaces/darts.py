@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from . import blocks as B
+from .errors import HwcostError
 from .registry import register_op, register_space
 
 SPACE = "darts"
@@ -78,17 +79,20 @@ def register_cell_fixed_parts(space: str) -> None:
         """Cell input preprocessing: ReLU, 1x1 conv, BN."""
         return B.ReLUConvBN(c_in, c_out, 1, stride, 0, affine)
 
-    @register_op(space, "factorized_reduce", searchable=False, parametric=True)
+    @register_op(space, "factorized_reduce", searchable=False, parametric=True,
+                 example={"stride": 2})
     def _fr(c_in, c_out, stride, affine):
         """Preprocessing of s0 after a reduction cell (stride 2)."""
         return B.FactorizedReduce(c_in, c_out, affine)
 
-    @register_op(space, "stem_cifar", searchable=False, parametric=True)
+    @register_op(space, "stem_cifar", searchable=False, parametric=True,
+                 example={"c_in": 3, "c_out": 24})
     def _stem(c_in, c_out, stride, affine):
         """3x3 conv (3 -> 3C) + BN."""
         return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
 
-    @register_op(space, "stem0_imagenet", searchable=False, parametric=True)
+    @register_op(space, "stem0_imagenet", searchable=False, parametric=True,
+                 example={"c_in": 3, "c_out": 16, "stride": 2, "h": 32})
     def _stem0(c_in, c_out, stride, affine):
         """conv 3x3 s2 (3 -> C/2), BN, ReLU, conv 3x3 s2 (C/2 -> C), BN."""
         return nn.Sequential(
@@ -96,24 +100,28 @@ def register_cell_fixed_parts(space: str) -> None:
             nn.ReLU(inplace=False),
             nn.Conv2d(c_out // 2, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out))
 
-    @register_op(space, "stem1_imagenet", searchable=False, parametric=True)
+    @register_op(space, "stem1_imagenet", searchable=False, parametric=True,
+                 example={"stride": 2})
     def _stem1(c_in, c_out, stride, affine):
         """ReLU, conv 3x3 s2 (C -> C), BN."""
         return nn.Sequential(nn.ReLU(inplace=False),
                              nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
                              nn.BatchNorm2d(c_out))
 
-    @register_op(space, "classifier", searchable=False, parametric=True)
+    @register_op(space, "classifier", searchable=False, parametric=True,
+                 example={"c_out": 10})
     def _cls(c_in, c_out, stride, affine):
         """Global average pool -> linear (c_out = number of classes)."""
         return B.Classifier(c_in, c_out)
 
-    @register_op(space, "aux_head_cifar", searchable=False, parametric=True)
+    @register_op(space, "aux_head_cifar", searchable=False, parametric=True,
+                 example={"c_out": 10})
     def _aux_c(c_in, c_out, stride, affine):
         """Auxiliary head (8x8 input), c_out = number of classes."""
         return B.AuxHeadCIFAR(c_in, c_out)
 
-    @register_op(space, "aux_head_imagenet", searchable=False, parametric=True)
+    @register_op(space, "aux_head_imagenet", searchable=False, parametric=True,
+                 example={"c_out": 10, "h": 14})
     def _aux_i(c_in, c_out, stride, affine):
         """Auxiliary head (14x14 input), c_out = number of classes."""
         return B.AuxHeadImageNet(c_in, c_out)
@@ -124,13 +132,15 @@ def register_cell_fixed_parts(space: str) -> None:
 def register_sum_concat(space: str, concat: bool) -> None:
     """Node sum (and the cell output concat) as ops, so tables and profiles see them."""
 
-    @register_op(space, "node_sum", searchable=False, same_channels=True, extras=("n_inputs",))
+    @register_op(space, "node_sum", searchable=False, same_channels=True, extras=("n_inputs",),
+                 example={"n_inputs": 2})
     def _sum(c_in, c_out, stride, affine, n_inputs=2):
         """Sum of a node's incoming edges."""
         return B.NodeSum(n_inputs)
 
     if concat:
-        @register_op(space, "concat", searchable=False, extras=("n_inputs",))
+        @register_op(space, "concat", searchable=False, extras=("n_inputs",),
+                     example={"c_out": 32, "n_inputs": 4})
         def _cat(c_in, c_out, stride, affine, n_inputs=4):
             """Channel concat of n inputs of c_in channels each (c_out = n * c_in)."""
             return B.Concat(n_inputs)

@@ -69,7 +69,7 @@ def _edges(value, where: str) -> tuple[Edge, ...]:
         pairs = [tuple(e) for e in value]
     except TypeError:
         pairs = None
-    for pair in pairs or [None]:
+    for pair in pairs if pairs is not None else [None]:
         ok = (pair is not None and len(pair) == 2 and isinstance(pair[0], str)
               and isinstance(pair[1], int) and not isinstance(pair[1], bool))
         if not ok:

@@ -56,12 +56,12 @@ class ResBlock(nn.Module):
         return self.downsample(x) + self.conv_b(self.conv_a(x))
 
 
-register_op(SPACE, "stem", searchable=False, parametric=True)(
+register_op(SPACE, "stem", searchable=False, parametric=True, example={"c_in": 3, "c_out": 16})(
     lambda c_in, c_out, stride, affine: nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)))
-register_op(SPACE, "resblock", searchable=False, parametric=True)(
+register_op(SPACE, "resblock", searchable=False, parametric=True, example={"c_out": 16, "stride": 2})(
     lambda c_in, c_out, stride, affine: ResBlock(c_in, c_out, affine))
-register_op(SPACE, "classifier", searchable=False, parametric=True)(
+register_op(SPACE, "classifier", searchable=False, parametric=True, example={"c_out": 10})(
     lambda c_in, c_out, stride, affine: B.Classifier(c_in, c_out, pre_act=True, affine=affine))
 register_sum_concat(SPACE, concat=False)
 

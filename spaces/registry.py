@@ -27,6 +27,8 @@ class OpSpec:
     same_channels: bool    # searchable ops map C -> C; fixed parts may change channels
     extras: tuple[str, ...] = ()  # names of op-specific shape arguments (part of the op key)
     doc: str = ""
+    # A shape the op takes: build_op kwargs plus the input's h (tests, docs).
+    example: tuple[tuple[str, int], ...] = (("c_in", 8), ("c_out", 8), ("stride", 1), ("h", 8))
 
 
 @dataclass
@@ -61,8 +63,11 @@ def register_space(name: str, description: str, primitives: tuple[str, ...] = ()
 
 
 def register_op(space: str, name: str, *, searchable: bool = True, parametric: bool = False,
-                same_channels: bool | None = None, extras: tuple[str, ...] = ()):
-    """Decorator: ``@register_op("darts", "sep_conv_3x3", parametric=True)``."""
+                same_channels: bool | None = None, extras: tuple[str, ...] = (), example: dict | None = None):
+    """Decorator: ``@register_op("darts", "sep_conv_3x3", parametric=True)``.
+
+    ``example`` overrides the default example shape (c_in=c_out=8, stride 1, 8x8).
+    """
 
     def deco(factory):
         if space not in _SPACES:
@@ -71,9 +76,10 @@ def register_op(space: str, name: str, *, searchable: bool = True, parametric: b
         if name in sp.ops:
             warnings.warn(f"op {space}/{name} registered twice; keeping the first", stacklevel=2)
             return factory
+        ex = {"c_in": 8, "c_out": 8, "stride": 1, "h": 8, **(example or {})}
         sp.ops[name] = OpSpec(space, name, factory, searchable, parametric,
                               searchable if same_channels is None else same_channels,
-                              tuple(extras), (factory.__doc__ or "").strip())
+                              tuple(extras), (factory.__doc__ or "").strip(), tuple(sorted(ex.items())))
         return factory
 
     return deco
