@@ -13,13 +13,8 @@ import sys
 
 def _user_errors() -> tuple[type, ...]:
     from spaces.errors import HwcostError
-    errors: list[type] = [HwcostError]
-    try:
-        from device_tables.errors import TableError
-        errors.append(TableError)
-    except ImportError:  # pragma: no cover - table layer not present
-        pass
-    return tuple(errors)
+    from device_tables.errors import TableError
+    return (HwcostError, TableError)
 
 
 def _fmt_m(v: float) -> str:
@@ -110,11 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="directory for the demo's files")
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from .cmd_table import add_table_parser
-        add_table_parser(sub)
-    except ImportError:  # pragma: no cover
-        pass
+    from .cmd_table import add_table_parser
+    add_table_parser(sub)
     return parser
 
 

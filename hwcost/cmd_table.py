@@ -1,0 +1,125 @@
+"""``hwcost table ...``: show, validate, merge, export and import device tables.
+
+A thin layer over ``device_tables``. TableError is deliberately not caught
+here: the main CLI turns it into one ``hwcost: error: ...`` line. A TABLE
+argument is a path or a bundled table name (``raspi4``, ``nb201_raspi4``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from device_tables import (DeviceTable, bundled_table_path, import_nb201_csv, list_bundled, load_table,
+                           merge_tables, save_table, to_csv)
+
+_MAX_CONFLICTS_SHOWN = 20
+
+
+def _load(name: str, expect_space: str | None = None) -> DeviceTable:
+    return load_table(bundled_table_path(name), expect_space=expect_space)
+
+
+def _fmt_dict(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "-"
+
+
+def _aligned(rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in rows]
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    table = _load(args.table)
+    medians = [e.median_ms for e in table.entries]
+    summary = [
+        ["table", table.source or args.table],
+        ["kind", f"{table.kind}-level, spaces: {', '.join(table.spaces)}"],
+        ["device", _fmt_dict(table.device)],
+        ["runtime", _fmt_dict(table.runtime)],
+        ["measurement", _fmt_dict(table.measurement)],
+        ["created", table.created],
+        ["provenance", _fmt_dict(table.provenance)],
+        ["entries", f"{len(table)}" + (f" (median {min(medians):.4g} .. {max(medians):.4g} ms)" if medians else "")],
+    ]
+    print("\n".join(_aligned(summary, set())))
+    shown = table.entries[: args.limit]
+    if shown:
+        rows = [["key", "median_ms", "p10_ms", "p90_ms", "n", "quality"]]
+        rows += [[e.key.to_str(), f"{e.median_ms:.4g}", f"{e.p10_ms:.4g}", f"{e.p90_ms:.4g}", str(e.n), e.quality]
+                 for e in shown]
+        print()
+        print("\n".join(_aligned(rows, {1, 2, 3, 4})))
+        if len(table) > len(shown):
+            print(f"... {len(table) - len(shown)} more (--limit N)")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    table = _load(args.table, expect_space=args.space)
+    print(f"ok: {len(table)} entries ({table.kind}-level, spaces {', '.join(table.spaces)}, "
+          f"device {table.device['name']}) in {table.source}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    merged, conflicts = merge_tables([_load(t) for t in args.tables], force=args.force)
+    save_table(merged, args.out)
+    for c in conflicts[:_MAX_CONFLICTS_SHOWN]:
+        print(f"conflict: {c}")
+    if len(conflicts) > _MAX_CONFLICTS_SHOWN:
+        print(f"... and {len(conflicts) - _MAX_CONFLICTS_SHOWN} more conflicts")
+    print(f"wrote {args.out}: {len(merged)} entries from {len(args.tables)} tables, {len(conflicts)} conflicts")
+    return 0
+
+
+def cmd_csv(args: argparse.Namespace) -> int:
+    table = _load(args.table)
+    rows = to_csv(table, args.out if args.out else sys.stdout)
+    if args.out:
+        print(f"wrote {args.out}: {rows} rows")
+    return 0
+
+
+def cmd_import_csv(args: argparse.Namespace) -> int:
+    table = import_nb201_csv(args.csv, args.device, args.out)
+    print(f"wrote {args.out}: {len(table)} architectures, device {args.device}")
+    return 0
+
+
+def add_table_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``table`` and its subcommands on the main CLI's subparsers."""
+    bundled = ", ".join(list_bundled()) or "none"
+    parser = subparsers.add_parser("table", help="show, validate, merge, export or import device tables",
+                                   description=f"Device tables. TABLE is a path or a bundled name ({bundled}).")
+    sub = parser.add_subparsers(dest="table_command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("show", help="header summary and the first entries")
+    p.add_argument("table", metavar="TABLE")
+    p.add_argument("--limit", type=int, default=20, help="entries to list (default 20)")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("validate", help="check a table completely; prints 'ok: N entries'")
+    p.add_argument("table", metavar="TABLE")
+    p.add_argument("--space", help="also require the table to be measured for this space")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("merge", help="merge tables of one device/runtime (more samples win)")
+    p.add_argument("tables", nargs="+", metavar="TABLE")
+    p.add_argument("--out", required=True, help="output table (.json, or .json.gz to compress)")
+    p.add_argument("--force", action="store_true", help="merge even if devices or runtime settings differ")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("csv", help="export one row per entry as CSV")
+    p.add_argument("table", metavar="TABLE")
+    p.add_argument("--out", help="CSV file (default: stdout)")
+    p.set_defaults(func=cmd_csv)
+
+    p = sub.add_parser("import-csv", help="import a NAS-Bench-201 latency CSV column as an arch-level table")
+    p.add_argument("csv", metavar="CSV")
+    p.add_argument("--device", required=True, metavar="COLUMN", help="device column, e.g. raspi4")
+    p.add_argument("--out", required=True, help="output table (.json or .json.gz)")
+    p.set_defaults(func=cmd_import_csv)
+    return parser
