@@ -105,8 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="directory for the demo's files")
     p.set_defaults(func=cmd_demo)
 
+    from .cmd_bundle import add_bundle_parsers
+    from .cmd_fit import add_fit_parser
+    from .cmd_search import add_search_parser
     from .cmd_table import add_table_parser
     add_table_parser(sub)
+    add_bundle_parsers(sub)
+    add_fit_parser(sub)
+    add_search_parser(sub)
     return parser
 
 

@@ -122,4 +122,7 @@ def add_table_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", required=True, metavar="COLUMN", help="device column, e.g. raspi4")
     p.add_argument("--out", required=True, help="output table (.json or .json.gz)")
     p.set_defaults(func=cmd_import_csv)
+
+    from .cmd_bundle import add_table_import_parser  # results.json of a remote runner
+    add_table_import_parser(sub)
     return parser

@@ -1,0 +1,645 @@
+#!/usr/bin/env python3
+"""hwcost remote runner: time every op model of a bundle with ONNX Runtime on this device.
+
+    python3 runner.py bundle.zip --out results.json [--threads 1] [--rel-ci 0.02]
+                      [--max-time 2] [--provider CPUExecutionProvider] [--resume]
+    python3 bundle.zip --out results.json ...     (the bundle runs this file itself)
+
+A single file that needs only Python 3.8+, numpy and onnxruntime, so that it
+runs on a Raspberry Pi, an Android phone under Termux or any Linux board
+(``pip install numpy onnxruntime``). It never imports torch or hwcost.
+
+For each key of the bundle's ``manifest.json`` it builds an ONNX Runtime
+session with a fixed number of intra-op threads, warms up, and then takes
+samples of ``k`` back-to-back runs each (``k`` chosen so a sample lasts at
+least ~0.5 ms, so the timer's resolution and overhead do not matter), until the
+half-width of the median's 95% confidence interval -- distribution-free, from
+order statistics -- is under ``--rel-ci`` of the median, or the per-key time
+cap is hit (quality "ok" or "capped"; "noisy" when IQR/median > 10%, as the
+local profiler flags it).
+The median is reported rather than the mean because it is robust to the
+occasional preemption by another process.
+
+Each measured key is appended to a journal (``<out>.journal``, JSON lines,
+flushed and fsynced) so an interrupted run continues with ``--resume``; at
+the end ``<out>`` is written atomically and the journal removed.  Exit status:
+0 all keys measured, 1 some keys failed (listed in the results), 2 bad input
+(a bad zip, a missing manifest, an unsupported manifest version, ...), 130
+interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from datetime import datetime, timezone
+
+MANIFEST_FORMAT = "hwcost.bundle"
+MANIFEST_VERSIONS = (1,)
+RESULTS_FORMAT = "hwcost.runner_results"
+RESULTS_VERSION = 1
+JOURNAL_FORMAT = "hwcost.runner_journal"
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
+# Measurement settings the manifest may set and the command line may override.
+DEFAULT_SETTINGS = {
+    "provider": "CPUExecutionProvider",
+    "threads": 1,
+    "rel_ci": 0.02,        # stop when the median's 95% CI half-width is under this fraction of it
+    "max_time_s": 2.0,     # per-key cap on warm-up + sampling
+    "warmup_s": 0.2,       # per-key warm-up (first runs allocate, JIT kernels, fill caches)
+    "min_sample_s": 0.0005,  # a sample is k runs lasting at least this long
+    "min_samples": 10,
+    "max_samples": 100000,
+    "noisy_iqr": 0.10,     # IQR / median above this -> quality "noisy" (as the local profiler)
+    "seed": 0,
+}
+CONFIDENCE = 0.95
+# The environment fields that must agree for a journal to be resumed on this device.
+_ENV_IDENTITY = ("device_name", "cpu_model", "machine", "onnxruntime", "provider", "threads")
+
+
+class RunnerError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------- statistics
+
+def median_ci_ranks(n: int, confidence: float = CONFIDENCE):
+    """0-based ranks (lo, hi) of a distribution-free CI for the median of n samples, or None.
+
+    The number of samples below the true median is Binomial(n, 1/2), so
+    [x_(j), x_(n+1-j)] (1-based order statistics) covers the median with
+    probability 1 - 2 P(B <= j-1); j is the largest rank keeping that >=
+    ``confidence``. Exact for n <= 1000, normal approximation above.
+    """
+    alpha = 1.0 - confidence
+    if n > 1000:
+        z = statistics.NormalDist().inv_cdf((1.0 + confidence) / 2.0)
+        j = int(math.floor(n / 2.0 - z * math.sqrt(n) / 2.0))
+        return (j - 1, n - j) if j >= 1 else None
+    total = 2 ** n
+    cdf, j = 0.0, 0
+    while True:  # cdf = P(B <= j); rank j+1 is allowed while 2 * P(B <= j) <= alpha
+        cdf += math.comb(n, j) / total
+        if 2.0 * cdf > alpha or j + 1 > n // 2:
+            break
+        j += 1
+    return (j - 1, n - j) if j >= 1 else None
+
+
+def relative_ci(sorted_s, median: float):
+    """Half-width of the median's CI relative to the median (inf when n is too small)."""
+    ranks = median_ci_ranks(len(sorted_s))
+    if ranks is None or median <= 0:
+        return math.inf
+    return (sorted_s[ranks[1]] - sorted_s[ranks[0]]) / (2.0 * median)
+
+
+# ---------------------------------------------------------------- environment
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _getprop(name: str) -> str:
+    exe = shutil.which("getprop")
+    if not exe:
+        return ""
+    try:
+        out = subprocess.run([exe, name], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip()
+
+
+def cpu_model() -> str:
+    """The CPU's name from /proc/cpuinfo (x86 'model name', ARM 'Hardware'/'Model'), else platform."""
+    fields = {}
+    for line in _read("/proc/cpuinfo").splitlines():
+        name, sep, value = line.partition(":")
+        if sep and value.strip():
+            fields.setdefault(name.strip().lower(), value.strip())
+    for name in ("model name", "hardware", "cpu model", "processor", "model"):
+        value = fields.get(name, "")
+        if value and not value.isdigit():
+            return value
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_environment(ort, provider: str, threads: int, device_name: str | None = None) -> dict:
+    """What a latency depends on besides the model: the board, the runtime, the threads."""
+    android_model = _getprop("ro.product.model")
+    board = (_read("/proc/device-tree/model") or _read("/sys/firmware/devicetree/base/model")).strip("\x00 \n")
+    cpu = cpu_model()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    import numpy
+    env = {
+        "device_name": device_name or android_model or board or cpu,
+        "android_model": android_model or None,
+        "android_manufacturer": (_getprop("ro.product.manufacturer") or None) if android_model else None,
+        "board": board or None,
+        "cpu_model": cpu,
+        "cores": os.cpu_count() or 1,
+        "usable_cores": usable,
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "onnxruntime": ort.__version__,
+        "provider": provider,
+        "threads": threads,
+        "timer": "time.perf_counter",
+        "timer_resolution_s": time.get_clock_info("perf_counter").resolution,
+        "timer_overhead_s": timer_overhead(),
+    }
+    return env
+
+
+def timer_overhead(n: int = 200) -> float:
+    """Median cost of one perf_counter pair: recorded; negligible against >= 0.5 ms samples."""
+    pc = time.perf_counter
+    d = []
+    for _ in range(n):
+        t0 = pc()
+        d.append(pc() - t0)
+    d.sort()
+    return d[n // 2]
+
+
+# ---------------------------------------------------------------- bundle
+
+def _fail(what: str):
+    raise RunnerError(what)
+
+
+def check_settings(d: dict, where: str) -> dict:
+    if not isinstance(d, dict):
+        _fail(f"{where}: settings must be an object")
+    unknown = sorted(set(d) - set(DEFAULT_SETTINGS))
+    if unknown:
+        _fail(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    s = dict(DEFAULT_SETTINGS, **d)
+    for name in ("threads", "min_samples", "max_samples", "seed"):
+        v = s[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
+            _fail(f"{where}: {name} must be a positive integer, got {v!r}")
+    for name in ("rel_ci", "max_time_s", "warmup_s", "min_sample_s", "noisy_iqr"):
+        v = s[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                or (v == 0 and name in ("rel_ci", "max_time_s", "noisy_iqr")):
+            _fail(f"{where}: {name} must be a positive number, got {v!r}")
+        s[name] = float(v)
+    if not isinstance(s["provider"], str) or not s["provider"]:
+        _fail(f"{where}: provider must be a non-empty string, got {s['provider']!r}")
+    return s
+
+
+def _check_input(d, where: str) -> dict:
+    if not isinstance(d, dict) or not isinstance(d.get("name"), str):
+        _fail(f"{where}: an input must be an object with a name, shape and dtype")
+    shape = d.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in shape):
+        _fail(f"{where}: input {d['name']!r} needs a shape of positive integers, got {shape!r}")
+    if d.get("dtype") not in DTYPES:
+        _fail(f"{where}: input {d['name']!r} has dtype {d.get('dtype')!r}; supported: {', '.join(DTYPES)}")
+    return d
+
+
+def open_bundle(path: str):
+    """Open and validate the bundle; returns (zipfile, manifest, bundle_id)."""
+    if not os.path.isfile(path):
+        _fail(f"bundle {path} does not exist (or is not a file)")
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        _fail(f"{path} is not a readable zip file ({e}); copy the bundle again")
+    try:
+        raw = zf.read("manifest.json")
+    except KeyError:
+        _fail(f"{path} has no manifest.json: not an hwcost bundle (make one with `hwcost bundle`)")
+    except (zipfile.BadZipFile, OSError, RuntimeError) as e:
+        _fail(f"{path}: cannot read manifest.json ({e}); copy the bundle again")
+    try:
+        m = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        _fail(f"{path}: manifest.json is not valid JSON ({e})")
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
+        found = m.get("format") if isinstance(m, dict) else None
+        _fail(f"{path}: manifest.json is not an hwcost bundle manifest (format {found!r}, "
+              f"expected {MANIFEST_FORMAT!r})")
+    version = m.get("version")
+    if version not in MANIFEST_VERSIONS:
+        _fail(f"{path}: manifest version {version!r} is not supported by this runner (it reads "
+              f"{', '.join(map(str, MANIFEST_VERSIONS))}); use the runner.py shipped inside the same bundle")
+    m["settings"] = check_settings(m.get("settings", {}), f"{path}: manifest settings")
+    keys = m.get("keys")
+    if not isinstance(keys, list) or not keys:
+        _fail(f"{path}: manifest.json lists no keys")
+    names = set(zf.namelist())
+    seen = set()
+    for i, k in enumerate(keys):
+        where = f"{path}: manifest keys[{i}]"
+        if not isinstance(k, dict) or not isinstance(k.get("key"), str) or not isinstance(k.get("model"), str):
+            _fail(f"{where}: needs 'key' and 'model' strings")
+        if k["key"] in seen:
+            _fail(f"{where}: key {k['key']} is listed twice")
+        seen.add(k["key"])
+        if k["model"] not in names:
+            _fail(f"{where}: model file {k['model']} is missing from the zip")
+        if not isinstance(k.get("inputs"), list):
+            _fail(f"{where}: needs an 'inputs' list")
+        for d in k["inputs"]:
+            _check_input(d, where)
+    return zf, m, hashlib.sha256(raw).hexdigest()
+
+
+# ---------------------------------------------------------------- measurement
+
+def make_feed(np, inputs: list, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for d in inputs:
+        dtype = np.dtype(d["dtype"])
+        if dtype.kind == "f":
+            feed[d["name"]] = rng.standard_normal(d["shape"]).astype(dtype)
+        else:
+            feed[d["name"]] = np.zeros(d["shape"], dtype=dtype)
+    return feed
+
+
+def make_session(ort, model_bytes: bytes, provider: str, threads: int):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, so, providers=[provider])
+
+
+def measure(run, s: dict) -> dict:
+    """Warm up, size blocks, then sample until the median's CI is narrow enough or time is up.
+
+    ``run()`` executes the model once. Times are seconds inside, ms in the result.
+    """
+    pc = time.perf_counter
+    warm, t_start = [], pc()
+    while True:  # warm-up: >= 2 runs and warmup_s, but never past half the time cap
+        t0 = pc()
+        run()
+        warm.append(pc() - t0)
+        spent = pc() - t_start
+        if (len(warm) >= 2 and spent >= s["warmup_s"]) or spent >= s["max_time_s"] / 2:
+            break
+    per_run = sorted(warm)[len(warm) // 2]
+    k = max(1, int(math.ceil(s["min_sample_s"] / max(per_run, 1e-9))))
+    samples, next_check, rel = [], s["min_samples"], math.inf
+    deadline = t_start + s["max_time_s"]
+    while True:
+        t0 = pc()
+        for _ in range(k):
+            run()
+        t1 = pc()
+        samples.append((t1 - t0) / k)
+        n = len(samples)
+        if n >= next_check or t1 >= deadline or n >= s["max_samples"]:
+            srt = sorted(samples)
+            med = _median(srt)
+            rel = relative_ci(srt, med)
+            if (rel <= s["rel_ci"] and n >= s["min_samples"]) or t1 >= deadline or n >= s["max_samples"]:
+                break
+            next_check = max(n + 5, int(n * 1.1))  # re-check geometrically: sorting stays cheap
+    srt = sorted(samples)
+    med = _median(srt)
+    iqr = _quantile(srt, 0.75) - _quantile(srt, 0.25)
+    converged = rel <= s["rel_ci"] and len(srt) >= s["min_samples"]
+    # "noisy" (spread too wide to trust) > "capped" (CI not reached in time) > "ok"
+    quality = "noisy" if iqr > s["noisy_iqr"] * med else "ok" if converged else "capped"
+    return {
+        "median_ms": med * 1e3,
+        "p10_ms": _quantile(srt, 0.10) * 1e3,
+        "p90_ms": _quantile(srt, 0.90) * 1e3,
+        "min_ms": srt[0] * 1e3,
+        "iqr_ms": iqr * 1e3,
+        "n": len(srt),
+        "runs_per_sample": k,
+        "rel_ci": rel if math.isfinite(rel) else None,
+        "quality": quality,
+        "warmup_runs": len(warm),
+    }
+
+
+def _median(srt) -> float:
+    n = len(srt)
+    return srt[n // 2] if n % 2 else (srt[n // 2 - 1] + srt[n // 2]) / 2.0
+
+
+def _quantile(srt, q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default)."""
+    pos = q * (len(srt) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(srt) - 1)
+    return srt[lo] + (srt[hi] - srt[lo]) * (pos - lo)
+
+
+# ---------------------------------------------------------------- journal and results
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: str, doc: dict) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+class Journal:
+    """JSON lines: a header, then one result per key, each flushed and fsynced."""
+
+    def __init__(self, path: str, header: dict, resume: bool):
+        self.path, self.done = path, {}
+        exists = os.path.exists(path)
+        if exists and not resume:
+            _fail(f"journal {path} exists from an interrupted run; pass --resume to continue it, "
+                  f"or delete it to start over")
+        if exists:
+            self._load(header)
+            self.f = open(path, "ab")
+        else:
+            self.header = header
+            self.f = open(path, "xb")
+            self.write(header)
+            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+    def _load(self, header: dict) -> None:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        lines = data.split(b"\n")
+        torn = lines.pop()  # b"" when the file ends with a newline
+        if torn:
+            try:
+                json.loads(torn.decode("utf-8"))
+                lines.append(torn)  # complete line whose newline was cut
+                torn = b""
+            except ValueError:
+                pass  # a line cut mid-write: that key was never reported saved; measure it again
+        if torn or not data.endswith(b"\n"):
+            keep = data[: len(data) - len(torn)]
+            with open(self.path, "r+b") as f:
+                f.truncate(len(keep))
+                if keep and not keep.endswith(b"\n"):
+                    f.seek(0, os.SEEK_END)
+                    f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+        if not lines:
+            with open(self.path, "wb") as f:  # killed while writing the header
+                f.write(json.dumps(header).encode("utf-8") + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self.header = header
+            return
+        rows = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                rows.append(json.loads(line.decode("utf-8")))
+            except ValueError:
+                _fail(f"journal {self.path}: line {number} is corrupt; only a torn last line is "
+                      f"repaired automatically, so inspect or delete the file")
+        old = rows[0]
+        if not isinstance(old, dict) or old.get("format") != JOURNAL_FORMAT:
+            _fail(f"journal {self.path} is not a runner journal; delete it or choose another --out")
+        check_resumable(old, header, f"journal {self.path}", "delete the journal to start over")
+        self.header = old
+        for number, row in enumerate(rows[1:], start=2):
+            if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+                _fail(f"journal {self.path}: line {number} is not a result row")
+            if "error" not in row:
+                self.done[row["key"]] = row
+            else:
+                self.done.setdefault(row["key"], row)
+
+    def write(self, row: dict) -> None:
+        self.f.write(json.dumps(row, allow_nan=False, separators=(",", ":")).encode("utf-8") + b"\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def check_resumable(old: dict, header: dict, what: str, otherwise: str) -> None:
+    """Refuse to mix measurements of another bundle, other settings or another device."""
+    diffs = []
+    if old.get("bundle_id") != header["bundle_id"]:
+        diffs.append("another bundle")
+    for group, names in (("settings", sorted(header["settings"])), ("environment", _ENV_IDENTITY)):
+        was = old.get(group) if isinstance(old.get(group), dict) else {}
+        diffs += [f"{name}={was.get(name)!r} (now {header[group][name]!r})"
+                  for name in names if was.get(name) != header[group][name]]
+    if diffs:
+        _fail(f"{what} was written with {', '.join(diffs)}; resume with the same bundle, settings "
+              f"and device, or {otherwise}")
+
+
+def journal_from_results(out: str, journal_path: str, header: dict) -> None:
+    """--resume on a finished results file: keep its measured keys, retry its failed ones."""
+    try:
+        with open(out, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        _fail(f"cannot resume from {out}: {e}; pass --force to measure again")
+    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT or not isinstance(doc.get("bundle"), dict):
+        _fail(f"cannot resume from {out}: not a runner results file; pass --force to overwrite it")
+    old = {"format": JOURNAL_FORMAT, "version": RESULTS_VERSION, "bundle_id": doc["bundle"].get("id"),
+           "started": doc.get("started"), "settings": doc.get("settings"), "environment": doc.get("environment")}
+    check_resumable(old, header, out, "pass --force to measure again")
+    rows = [old] + list(doc.get("results") or []) + list(doc.get("failed") or [])
+    with open(journal_path, "xb") as f:
+        f.write(b"".join(json.dumps(r, allow_nan=False).encode("utf-8") + b"\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _import_runtime():
+    try:
+        import numpy as np
+        import onnxruntime as ort
+    except ImportError as e:
+        _fail(f"{e.name or 'a module'} is not installed; run `pip install numpy onnxruntime` "
+              f"(on Termux: `pkg install python-numpy` first)")
+    return np, ort
+
+
+def run(args) -> int:
+    zf, manifest, bundle_id = open_bundle(args.bundle)
+    np, ort = _import_runtime()
+    overrides = {"provider": args.provider, "threads": args.threads, "rel_ci": args.rel_ci,
+                 "max_time_s": args.max_time, "warmup_s": args.warmup}
+    settings = check_settings(dict(manifest["settings"], **{k: v for k, v in overrides.items() if v is not None}),
+                               "command line")
+    available = ort.get_available_providers()
+    if settings["provider"] not in available:
+        _fail(f"execution provider {settings['provider']} is not available in this onnxruntime; "
+              f"available: {', '.join(available)}")
+    out = os.path.abspath(args.out)
+    if not os.path.isdir(os.path.dirname(out)):
+        _fail(f"cannot write {args.out}: directory {os.path.dirname(out)} does not exist")
+    journal_path = out + ".journal"
+    env = device_environment(ort, settings["provider"], settings["threads"], args.device_name)
+    header = {"format": JOURNAL_FORMAT, "version": RESULTS_VERSION, "bundle_id": bundle_id,
+              "started": _now(), "settings": settings, "environment": env}
+    if args.force and os.path.exists(journal_path):
+        os.unlink(journal_path)  # asked to measure again from scratch
+    if os.path.exists(out) and not os.path.exists(journal_path) and not args.force:
+        if not args.resume:
+            _fail(f"{args.out} exists; pass --resume to retry its failed keys, or --force to overwrite it")
+        journal_from_results(out, journal_path, header)
+    journal = Journal(journal_path, header, args.resume)
+    started = journal.header.get("started", header["started"])
+    keys = manifest["keys"]
+    todo = [k for k in keys if "error" in journal.done.get(k["key"], {"error": 1})]
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if len(todo) < len(keys):
+        say(f"resuming: {len(keys) - len(todo)} of {len(keys)} keys already measured")
+    say(f"{env['device_name']} | onnxruntime {env['onnxruntime']} {settings['provider']} | "
+        f"{settings['threads']} thread(s) | {len(todo)} keys, <= {settings['max_time_s']:g} s each")
+    width, t_run = len(str(len(keys))), time.perf_counter()
+    try:
+        for i, k in enumerate(todo):
+            t_key = time.perf_counter()
+            try:
+                sess = make_session(ort, zf.read(k["model"]), settings["provider"], settings["threads"])
+                if sess.get_providers()[0] != settings["provider"]:  # ORT falls back silently
+                    raise RuntimeError(f"{settings['provider']} could not take the model; "
+                                       f"onnxruntime fell back to {sess.get_providers()[0]}")
+                feed = make_feed(np, k["inputs"], settings["seed"])
+                names = [o.name for o in sess.get_outputs()]
+                row = {"key": k["key"], **measure(lambda: sess.run(names, feed), settings)}
+                del sess
+                status = (f"{row['median_ms']:.4g} ms  ±{100 * (row['rel_ci'] or math.inf):.1f}%  "
+                          f"n={row['n']}x{row['runs_per_sample']}  {row['quality']}")
+            except Exception as e:  # noqa: BLE001 - onnxruntime's errors (Fail, EPFail, ...) derive only
+                # from Exception; a model this device cannot run is recorded and the others still measured
+                msg = " ".join(str(e).split())[:500] or type(e).__name__
+                row = {"key": k["key"], "error": f"{type(e).__name__}: {msg}"}
+                status = f"FAILED ({row['error'][:120]})"
+            row["time_s"] = round(time.perf_counter() - t_key, 3)
+            journal.write(row)
+            journal.done[k["key"]] = row
+            done = len(keys) - len(todo) + i + 1
+            elapsed = time.perf_counter() - t_run
+            eta = elapsed / (i + 1) * (len(todo) - i - 1)
+            say(f"[{done:>{width}}/{len(keys)}] {k['key']}  {status}  "
+                f"(elapsed {_hms(elapsed)}, eta {_hms(eta)})")
+    except KeyboardInterrupt:
+        journal.close()
+        print(f"runner: interrupted; {sum('error' not in r for r in journal.done.values())} keys are saved in "
+              f"{journal_path}; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    journal.close()
+    rows = [journal.done[k["key"]] for k in keys]
+    results = [r for r in rows if "error" not in r]
+    failed = [{"key": r["key"], "error": r["error"]} for r in rows if "error" in r]
+    doc = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION,
+           "bundle": {"id": bundle_id, "manifest_version": manifest["version"],
+                      "created": manifest.get("created"), "producer": manifest.get("producer"),
+                      "spaces": manifest.get("spaces"), "networks": manifest.get("networks"),
+                      "dtype": manifest.get("dtype"), "batch": manifest.get("batch")},
+           "started": started, "finished": _now(), "settings": settings, "environment": env,
+           "results": results, "failed": failed}
+    atomic_write_json(out, doc)
+    os.unlink(journal_path)
+    _fsync_dir(os.path.dirname(out))
+    say(f"wrote {args.out}: {len(results)} keys measured, {len(failed)} failed")
+    if failed:
+        print(f"runner: {len(failed)} key(s) failed, e.g. {failed[0]['key']}: {failed[0]['error']}; "
+              f"they are listed under 'failed' in {args.out}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="runner.py", description=__doc__.splitlines()[0])
+    p.add_argument("bundle", help="the bundle .zip made by `hwcost bundle`")
+    p.add_argument("--out", required=True, help="results file to write (JSON)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the bundle's, usually 1)")
+    p.add_argument("--rel-ci", type=float, help="target relative 95%% CI half-width of the median (e.g. 0.02)")
+    p.add_argument("--max-time", type=float, help="per-key cap on warm-up + sampling, seconds")
+    p.add_argument("--warmup", type=float, help="per-key warm-up, seconds")
+    p.add_argument("--provider", help="ONNX Runtime execution provider (default CPUExecutionProvider)")
+    p.add_argument("--device-name", help="name to record for this device (default: detected)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted run from its journal")
+    again.add_argument("--force", action="store_true",
+                       help="measure again from scratch: overwrite --out, discard an interrupted run's journal")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except RunnerError as e:
+        print(f"runner: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only directory: what was journaled is kept
+        print(f"runner: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("runner: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""What the search optimises: the expected cost of the *target* network.
+
+Builds the constant tensor c[cell type, edge, op, metric] for the network that
+will be deployed (not the search proxy) from the analytical counter and, for
+latency, from a device table:
+
+* an op-level table answers each (op, shape) key through the cost model
+  (table, else surrogate, else an error naming the key);
+* an architecture-level table (NB201 on a Raspberry Pi, a phone ...) has no
+  per-op rows, so its latencies are decomposed additively by least squares
+  over the table's architectures: latency(arch) ~ b + sum_e theta[e, op_e]. The
+  coefficients are the per-(edge, op) latencies, b the fixed part.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import torch
+
+from costmodels.cost_tensor import CostTensor, build_cost_tensor
+from device_tables import DeviceTable, bundled_table_path, load_table
+from spaces import BUILTIN_GENOTYPES, Nb201Arch, Nb201NetConfig, network_config
+from spaces.errors import HwcostError
+from spaces.nb201_arch import EDGES
+
+ANALYTICAL = ("params", "macs", "activation_bytes")
+
+
+@functools.lru_cache(maxsize=4)
+def _table(name_or_path: str) -> DeviceTable:
+    """A table loaded once per run (the NB201 tables hold 15,625 rows)."""
+    return load_table(bundled_table_path(name_or_path))
+
+
+def target_config(space: str, network: str):
+    """The deployed network whose costs the search optimises."""
+    if space == "nb201":
+        return Nb201NetConfig(arch="|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|")
+    probe = BUILTIN_GENOTYPES["DARTS_V2"][1] if space == "darts" else BUILTIN_GENOTYPES["SHARPSEPCONV_DARTS"][1]
+    return network_config(network, probe, space)
+
+
+def additive_arch_latency(table: DeviceTable, ops: tuple[str, ...]) -> tuple[np.ndarray, float, dict]:
+    """Least-squares theta[edge, op] and b with latency ~ b + sum_e theta[e, op_e] over the table."""
+    rows, ys = [], []
+    for key in table.keys():
+        arch = Nb201Arch.parse(key.arch)
+        x = np.zeros(len(EDGES) * len(ops))
+        for e, op in enumerate(arch.ops):
+            x[e * len(ops) + ops.index(op)] = 1.0
+        rows.append(x)
+        ys.append(table.get(key).median_ms)
+    X, y = np.asarray(rows), np.asarray(ys)
+    X1 = np.hstack([X, np.ones((len(X), 1))])
+    coef, *_ = np.linalg.lstsq(X1, y, rcond=None)
+    theta = coef[:-1].reshape(len(EDGES), len(ops))
+    # Identifiability: shift each edge so its cheapest op costs 0 and move the shift to b.
+    shift = theta.min(axis=1, keepdims=True)
+    theta, b = theta - shift, float(coef[-1] + shift.sum())
+    pred = X1 @ coef
+    from scipy.stats import spearmanr
+    fit = {"n_archs": len(y), "spearman": float(spearmanr(pred, y)[0]),
+           "mape": float(np.mean(np.abs(pred - y) / y))}
+    return theta, b, fit
+
+
+def search_cost_tensor(space: str, network: str, ops: tuple[str, ...], table_path: str | None = None,
+                       surrogate_path: str | None = None) -> tuple[CostTensor, dict]:
+    """The cost tensor for the search, and notes on where latency came from."""
+    target = target_config(space, network)
+    notes: dict = {"target": network if space != "nb201" else "nb201-cifar10"}
+    if table_path is None:
+        return build_cost_tensor(space, target, metrics=ANALYTICAL, primitives=ops), notes
+    table = _table(table_path)
+    notes["table"] = str(table.source or table_path)
+    if table.kind == "arch":
+        if space != "nb201" or "nb201" not in table.spaces:
+            raise HwcostError(f"table {table_path} is an architecture-level table of {table.spaces}; "
+                              f"it can drive only an nb201 search")
+        ct = build_cost_tensor(space, target, metrics=ANALYTICAL, primitives=ops)
+        theta, b, fit = additive_arch_latency(table, ops)
+        notes["latency_decomposition"] = fit
+        c = torch.cat([ct.c, torch.as_tensor(theta, dtype=ct.c.dtype)[None, :, :, None]], dim=-1)
+        fixed = torch.cat([ct.fixed, torch.tensor([b], dtype=ct.fixed.dtype)])
+        return dataclasses.replace(ct, c=c, fixed=fixed, metrics=ct.metrics + ("latency_ms",)), notes
+    if space not in table.spaces:
+        raise HwcostError(f"table {table_path} was measured for space(s) {', '.join(table.spaces)}, "
+                          f"but a {space} table is needed")
+    from costmodels.costmodel import CostModel
+    surrogate = None
+    if surrogate_path:
+        from costmodels.surrogate import load_surrogate
+        surrogate = load_surrogate(surrogate_path, table=table)
+    model = CostModel(table, surrogate)
+    ct = build_cost_tensor(space, target, metrics=("latency_ms",) + ANALYTICAL, latency_fn=model.latency_ms,
+                           primitives=ops)
+    notes["latency_sources"] = dict(model.sources)
+    return ct, notes
+
+
+def derived_latency(space: str, arch, cost_tensor: CostTensor, table_path: str | None) -> dict:
+    """Latency of a derived network: the cost model's sum over its ops (op-level table), or the
+    table's own measurement of that architecture (architecture-level table), with the
+    additive model's prediction beside it."""
+    from costmodels.expected_cost import ExpectedCost, arch_weights
+    w = arch_weights(arch, cost_tensor.ops)
+    predicted = float(ExpectedCost(cost_tensor, mode="derived")(weights=w)[cost_tensor.index("latency_ms")])
+    out = {"latency_ms_predicted": predicted}
+    if table_path is not None:
+        table = _table(table_path)
+        if table.kind == "arch":
+            from device_tables import ArchKey
+            entry = table.get(ArchKey(space, str(arch), "cifar10"))
+            out["latency_ms"] = float(entry.median_ms) if entry is not None else None
+            out["latency_source"] = "table (measured architecture)"
+            return out
+    out["latency_ms"] = predicted
+    out["latency_source"] = "cost model (sum of table ops)"
+    return out
+
+
+def exact_cost_fn(space: str, table_path: str | None, cost_tensor: CostTensor):
+    """For an architecture-level table: replace the additive latency by the table's measurement."""
+    if table_path is None or "latency_ms" not in cost_tensor.metrics:
+        return None
+    table = _table(table_path)
+    if table.kind != "arch":
+        return None
+    from device_tables import ArchKey
+    i = cost_tensor.index("latency_ms")
+
+    def exact(arch, costs):
+        entry = table.get(ArchKey(space, str(arch), "cifar10"))
+        if entry is not None:
+            costs = costs.clone()
+            costs[i] = entry.median_ms
+        return costs
+    return exact

@@ -1,0 +1,121 @@
+"""The objective's resource terms: soft penalties and hard budgets.
+
+* soft: ``lambda * E[C_m]`` (RAPDARTS eq. 10; several terms add up);
+* hard: ``E[C_m] <= B_m`` through a Lagrange multiplier updated by dual ascent
+  (DCA-NAS eq. 4, Algorithm 1): the alpha loss carries ``mu * (E[C_m] / B_m - 1)``
+  and after each alpha step ``mu <- max(0, mu + eta * (E[C_m] / B_m - 1))``.
+  The constraint is normalised by the budget so one dual step size serves
+  budgets in ms, parameters or MACs alike.
+
+Budgets are given in user units: ``latency=4ms``, ``params=1.5M``,
+``macs=300M``, ``memory=12MiB``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+
+from spaces.errors import HwcostError
+
+# user name -> (metric in the cost tensor, its unit, the units it accepts with their factors)
+METRICS = {
+    "latency": ("latency_ms", "ms", {"ms": 1.0, "s": 1e3, "us": 1e-3}),
+    "params": ("params", "", {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}),
+    "macs": ("macs", "", {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}),
+    "flops": ("macs", "", {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}),  # FLOPs counted as MACs (state it)
+    "memory": ("activation_bytes", "B", {"b": 1.0, "kb": 1e3, "mb": 1e6, "kib": 2**10, "mib": 2**20, "gb": 1e9, "gib": 2**30}),
+}
+_SPEC = re.compile(r"^\s*([a-z_]+)\s*=\s*([0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*([a-z]*)\s*$", re.I)
+
+
+@dataclass
+class ResourceTerm:
+    metric: str          # name in the cost tensor, e.g. "latency_ms"
+    kind: str            # "hard" or "soft"
+    value: float         # budget (hard) or lambda (soft), in the metric's base unit
+    multiplier: float = 0.0  # Lagrange multiplier of a hard term
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_term(text: str, kind: str) -> ResourceTerm:
+    """``latency=4ms`` (budget) or ``params=1e-7`` (penalty) -> a term."""
+    m = _SPEC.match(text)
+    if not m:
+        raise HwcostError(f"bad {'budget' if kind == 'hard' else 'penalty'} {text!r}: write NAME=VALUE[UNIT], "
+                          f"e.g. latency=4ms, params=1.5M, macs=300M, memory=12MiB")
+    name, number, unit = m.group(1).lower(), float(m.group(2)), m.group(3).lower()
+    if name not in METRICS:
+        raise HwcostError(f"unknown resource {name!r} in {text!r}; known: {', '.join(METRICS)}")
+    metric, base_unit, units = METRICS[name]
+    if kind == "soft":
+        if unit:
+            raise HwcostError(f"penalty {text!r}: a lambda has no unit (it multiplies {metric} in {base_unit or 'counts'})")
+        return ResourceTerm(metric, "soft", number)
+    if unit not in units:
+        need = "a unit (" + ", ".join(u for u in units if u) + ")" if "" not in units else \
+            "no unit or one of " + ", ".join(u for u in units if u)
+        raise HwcostError(f"budget {text!r}: unit {unit or '(none)'!r} is not valid for {name}; use {need}")
+    value = number * units[unit]
+    if not value > 0 or not math.isfinite(value):
+        raise HwcostError(f"budget {text!r} must be a positive number")
+    return ResourceTerm(metric, "hard", value)
+
+
+class Objective:
+    """Resource terms on top of the task loss; owns the Lagrange multipliers."""
+
+    def __init__(self, terms: list[ResourceTerm], metrics: tuple[str, ...], dual_lr: float = 0.5,
+                 floor: float = 0.0):
+        if not 0.0 <= floor < 1.0:
+            raise HwcostError(f"budget floor must be in [0, 1), got {floor}")
+        self.terms, self.metrics, self.dual_lr, self.floor = terms, tuple(metrics), dual_lr, floor
+        for t in terms:
+            if t.metric not in self.metrics:
+                raise HwcostError(f"no cost for {t.metric!r}: the cost model provides {', '.join(self.metrics)}"
+                                  + (" (pass --table for latency)" if t.metric == "latency_ms" else ""))
+
+    def index(self, metric: str) -> int:
+        return self.metrics.index(metric)
+
+    def penalty(self, costs: torch.Tensor) -> torch.Tensor:
+        """The differentiable resource part of the alpha loss."""
+        total = costs.new_zeros(())
+        for t in self.terms:
+            c = costs[self.index(t.metric)]
+            total = total + (t.value * c if t.kind == "soft" else t.multiplier * (c / t.value - 1.0))
+        return total
+
+    @torch.no_grad()
+    def dual_step(self, costs: torch.Tensor) -> None:
+        """Dual ascent on each hard term's multiplier (DCA-NAS Algorithm 1, 'Update lambda').
+
+        Over budget the multiplier grows. With a floor f > 0 the budget is
+        treated as a band [f B, B]: under f B the multiplier falls (it may turn
+        negative and pull the cost up, as DCA-NAS's unconstrained lambda does),
+        inside the band it stays.
+        """
+        for t in self.terms:
+            if t.kind != "hard":
+                continue
+            c = float(costs[self.index(t.metric)])
+            if c > t.value:
+                t.multiplier += self.dual_lr * (c / t.value - 1.0)
+            elif c < self.floor * t.value:
+                t.multiplier += self.dual_lr * (c / (self.floor * t.value) - 1.0)
+            if self.floor == 0.0:
+                t.multiplier = max(0.0, t.multiplier)
+
+    def report(self, costs: torch.Tensor) -> dict:
+        out = {m: float(costs[i]) for i, m in enumerate(self.metrics)}
+        for t in self.terms:
+            if t.kind == "hard":
+                out[f"mu_{t.metric}"] = t.multiplier
+        return out
+
+    def satisfied(self, costs: dict) -> dict[str, bool]:
+        return {t.metric: costs[t.metric] <= t.value for t in self.terms if t.kind == "hard"}

@@ -1,0 +1,251 @@
+"""The one-shot supernet: mixed ops, search cells, networks (DARTS eq. 2).
+
+Every candidate op comes from :func:`spaces.build_op` (search variant,
+``affine=False``), so the supernet mixes exactly the modules the profiler
+measured and the eval network runs.
+
+* ``MixedOp``: ``sum_o w_o * o(x)`` (DARTS eq. 2). ``none`` outputs zeros, so its
+  term is skipped: the value and every gradient are unchanged (its weight
+  still takes part in the softmax that produced ``w``).
+* PC-DARTS: with ``partial_k > 1`` only the first C/K channels go through the
+  ops; the rest bypass (max-pooled when the edge reduces); channel shuffle with
+  K groups; each node sums its edges weighted by softmax(beta) (edge
+  normalisation).
+* Max-W (sharpDARTS eq. 3): ``w_o -> 1 - max(w) + w_o``, an option of every strategy.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from costmodels.cost_tensor import darts_edges
+from costmodels.expected_cost import edge_softmax
+from spaces import build_op, get_space
+from spaces.errors import HwcostError
+from spaces.nb201_arch import EDGES as NB201_EDGES
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """The search proxy (DARTS: C=16, 8 cells, 4 steps, multiplier 4, stem x3)."""
+    space: str = "darts"
+    C: int = 16
+    layers: int = 8
+    steps: int = 4
+    multiplier: int = 4
+    stem_multiplier: int = 3
+    num_classes: int = 10
+    in_channels: int = 3
+    partial_k: int = 1            # PC-DARTS K; 1 = every channel through the mixed op
+    primitives: tuple[str, ...] | None = None  # default: the space's primitives
+    max_w: bool = False           # sharpDARTS Max-W weighting (eq. 3)
+    nb201_N: int = 5              # cells per stage in the nb201 supernet
+
+    def ops(self) -> tuple[str, ...]:
+        sp = get_space(self.space)
+        prims = tuple(self.primitives or sp.primitives)
+        for p in prims:
+            if p not in sp.searchable_ops():
+                raise HwcostError(f"primitive {p!r} is not a searchable op of space {self.space!r}")
+        return prims
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def mix_weights(alpha: torch.Tensor, max_w: bool = False) -> torch.Tensor:
+    """softmax over the last axis; with Max-W, w_i -> 1 - max(w) + w_i (sharpDARTS eq. 3)."""
+    w = F.softmax(alpha, dim=-1)
+    if max_w:
+        w = 1.0 - w.max(dim=-1, keepdim=True).values + w
+    return w
+
+
+class MixedOp(nn.Module):
+    def __init__(self, space: str, C: int, stride: int, primitives: tuple[str, ...], partial_k: int = 1):
+        super().__init__()
+        if C % partial_k:
+            raise HwcostError(f"PC-DARTS K={partial_k} must divide the channels C={C}")
+        self.k, self.stride, self.primitives = partial_k, stride, primitives
+        c = C // partial_k
+        self.ops = nn.ModuleList(build_op(space, p, c, c, stride, affine=False) for p in primitives)
+        self.live = [i for i, p in enumerate(primitives) if p != "none"]
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.k == 1:
+            return self._mix(x, weights)
+        c = x.shape[1] // self.k
+        xa, xb = x[:, :c], x[:, c:]
+        out = self._mix(xa, weights)
+        if self.stride == 2:
+            xb = F.max_pool2d(xb, 2, 2)
+        return channel_shuffle(torch.cat([out, xb], dim=1), self.k)
+
+    def _mix(self, x, weights):
+        out = None
+        for i in self.live:
+            y = weights[i] * self.ops[i](x)
+            out = y if out is None else out + y
+        if out is None:  # only `none` on this edge
+            out = self.ops[0](x) * weights[0]
+        return out
+
+    def forward_plain(self, x, weights):
+        """The textbook weighted sum over every op, ``none`` included (for tests)."""
+        if self.k == 1:
+            return sum(w * op(x) for w, op in zip(weights, self.ops))
+        c = x.shape[1] // self.k
+        out = sum(w * op(x[:, :c]) for w, op in zip(weights, self.ops))
+        xb = F.max_pool2d(x[:, c:], 2, 2) if self.stride == 2 else x[:, c:]
+        return channel_shuffle(torch.cat([out, xb], dim=1), self.k)
+
+
+class SearchCell(nn.Module):
+    def __init__(self, cfg: SupernetConfig, c_pp: int, c_p: int, C: int, reduction: bool, reduction_prev: bool):
+        super().__init__()
+        s = cfg.space
+        self.reduction, self.steps, self.multiplier = reduction, cfg.steps, cfg.multiplier
+        self.preprocess0 = (build_op(s, "factorized_reduce", c_pp, C, 2, affine=False) if reduction_prev
+                            else build_op(s, "preprocess", c_pp, C, 1, affine=False))
+        self.preprocess1 = build_op(s, "preprocess", c_p, C, 1, affine=False)
+        self.edges = darts_edges(cfg.steps)
+        self.mixed = nn.ModuleList(MixedOp(s, C, 2 if reduction and i < 2 else 1, cfg.ops(), cfg.partial_k)
+                                   for _, i in self.edges)
+
+    def forward(self, s0, s1, weights, edge_weights=None, plain=False):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        e = 0
+        for j in range(2, self.steps + 2):
+            acc = None
+            for i in range(j):
+                op = self.mixed[e]
+                h = op.forward_plain(states[i], weights[e]) if plain else op(states[i], weights[e])
+                if edge_weights is not None:
+                    h = edge_weights[e] * h
+                acc = h if acc is None else acc + h
+                e += 1
+            states.append(acc)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+class _SupernetBase(nn.Module):
+    cell_types: tuple[str, ...]
+    edges: tuple[tuple[int, int], ...]
+
+    def _init_arch(self, n_ops: int, use_beta: bool) -> None:
+        n_types, n_edges = len(self.cell_types), len(self.edges)
+        # DARTS: alphas initialised 1e-3 * N(0, 1); PC-DARTS betas likewise.
+        self.alphas = nn.Parameter(1e-3 * torch.randn(n_types, n_edges, n_ops))
+        self.betas = nn.Parameter(1e-3 * torch.randn(n_types, n_edges)) if use_beta else None
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [p for p in (self.alphas, self.betas) if p is not None]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def op_weights(self) -> torch.Tensor:
+        return mix_weights(self.alphas, self.config.max_w)
+
+    def edge_weights(self) -> torch.Tensor | None:
+        """softmax(beta) over each node's incoming edges (PC-DARTS edge normalisation)."""
+        return None if self.betas is None else edge_softmax(self.betas, self.edges)
+
+
+class DartsSupernet(_SupernetBase):
+    """Stem -> cells (reductions at L/3 and 2L/3) -> GAP -> linear."""
+    cell_types = ("normal", "reduce")
+
+    def __init__(self, cfg: SupernetConfig):
+        super().__init__()
+        self.config = cfg
+        s = cfg.space
+        self.edges = darts_edges(cfg.steps)
+        c_curr = cfg.stem_multiplier * cfg.C
+        self.stem = build_op(s, "stem_cifar", cfg.in_channels, c_curr)
+        c_pp, c_p, c_curr = c_curr, c_curr, cfg.C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(cfg.layers):
+            reduction = i in (cfg.layers // 3, 2 * cfg.layers // 3)
+            if reduction:
+                c_curr *= 2
+            self.cells.append(SearchCell(cfg, c_pp, c_p, c_curr, reduction, reduction_prev))
+            reduction_prev = reduction
+            c_pp, c_p = c_p, cfg.multiplier * c_curr
+        self.classifier = build_op(s, "classifier", c_p, cfg.num_classes)
+        self._init_arch(len(cfg.ops()), use_beta=cfg.partial_k > 1)
+
+    def forward(self, x, plain: bool = False):
+        w, ew = self.op_weights(), self.edge_weights()
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            k = 1 if cell.reduction else 0
+            s0, s1 = s1, cell(s0, s1, w[k], None if ew is None else ew[k], plain)
+        return self.classifier(s1)
+
+
+class Nb201SearchCell(nn.Module):
+    def __init__(self, cfg: SupernetConfig, C: int):
+        super().__init__()
+        self.mixed = nn.ModuleList(MixedOp(cfg.space, C, 1, cfg.ops(), cfg.partial_k) for _ in NB201_EDGES)
+
+    def forward(self, x, weights, edge_weights=None, plain=False):
+        nodes = [x]
+        for j in range(1, 4):
+            acc = None
+            for e, (to, i) in enumerate(NB201_EDGES):
+                if to != j:
+                    continue
+                op = self.mixed[e]
+                h = op.forward_plain(nodes[i], weights[e]) if plain else op(nodes[i], weights[e])
+                if edge_weights is not None:
+                    h = edge_weights[e] * h
+                acc = h if acc is None else acc + h
+            nodes.append(acc)
+        return nodes[-1]
+
+
+class Nb201Supernet(_SupernetBase):
+    """NAS-Bench-201 skeleton with mixed edges (one shared alpha for all 15 cells)."""
+    cell_types = ("cell",)
+
+    def __init__(self, cfg: SupernetConfig):
+        super().__init__()
+        self.config = cfg
+        self.edges = NB201_EDGES
+        C = cfg.C
+        self.stem = build_op("nb201", "stem", cfg.in_channels, C)
+        layers, c = [], C
+        for stage in range(3):
+            if stage:
+                layers.append(build_op("nb201", "resblock", c, 2 * c, 2))
+                c *= 2
+            layers.extend(Nb201SearchCell(cfg, c) for _ in range(cfg.nb201_N))
+        self.layers = nn.ModuleList(layers)
+        self.classifier = build_op("nb201", "classifier", c, cfg.num_classes)
+        self._init_arch(len(cfg.ops()), use_beta=cfg.partial_k > 1)
+
+    def forward(self, x, plain: bool = False):
+        w, ew = self.op_weights(), self.edge_weights()
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x, w[0], None if ew is None else ew[0], plain) if isinstance(layer, Nb201SearchCell) else layer(x)
+        return self.classifier(x)
+
+
+def build_supernet(cfg: SupernetConfig) -> _SupernetBase:
+    if cfg.space == "nb201":
+        return Nb201Supernet(cfg)
+    if cfg.space in ("darts", "sharpdarts"):
+        return DartsSupernet(cfg)
+    raise HwcostError(f"no supernet for space {cfg.space!r}")

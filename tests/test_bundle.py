@@ -1,0 +1,352 @@
+"""Remote-device profiling: bundle -> runner (torch unimportable) -> results -> device table.
+
+The runner runs in a subprocess exactly as on a board: the single file
+extracted from the bundle, Python in isolated mode (-I), a clean working
+directory, and torch and every hwcost package made unimportable. ssh and scp
+are fakes on PATH that record their argument lists and emulate the remote
+host in a local directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from device_tables.errors import TableError
+from device_tables.keys import OpKey
+from device_tables.table import load_table, save_table
+from profilers import runner
+from profilers.bundle import check_host, import_results, remote_command, run_over_ssh, write_bundle
+from spaces.errors import HwcostError
+
+KEYS = [
+    OpKey("nb201", "none", 1, 16, 16, 8, 8, 1),
+    OpKey("nb201", "skip_connect", 1, 16, 16, 8, 8, 1),
+    OpKey("nb201", "nor_conv_1x1", 1, 16, 16, 8, 8, 1),
+    OpKey("nb201", "node_sum", 1, 16, 16, 8, 8, 1, (("n_inputs", 2),)),  # two graph inputs
+]
+# Short caps: these tests check behaviour, never timings.
+FAST = {"max_time_s": 0.03, "warmup_s": 0.005, "rel_ci": 0.05, "min_samples": 6}
+BLOCKED = ("torch", "spaces", "device_tables", "profilers", "hwcost", "costmodels", "search")
+# Put the blocker directory first on sys.path, then run the script as __main__.
+BOOT = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); script = sys.argv[2]; "
+        "sys.argv = sys.argv[2:]; runpy.run_path(script, run_name='__main__')")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bundle") / "b.zip"
+    info = write_bundle(KEYS, path, settings=FAST, networks=["nb201"])
+    assert info.n_keys == len(KEYS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory, bundle) -> dict:
+    """A 'device': a clean directory with runner.py extracted, and blocked imports."""
+    root = tmp_path_factory.mktemp("device")
+    with zipfile.ZipFile(bundle) as zf:
+        (root / "runner.py").write_bytes(zf.read("runner.py"))
+    blocker, markers = root / "blocker", root / "markers"
+    markers.mkdir()
+    for name in BLOCKED:
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(
+            f"open({str(markers / name)!r}, 'w').close()\n"
+            f"raise ImportError('{name} must not be imported on the device')\n")
+    return {"root": root, "runner": root / "runner.py", "blocker": blocker, "markers": markers}
+
+
+def run_runner(device, *args, script=None) -> subprocess.CompletedProcess:
+    script = script or device["runner"]
+    argv = [sys.executable, "-I", "-c", BOOT, str(device["blocker"]), str(script), *map(str, args)]
+    proc = subprocess.run(argv, cwd=device["root"], capture_output=True, text=True, timeout=120)
+    imported = sorted(p.name for p in device["markers"].iterdir())
+    assert not imported, f"the runner imported {imported}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def results(device, bundle) -> Path:
+    out = device["root"] / "results.json"
+    proc = run_runner(device, bundle, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"[{len(KEYS)}/{len(KEYS)}]" in proc.stderr and "eta" in proc.stderr  # progress counter
+    assert not Path(str(out) + ".journal").exists()
+    return out
+
+
+def test_runner_measures_every_key_and_the_table_imports(results, tmp_path):
+    doc = json.loads(results.read_text())
+    assert doc["format"] == runner.RESULTS_FORMAT and doc["failed"] == []
+    env = doc["environment"]
+    assert env["threads"] == 1 and env["provider"] == "CPUExecutionProvider" and env["cores"] >= 1
+    assert env["cpu_model"] and env["onnxruntime"]
+    table = import_results(results)
+    assert set(table.keys()) == set(KEYS)
+    for e in table:
+        assert 0 < e.p10_ms <= e.median_ms <= e.p90_ms and e.n >= 1 and e.quality in ("ok", "capped", "noisy")
+    assert table.kind == "op" and table.spaces == ["nb201"]
+    assert table.runtime["backend"] == "onnxruntime" and table.runtime["threads"] == 1
+    assert table.runtime["batch"] == 1 and table.device["name"] == env["device_name"]
+    save_table(table, tmp_path / "t.json")
+    assert load_table(tmp_path / "t.json").keys() == table.keys()
+
+
+def test_the_bundle_itself_runs_as_a_zip_application(device, bundle, tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_runner(device, "--out", out, "--max-time", "0.01", "--quiet", script=bundle)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(out.read_text())["results"]) == len(KEYS)
+
+
+def _journal_lines(results_path: Path, n_rows: int) -> list[str]:
+    doc = json.loads(results_path.read_text())
+    header = {"format": runner.JOURNAL_FORMAT, "version": runner.RESULTS_VERSION, "bundle_id": doc["bundle"]["id"],
+              "started": doc["started"], "settings": doc["settings"], "environment": doc["environment"]}
+    return [json.dumps(header)] + [json.dumps(r) for r in doc["results"][:n_rows]]
+
+
+def test_resume_after_a_torn_journal_line_keeps_saved_rows(device, bundle, results, tmp_path):
+    out = tmp_path / "r.json"
+    journal = Path(str(out) + ".journal")
+    saved = _journal_lines(results, 2)
+    torn = '{"key": "nb201/nor_conv_1x1|b1|ci'  # killed in the middle of a write
+    journal.write_text("\n".join(saved) + "\n" + torn)
+
+    proc = run_runner(device, bundle, "--out", out)  # without --resume: refuses, loses nothing
+    assert proc.returncode == 2 and "--resume" in proc.stderr and journal.exists()
+
+    proc = run_runner(device, bundle, "--out", out, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming: 2 of 4" in proc.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [r["key"] for r in rows] == [k.to_str() for k in KEYS]
+    assert rows[:2] == [json.loads(line) for line in saved[1:]]  # not measured again
+    assert not journal.exists()
+
+
+def test_resume_refuses_a_corrupt_middle_line_or_other_settings(device, bundle, results, tmp_path):
+    out = tmp_path / "r.json"
+    journal = Path(str(out) + ".journal")
+    lines = _journal_lines(results, 2)
+    journal.write_text("\n".join([lines[0], "{oops", lines[2]]) + "\n")
+    proc = run_runner(device, bundle, "--out", out, "--resume")
+    assert proc.returncode == 2 and "line 2 is corrupt" in proc.stderr
+    journal.write_text("\n".join(lines) + "\n")
+    proc = run_runner(device, bundle, "--out", out, "--resume", "--threads", "2")
+    assert proc.returncode == 2 and "threads=1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _zip(path: Path, files: dict[str, str]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return path
+
+
+@pytest.mark.parametrize("case,match", [
+    ("not-a-zip", "not a readable zip file"),
+    ("missing", "does not exist"),
+    ("no-manifest", "has no manifest.json"),
+    ("version", "manifest version 99 is not supported"),
+    ("bad-json", "not valid JSON"),
+    ("missing-model", "missing from the zip"),
+])
+def test_bad_bundles_exit_2_with_one_line(device, tmp_path, case, match):
+    path = tmp_path / "b.zip"
+    manifest = {"format": runner.MANIFEST_FORMAT, "version": 1,
+                "keys": [{"key": "k", "model": "m.onnx", "inputs": []}]}
+    if case == "not-a-zip":
+        path.write_text("PK? no, just text")
+    elif case == "no-manifest":
+        _zip(path, {"runner.py": ""})
+    elif case == "version":
+        _zip(path, {"manifest.json": json.dumps({**manifest, "version": 99})})
+    elif case == "bad-json":
+        _zip(path, {"manifest.json": "{"})
+    elif case == "missing-model":
+        _zip(path, {"manifest.json": json.dumps(manifest)})
+    proc = run_runner(device, path, "--out", tmp_path / "r.json")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("runner: error:") and match in lines[0], proc.stderr
+
+
+def test_median_ci_ranks_follow_the_binomial():
+    assert runner.median_ci_ranks(5) is None  # 2 * 0.5**5 > 0.05: no 95% interval exists
+    assert runner.median_ci_ranks(6) == (0, 5)
+    assert runner.median_ci_ranks(100) == (39, 60)  # the textbook ranks 40 and 61 (1-based)
+    lo, hi = runner.median_ci_ranks(5000)
+    assert lo < 2500 < hi and hi - lo < 160
+
+
+# ---------------------------------------------------------------- import validation
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d["results"][1].update(median_ms=-1.0), r"results\[1\] \(nb201/skip_connect.*median_ms"),
+    (lambda d: d["results"][0].update(p90_ms=float("inf")), "Infinity"),
+    (lambda d: d["results"][0].update(key="nb201/none|b1"), "bad op key"),
+    (lambda d: d["results"][0].update(quality="great"), "quality"),
+    (lambda d: d.update(failed=[{"key": "nb201/x|b1|cin1|cout1|h1|w1|s1", "error": "Fail: boom"}]),
+     "1 key.*failed.*--allow-failed"),
+    (lambda d: d.update(format="something"), "not a runner results file"),
+    (lambda d: d.update(version=7), "version 7"),
+    (lambda d: d.update(results=[]), "no measured keys"),
+    (lambda d: d["environment"].pop("threads"), "environment.threads"),
+])
+def test_import_results_validates_everything(results, tmp_path, mutate, match):
+    doc = json.loads(results.read_text())
+    mutate(doc)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(TableError, match=match) as e:
+        import_results(bad)
+    assert str(bad) in str(e.value)
+
+
+def test_import_results_can_leave_failed_keys_out(results, tmp_path):
+    doc = json.loads(results.read_text())
+    doc["failed"] = [{"key": "nb201/x|b1|cin1|cout1|h1|w1|s1", "error": "Fail: boom"}]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    table = import_results(path, allow_failed=True)
+    assert len(table) == len(KEYS) and table.provenance["failed"] == doc["failed"]
+
+
+# ---------------------------------------------------------------- ssh
+
+FAKE = """#!{python}
+import json, os, shutil, subprocess, sys
+argv = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps([os.path.basename(sys.argv[0])] + argv) + "\\n")
+home = os.environ["FAKE_HOME"]
+while argv and argv[0] != "--":  # options
+    argv.pop(0)
+argv.pop(0)
+if os.path.basename(sys.argv[0]) == "ssh":
+    host, command = argv[0], " ".join(argv[1:])  # ssh joins the words for the remote shell
+    sys.exit(subprocess.run(["sh", "-c", command], cwd=home).returncode)
+src, dst = argv
+local = lambda p: os.path.join(home, p.split(":", 1)[1]) if ":" in p and not p.startswith("/") else p
+shutil.copyfile(local(src), local(dst))
+"""
+
+
+@pytest.fixture
+def fake_ssh(tmp_path, monkeypatch):
+    bindir, home = tmp_path / "bin", tmp_path / "remote home"
+    bindir.mkdir()
+    home.mkdir()
+    for name in ("ssh", "scp"):
+        exe = bindir / name
+        exe.write_text(FAKE.format(python=sys.executable))
+        exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("FAKE_HOME", str(home))
+    calls = lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []  # noqa: E731
+    return {"home": home, "calls": calls}
+
+
+def test_run_over_ssh_copies_runs_and_fetches_with_argument_lists(fake_ssh, bundle, tmp_path):
+    odd = tmp_path / "dir with 'quotes' and \"spaces\""
+    odd.mkdir()
+    local_bundle = odd / "my bundle's.zip"
+    local_bundle.write_bytes(bundle.read_bytes())
+    out = odd / "res ults.json"
+    name = "Pi 4 'lab' $(touch pwned) `touch pwned2`; touch pwned3"
+    runner_args = ["--device-name", name, "--max-time", "0.01"]
+    got = run_over_ssh(local_bundle, "pi@board", out, python=sys.executable, runner_args=runner_args)
+
+    assert got == out.resolve()
+    doc = json.loads(out.read_text())
+    assert doc["environment"]["device_name"] == name  # survived the remote shell intact
+    assert not list(fake_ssh["home"].glob("pwned*")) and not list(Path.cwd().glob("pwned*"))
+    assert not Path(str(out) + ".part").exists()
+    calls = fake_ssh["calls"]()
+    assert calls[0] == ["ssh", "--", "pi@board", "mkdir -p -- hwcost-run"]
+    assert calls[1] == ["scp", "-q", "--", str(local_bundle), "pi@board:hwcost-run/bundle.zip"]
+    assert calls[2][:3] == ["scp", "-q", "--"] and calls[2][4] == "pi@board:hwcost-run/runner.py"
+    assert calls[3] == ["ssh", "--", "pi@board",
+                        remote_command("hwcost-run", sys.executable, [*runner_args, "--resume"])]
+    assert calls[4] == ["scp", "-q", "--", "pi@board:hwcost-run/results.json", f"{out}.part"]
+    assert len(calls) == 5
+
+
+def test_run_over_ssh_passes_the_port(fake_ssh, bundle, tmp_path):
+    run_over_ssh(bundle, "board", tmp_path / "r.json", port=2222, python=sys.executable,
+                 runner_args=["--max-time", "0.005", "--quiet"], resume=False)
+    calls = fake_ssh["calls"]()
+    assert calls[0][:4] == ["ssh", "-p", "2222", "--"]
+    assert calls[1][:5] == ["scp", "-q", "-P", "2222", "--"]
+    assert calls[3][-1].endswith("--force")
+
+
+@pytest.mark.parametrize("host", ["-oProxyCommand=x", "a b", "", "host;rm -rf x", "a\nb", "$(x)", "u@-h", "a'b"])
+def test_hostile_hosts_are_refused_before_any_call(fake_ssh, bundle, tmp_path, host):
+    with pytest.raises(HwcostError, match="bad ssh host"):
+        run_over_ssh(bundle, host, tmp_path / "r.json")
+    assert fake_ssh["calls"]() == []
+
+
+@pytest.mark.parametrize("remote_dir", ["-rf", "a b", "x;y", "../up", "$HOME"])
+def test_odd_remote_dirs_are_refused(fake_ssh, bundle, tmp_path, remote_dir):
+    with pytest.raises(HwcostError, match="bad remote directory"):
+        run_over_ssh(bundle, "board", tmp_path / "r.json", remote_dir=remote_dir)
+    assert fake_ssh["calls"]() == []
+
+
+def test_check_host_accepts_usual_forms():
+    for host in ("pi", "pi@raspberrypi.local", "u@10.0.0.2", "[fe80::1]", "u@[::1]", "my-board_2"):
+        assert check_host(host) == host
+
+
+# ---------------------------------------------------------------- CLI
+
+def _cli(argv: list[str]) -> argparse.Namespace:
+    from hwcost.cmd_bundle import add_bundle_parsers, add_table_import_parser
+    parser = argparse.ArgumentParser(prog="hwcost")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_bundle_parsers(sub)
+    table = sub.add_parser("table").add_subparsers(dest="table_command", required=True)
+    add_table_import_parser(table)
+    return parser.parse_args(argv)
+
+
+def test_cli_table_import(results, tmp_path, capsys):
+    args = _cli(["table", "import", str(results), "--out", str(tmp_path / "T.json"), "--device-name", "rpi4"])
+    assert args.func(args) == 0
+    table = load_table(tmp_path / "T.json")
+    assert table.device["name"] == "rpi4" and len(table) == len(KEYS)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_bundle_over_ssh_end_to_end(fake_ssh, tmp_path, capsys):
+    args = _cli(["bundle", "--space", "nb201", "--networks", "nb201", "--ops", "nor_conv_1x1", "--quiet",
+                 "--max-time", "0.01", "--out", str(tmp_path / "b.zip"), "--ssh", "pi@board",
+                 "--results", str(tmp_path / "r.json"), "--table", str(tmp_path / "T.json"),
+                 "--python", sys.executable])
+    assert args.func(args) == 0
+    table = load_table(tmp_path / "T.json")
+    assert sorted(k.h for k in table.keys()) == [8, 16, 32] and {k.op for k in table.keys()} == {"nor_conv_1x1"}
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--results", "r.json"], "give --ssh"),
+    (["--ssh=-oProxyCommand=x"], "bad ssh host"),
+    (["--ops", "conv_9x9", "--space", "nb201", "--networks", "nb201"], "conv_9x9"),
+])
+def test_cli_bundle_user_errors(tmp_path, argv, match):
+    args = _cli(["bundle", "--out", str(tmp_path / "b.zip"), *argv])
+    with pytest.raises(HwcostError, match=match):
+        args.func(args)

@@ -1,0 +1,158 @@
+"""The search engine on toy problems whose optimum is known, for every strategy."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from search.objective import Objective, parse_term
+from search.run import SearchConfig, SearchRun, run_search
+from search.strategies import STRATEGIES
+from search.supernet import SupernetConfig, build_supernet
+from spaces import HwcostError, Nb201Arch
+
+FAST = dict(data="synthetic", epochs=2, steps_per_epoch=3, batch_size=16, C=4, layers=3, threads=1)
+
+
+def small(space="nb201", **kw) -> SearchConfig:
+    return SearchConfig(space=space, **{**FAST, **kw})
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_cost_only_objective_picks_the_cheapest_ops(strategy, tmp_path):
+    # A huge params penalty dominates the task loss: every nb201 edge must end on a parameter-free op.
+    cfg = small(strategy=strategy, penalties=["params=1e-2"], arch_lr=0.05, epochs=3)
+    r = run_search(cfg, tmp_path / "run", progress=False)
+    ops = Nb201Arch.parse(r["arch"]).ops
+    assert not any(op.startswith("nor_conv") for op in ops), ops
+    assert r["derived"]["params"] == min_params_nb201()
+
+
+def min_params_nb201():
+    from costmodels.analytical import count_params
+    from spaces import Nb201NetConfig, build_network
+    return count_params(build_network(Nb201NetConfig("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")))
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_hard_budget_is_met(strategy, tmp_path):
+    budget = 0.4e6
+    cfg = small(strategy=strategy, budgets=[f"params={budget}"], arch_lr=0.05, epochs=2)
+    r = run_search(cfg, tmp_path / "run", progress=False)
+    assert r["within_budget"] == {"params": True}
+    assert r["derived"]["params"] <= budget
+
+
+def test_soft_penalty_moves_the_choice_the_right_way(tmp_path):
+    base = run_search(small(strategy="darts", arch_lr=0.05, epochs=3, seed=1), tmp_path / "a", progress=False)
+    pen = run_search(small(strategy="darts", arch_lr=0.05, epochs=3, seed=1, penalties=["macs=1e-5"]),
+                     tmp_path / "b", progress=False)
+    # Same seed, same data: the penalty can only lower the expected MACs of the final alphas.
+    la = json.loads((tmp_path / "a" / "log.jsonl").read_text().splitlines()[-1])["costs"]["macs"]
+    lb = json.loads((tmp_path / "b" / "log.jsonl").read_text().splitlines()[-1])["costs"]["macs"]
+    assert lb < la
+    assert pen["derived"]["macs"] <= base["derived"]["macs"]
+
+
+def test_darts_space_search_writes_a_complete_run_directory(tmp_path):
+    cfg = small(space="darts", strategy="pcdarts", partial_k=2, budgets=["params=2.5M"], warmup_epochs=1)
+    r = run_search(cfg, tmp_path / "run", progress=False)
+    assert set(r) >= {"space", "genotype", "budgets", "derived", "table"}
+    for name in ("config.json", "log.jsonl", "alphas.jsonl", "checkpoint.pt", "result.json", "alphas.png", "costs.png"):
+        assert (tmp_path / "run" / name).exists(), name
+    logs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(logs) == 6 and {"loss_train", "costs", "entropy"} <= set(logs[0])
+    # warm-up epoch: alpha frozen
+    assert all(l["loss_val"] != l["loss_val"] for l in logs[:3])  # NaN: no alpha step
+    assert r["derived"]["params"] <= 2.5e6
+
+
+def test_objective_dual_ascent_and_units():
+    t = parse_term("latency=4ms", "hard")
+    assert (t.metric, t.value) == ("latency_ms", 4.0)
+    assert parse_term("params=1.5M", "hard").value == 1.5e6
+    assert parse_term("memory=2MiB", "hard").value == 2 * 2**20
+    obj = Objective([t], ("latency_ms", "params"), dual_lr=1.0, floor=0.85)
+    obj.dual_step(torch.tensor([6.0, 0.0]))
+    assert t.multiplier == pytest.approx(0.5)       # over budget: mu += (6/4 - 1)
+    obj.dual_step(torch.tensor([3.8, 0.0]))
+    assert t.multiplier == pytest.approx(0.5)       # inside [0.85 B, B]: unchanged
+    obj.dual_step(torch.tensor([1.0, 0.0]))
+    assert t.multiplier == pytest.approx(0.5 + 1.0 / 3.4 - 1)  # under the floor: falls below 0
+
+
+@pytest.mark.parametrize("text,match", [
+    ("latency=4", "unit"), ("latency=-4ms", "NAME=VALUE"), ("params=0", "positive"),
+    ("speed=3ms", "unknown resource"), ("latency 4ms", "NAME=VALUE"), ("params=1e-7x", "unit"),
+])
+def test_bad_budgets(text, match):
+    with pytest.raises(HwcostError, match=match):
+        parse_term(text, "hard")
+
+
+def test_latency_budget_without_a_table_is_refused(tmp_path):
+    with pytest.raises(HwcostError, match="pass --table"):
+        SearchRun(small(budgets=["latency=5ms"]), tmp_path / "r")
+
+
+def test_table_of_another_space_is_refused(tmp_path):
+    with pytest.raises(HwcostError, match="only an nb201 search"):
+        SearchRun(small(space="darts", budgets=["latency=5ms"], table="raspi4"), tmp_path / "r")
+
+
+def test_impossible_budget_reports_not_met(tmp_path):
+    r = run_search(small(budgets=["params=1000"]), tmp_path / "r", progress=False)
+    assert r["within_budget"] == {"params": False}
+
+
+def test_optimised_mixed_op_equals_plain_weighted_sum():
+    torch.manual_seed(0)
+    for cfg in (SupernetConfig(C=4, layers=3), SupernetConfig(C=8, layers=3, partial_k=4),
+                SupernetConfig(space="nb201", C=4, nb201_N=1), SupernetConfig(C=4, layers=3, max_w=True)):
+        net = build_supernet(cfg)
+        net.alphas.data.normal_()
+        x = torch.randn(2, 3, 8, 8)
+        a = net(x)
+        b = net(x, plain=True)
+        torch.testing.assert_close(a, b)
+        ga = torch.autograd.grad(a.square().sum(), net.arch_parameters())
+        gb = torch.autograd.grad(net(x, plain=True).square().sum(), net.arch_parameters())
+        for u, v in zip(ga, gb):
+            torch.testing.assert_close(u, v)
+
+
+def test_resume_after_kill_gives_the_same_alphas(tmp_path):
+    args = ["--space", "nb201", "--data", "synthetic", "--epochs", "4", "--steps-per-epoch", "4",
+            "--batch-size", "16", "--C", "4", "--layers", "3", "--threads", "1", "--seed", "3", "--json"]
+    full = tmp_path / "full"
+    subprocess.run([sys.executable, "-m", "hwcost.cli", "search", *args, "--out", str(full)],
+                   check=True, capture_output=True, timeout=300)
+    cut = tmp_path / "cut"
+    p = subprocess.Popen([sys.executable, "-m", "hwcost.cli", "search", *args, "--out", str(cut)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (cut / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (cut / "result.json").exists(), "the run finished before the kill; make it longer"
+    subprocess.run([sys.executable, "-m", "hwcost.cli", "search", *args, "--out", str(cut), "--resume"],
+                   check=True, capture_output=True, timeout=300)
+    a = torch.load(full / "checkpoint.pt", weights_only=True)["model"]["alphas"]
+    b = torch.load(cut / "checkpoint.pt", weights_only=True)["model"]["alphas"]
+    torch.testing.assert_close(a, b)
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (full, cut))
+    assert ra["arch"] == rb["arch"]
+    n_steps = [json.loads(x)["step"] for x in (cut / "log.jsonl").read_text().splitlines()]
+    assert n_steps == list(range(1, 17))  # every step logged once
+
+
+def test_nonempty_run_directory_needs_resume(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "x").write_text("data")
+    with pytest.raises(HwcostError, match="--resume"):
+        SearchRun(small(), tmp_path / "r")
