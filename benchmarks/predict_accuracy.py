@@ -1,0 +1,315 @@
+"""Predicted vs measured end-to-end latency: DARTS networks and torchvision models.
+
+    .venv/bin/python benchmarks/predict_accuracy.py [--backends ort-cpu,torch-cpu] [--quick]
+
+For each backend (one thread, batch 1):
+
+* DARTS: ``--n`` random genotypes (seeded; 2 distinct inputs per node, no
+  ``none``) under the CIFAR eval network (C=36, 20 cells, 1x3x32x32), predicted
+  from the op-level table ``device_tables/data/darts_<backend>.json`` (the
+  benchmark's figures) and, as a diagnostic of the table's age, from the same
+  keys profiled in this run into a temporary table with the profile API (the
+  only table when none is shipped; said in the output);
+* torchvision ``mobilenet_v2``, ``resnet18``, ``squeezenet1_0`` at 1x3x224x224:
+  their layers are profiled into a table first (what ``hwcost profile --model``
+  does), then predicted;
+* measured = the whole network on the same backend and settings as the table
+  (on ``ort-*`` the exported ONNX network, one session), median of repeated runs
+  (``profilers.profile.measure_model``).
+
+Predictions use what ``hwcost predict`` uses (``costmodels.predict``): the sum of
+the ops, minus the per-call overhead the table records, minus what ONNX Runtime
+fuses; nothing is fitted to measured networks.  Separately, an in-context
+scale is calibrated on ``--calibrate`` *other* genotypes (another seed), measured
+interleaved with the test networks, and reported beside.  Prints MAPE, RMSE and the share
+within +-5 % / +-10 % (nn-Meter: 99 % within +-10 % on a mobile CPU; LitePred:
+90.5 % within +-5 %; target here: >= 95 % within +-10 %), the machine, the load
+average, and a drift check of the table (a few of its keys measured again now).
+Writes ``benchmarks/results/predict_vs_measured_<backend>.png`` and ``.json``
+(``--replot JSON`` redraws a plot without measuring).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from costmodels.predict import (Overhead, calibrate_scale, measure_call_overhead,  # noqa: E402
+                                predict_genotype, predict_network)
+from costmodels.surrogate import accuracy  # noqa: E402
+from device_tables import DATA_DIR, load_table  # noqa: E402
+from profilers.backends import get_backend  # noqa: E402
+from profilers.environment import device_info  # noqa: E402
+from profilers.measure import Settings  # noqa: E402
+from profilers.profile import measure_model, model_jobs, profile, space_jobs  # noqa: E402
+from profilers.shapes import resolve_model  # noqa: E402
+from spaces import Genotype, build_network, network_config  # noqa: E402
+from spaces.darts import PRIMITIVES  # noqa: E402
+
+TORCHVISION = ("mobilenet_v2", "resnet18", "squeezenet1_0")
+IMAGE = (1, 3, 224, 224)
+OPS = tuple(p for p in PRIMITIVES if p != "none")
+NET_SETTINGS = Settings(max_time_s=10.0)   # measure_model's default
+
+
+def random_genotype(rng: random.Random, steps: int = 4) -> Genotype:
+    """Each node takes 2 distinct earlier states, each through a random non-none op."""
+    cells = []
+    for _ in range(2):
+        edges = []
+        for node in range(steps):
+            for src in sorted(rng.sample(range(node + 2), 2)):
+                edges.append((rng.choice(OPS), src))
+        cells.append(tuple(edges))
+    concat = tuple(range(2, steps + 2))
+    return Genotype(cells[0], concat, cells[1], concat).validate("darts")
+
+
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def profile_now(backend, tmp: Path) -> "DeviceTable":
+    """The darts keys of the CIFAR eval network, profiled now (what ``hwcost profile`` does)."""
+    return profile(space_jobs("darts", "cifar10"), backend, tmp / f"darts_{backend.name}_now.json", spaces=["darts"],
+                   progress=False, provenance={"space": "darts", "networks": ["cifar10"],
+                                               "by": "benchmarks/predict_accuracy.py"})
+
+
+def drift(shipped, fresh) -> tuple[float, float]:
+    """(median, occurrence-weighted mean) over the shared keys of fresh entry / shipped entry."""
+    ratios = [(fresh.get(e.key).median_ms / e.median_ms) for e in shipped.entries if fresh.get(e.key)]
+    return statistics.median(ratios) if ratios else float("nan"), len(ratios)
+
+
+def tables_for(backend, tmp: Path, log) -> dict:
+    """{"shipped": the table in device_tables/data (if any), "now": one profiled in this run}.
+
+    Predictions from the shipped table are the benchmark's figures; the fresh
+    table, measured minutes before the networks, separates the model's error
+    from the table's age (a diagnostic, never mixed into the shipped figures).
+    """
+    out = {}
+    shipped = DATA_DIR / f"darts_{backend.name}.json"
+    if shipped.is_file():
+        out["shipped"] = load_table(shipped, expect_space="darts", expect_kind="op")
+        t = out["shipped"]
+        log(f"table: {shipped.relative_to(ROOT)} (shipped; created {t.created}, {len(t)} keys, device "
+            f"{t.device.get('name')!r})")
+        if t.device.get("cpu") != device_info()["cpu"]:
+            log(f"WARNING: the table was measured on {t.device.get('cpu')!r}, this is {device_info()['cpu']!r}")
+    else:
+        log(f"table: device_tables/data/darts_{backend.name}.json is not shipped yet -- using the table "
+            f"profiled now only")
+    t0 = time.perf_counter()
+    out["now"] = profile_now(backend, tmp)
+    log(f"table profiled now: {len(out['now'])} darts cifar10 keys in {time.perf_counter() - t0:.0f} s (load {load()})")
+    if "shipped" in out:
+        med, n = drift(out["shipped"], out["now"])
+        log(f"table drift: over the {n} shared keys, median (now / shipped entry) = {med:.3f}")
+    return out
+
+
+def run_backend(name: str, args, log) -> dict:
+    backend = get_backend(name, threads=1)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hwcost-predict-") as tmp:
+        tables = tables_for(backend, Path(tmp), log)
+        chain = measure_call_overhead(backend)
+        for label, t in tables.items():
+            o = Overhead.from_table(t)
+            log(f"per-call overhead used ({label} table): {o.per_call_ms * 1e3:.2f} us ({o.source})")
+        log(f"per-call overhead measured now by the chain method: {chain['per_call_ms'] * 1e3:.2f} us per call + "
+            f"{chain['per_node_ms'] * 1e3:.2f} us per node (one op {chain['one_op_ms'] * 1e3:.2f} us, "
+            f"{chain['chain_length']} ops {chain['chain_ms'] * 1e3:.2f} us)")
+
+        rng = random.Random(args.seed)
+        tests = [random_genotype(rng) for _ in range(args.n)]
+        # Calibration networks: other genotypes (another seed, none of the test ones), measured
+        # interleaved with the test networks so that both see the same machine conditions.
+        crng, calib = random.Random(args.seed + 10_000), []
+        while len(calib) < args.calibrate:
+            g = random_genotype(crng)
+            if g not in tests and g not in calib:
+                calib.append(g)
+        every = max(1, args.n // max(args.calibrate, 1))
+        order, c = [], 0
+        for i, g in enumerate(tests):
+            if i % every == 0 and c < len(calib):
+                order.append(("calibration", calib[c]))
+                c += 1
+            order.append(("darts", g))
+        order += [("calibration", g) for g in calib[c:]]
+        t0 = time.perf_counter()
+        for i, (kind, g) in enumerate(order):
+            preds = {label: predict_genotype(g, t, network="cifar10") for label, t in tables.items()}
+            net = build_network(network_config("cifar10", g))
+            m = measure_model(net, net.input_shape(1), backend, NET_SETTINGS)
+            rows.append({"kind": kind, "name": f"{kind} genotype", "genotype": str(g),
+                         "measured_ms": m.median * 1e3, "measured_p10_ms": m.p10 * 1e3,
+                         "measured_p90_ms": m.p90 * 1e3, "quality": m.quality,
+                         **{f"predicted_{k}_ms": p.latency_ms for k, p in preds.items()},
+                         "n_ops": preds["now"].n_calls, "from_surrogate": preds["now"].from_surrogate})
+            if (i + 1) % 10 == 0:
+                log(f"  darts {i + 1}/{len(order)} ({time.perf_counter() - t0:.0f} s, load {load()})")
+
+        for model_name in args.models:
+            model = resolve_model(f"torchvision:{model_name}")
+            out = Path(tmp) / f"{model_name}_{name}.json"
+            t1 = time.perf_counter()
+            layer_table = profile(model_jobs(model, IMAGE), backend, out, spaces=["torch"], progress=False,
+                                  provenance={"model": f"torchvision:{model_name}", "input": list(IMAGE)})
+            pred = predict_network(model, IMAGE, layer_table)
+            m = measure_model(model, IMAGE, backend, NET_SETTINGS)
+            rows.append({"kind": "torchvision", "name": model_name,
+                         **{f"predicted_{k}_ms": pred.latency_ms for k in tables},
+                         "ops_sum_ms": pred.ops_sum_ms, "fused_ms": pred.fused_ms, "fused_ops": pred.n_fused,
+                         "measured_ms": m.median * 1e3, "measured_p10_ms": m.p10 * 1e3,
+                         "measured_p90_ms": m.p90 * 1e3, "quality": m.quality, "n_ops": pred.n_calls,
+                         "from_surrogate": pred.from_surrogate, "profile_s": time.perf_counter() - t1})
+            log(f"  {model_name}: {pred.n_calls} layers ({pred.n_fused} fused) profiled; predicted "
+                f"{pred.latency_ms:.2f} ms, measured {m.median * 1e3:.2f} ms ({m.quality}), load {load()}")
+    scales = {}
+    cal = [r for r in rows if r["kind"] == "calibration"]
+    for label in tables:
+        scales[label] = (calibrate_scale([r[f"predicted_{label}_ms"] for r in cal], [r["measured_ms"] for r in cal])
+                         if cal else 1.0)
+        for r in rows:
+            r[f"calibrated_{label}_ms"] = scales[label] * r[f"predicted_{label}_ms"]
+    if cal:
+        log("in-context scale calibrated on " + f"{len(cal)} other genotypes (not the test networks): "
+            + ", ".join(f"{k} table {v:.4f}" for k, v in scales.items()))
+    return {"backend": name, "runtime": tables["now"].runtime, "tables": list(tables),
+            "shipped_table_created": tables["shipped"].created if "shipped" in tables else None,
+            "chain": chain, "context_scale": scales, "rows": rows}
+
+
+def summarize(rows: list[dict], field: str = "predicted_ms") -> dict:
+    y = np.array([r["measured_ms"] for r in rows])
+    p = np.array([r[field] for r in rows])
+    return {"n": len(rows), **accuracy(y, p), "mean_signed_error": float(np.mean(p / y - 1))}
+
+
+def report(result: dict, log) -> dict:
+    groups = {"darts": [r for r in result["rows"] if r["kind"] == "darts"],
+              "torchvision": [r for r in result["rows"] if r["kind"] == "torchvision"]}
+    groups["all"] = groups["darts"] + groups["torchvision"]
+    out: dict = {}
+    head = f"{'group':<12} {'n':>4} {'MAPE':>7} {'RMSE ms':>8} {'<=5%':>6} {'<=10%':>6} {'mean signed':>11}"
+    for label in result["tables"]:
+        what = "shipped darts table" if label == "shipped" else "darts table profiled in this run (diagnostic)"
+        for kind in ("predicted", "calibrated"):
+            field = f"{kind}_{label}_ms"
+            how = ("sum of ops, nothing fitted" if kind == "predicted" else
+                   f"x in-context scale {result['context_scale'][label]:.4f} calibrated on other genotypes")
+            log(f"\n{result['backend']}, {what}; {how}:\n  {head}")
+            for g, rows in groups.items():
+                if not rows:
+                    continue
+                s = out.setdefault(field, {})[g] = summarize(rows, field)
+                log(f"  {g:<12} {s['n']:>4} {s['mape']:>7.2%} {s['rmse_ms']:>8.3f} {s['within_5']:>6.0%} "
+                    f"{s['within_10']:>6.0%} {s['mean_signed_error']:>+11.2%}")
+    label = result["tables"][0]
+    log("")
+    if "shipped" in result["tables"] and groups["darts"]:
+        ratio = statistics.mean(r["predicted_shipped_ms"] / r["predicted_now_ms"] for r in groups["darts"])
+        log(f"  the shipped table prices the DARTS test networks {ratio - 1:+.1%} (mean) against the table "
+            f"profiled in this run")
+    for r in groups["torchvision"]:
+        p, c = r[f"predicted_{label}_ms"], r[f"calibrated_{label}_ms"]
+        log(f"  {r['name']:<14} predicted {p:7.2f} ms (x scale {c:7.2f})  measured {r['measured_ms']:7.2f} ms  "
+            f"({p / r['measured_ms'] - 1:+.1%} / {c / r['measured_ms'] - 1:+.1%}; sum of layers "
+            f"{r['ops_sum_ms']:.2f} ms, {r['fused_ops']} fused layers {r['fused_ms']:.2f} ms)")
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    """Predicted vs measured with the +-10 % band: the sum of ops, and the same x the calibrated scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in result["rows"] if r["kind"] != "calibration"]
+    fields = [(f"predicted_{t}_ms", f"{t} table: sum of ops") for t in result["tables"]]
+    fields.append((f"calibrated_now_ms", f"now table x scale {result['context_scale']['now']:.3f}"))
+    top = max(max(r["measured_ms"], r[f]) for r in rows for f, _ in fields) * 1.08
+    fig, axes = plt.subplots(1, len(fields), figsize=(4.6 * len(fields), 4.8))
+    x = np.linspace(0, top, 100)
+    for ax, (field, label) in zip(axes, fields):
+        ax.fill_between(x, 0.9 * x, 1.1 * x, color="0.88", label="±10%")
+        ax.plot(x, x, color="0.4", lw=0.8)
+        d = [r for r in rows if r["kind"] == "darts"]
+        ax.scatter([r["measured_ms"] for r in d], [r[field] for r in d], s=12,
+                   label=f"DARTS genotypes, C=36, 20 cells ({len(d)})")
+        for r in (r for r in rows if r["kind"] == "torchvision"):
+            ax.scatter([r["measured_ms"]], [r[field]], marker="s", s=30)
+            ax.annotate(r["name"], (r["measured_ms"], r[field]), fontsize=7, xytext=(4, -8),
+                        textcoords="offset points")
+        ax.set(xlim=(0, top), ylim=(0, top), xlabel="measured (ms)", ylabel="predicted (ms)",
+               title=f"{result['backend']}, 1 thread; {label}")
+        ax.title.set_fontsize(9)
+        ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", default="ort-cpu,torch-cpu")
+    ap.add_argument("--n", type=int, default=100, help="random DARTS genotypes (default 100)")
+    ap.add_argument("--quick", action="store_true", help="20 genotypes and the three models")
+    ap.add_argument("--models", default=",".join(TORCHVISION))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calibrate", type=int, default=10,
+                    help="other genotypes to calibrate the in-context scale on (reported separately; 0: none)")
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--replot", metavar="JSON", help="redraw the plot of a results .json (no measuring)")
+    args = ap.parse_args()
+    if args.replot:
+        result = json.loads(Path(args.replot).read_text())
+        plot(result, Path(args.replot).with_suffix(".png"))
+        return 0
+    if args.quick:
+        args.n, args.calibrate = 20, min(args.calibrate, 5)
+    args.models = [m for m in args.models.split(",") if m]
+    warnings.filterwarnings("ignore")
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    dev = device_info()
+    log(f"machine: {dev['cpu']}, {dev['logical_cores']} logical cores, {dev['os']}, python {dev['python']}")
+    import onnxruntime
+    import torch
+    log(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; load average at start {load()}")
+    log(f"command: {' '.join(['benchmarks/predict_accuracy.py'] + sys.argv[1:])}")
+    summaries = {}
+    for name in [b for b in args.backends.split(",") if b]:
+        log(f"\n== {name} ==")
+        t0 = time.perf_counter()
+        result = run_backend(name, args, log)
+        summaries[name] = report(result, log)
+        png = out_dir / f"predict_vs_measured_{name}.png"
+        plot(result, png)
+        result.update(summary=summaries[name], machine=dev, seconds=time.perf_counter() - t0, load_end=load())
+        (out_dir / f"predict_vs_measured_{name}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        log(f"wrote {png.relative_to(ROOT) if png.is_relative_to(ROOT) else png} and .json "
+            f"({time.perf_counter() - t0:.0f} s, load {load()})")
+    log(f"\nload average at end {load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

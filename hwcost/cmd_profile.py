@@ -1,0 +1,162 @@
+"""``hwcost profile`` and ``hwcost measure``: thin layers over :mod:`profilers`.
+
+Wire into the CLI with ``add_profile_parsers(sub)``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from spaces.errors import HwcostError
+
+DEFAULT_NETWORKS = {"darts": "cifar10-search,cifar10", "sharpdarts": "cifar10-search,cifar10", "nb201": "nb201"}
+
+
+def _add_backend_args(p: argparse.ArgumentParser, max_time: float) -> None:
+    p.add_argument("--backend", default="ort-cpu",
+                   help="torch-cpu | torch-cuda | ort-cpu | ort:<ExecutionProvider> (default ort-cpu)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads, fixed and recorded (default 1)")
+    p.add_argument("--rel-ci", type=float, default=0.02,
+                   help="stop when the median's 95%% CI half-width is below this fraction (default 0.02)")
+    p.add_argument("--max-time", type=float, default=max_time,
+                   help=f"time cap per key in seconds (default {max_time:g})")
+
+
+def _settings(args):
+    from profilers.measure import Settings
+    return Settings(rel_ci=args.rel_ci, max_time_s=args.max_time)
+
+
+def _model_and_shape(args) -> tuple:
+    from profilers.shapes import parse_input_shape, resolve_model
+    shape = parse_input_shape(args.input)
+    return resolve_model(args.model), shape
+
+
+def cmd_profile(args) -> int:
+    from profilers.backends import get_backend
+    from profilers.profile import ProfileInterrupted, check_out_path, model_jobs, profile, space_jobs, summarize
+    if (args.space is None) == (args.model is None):
+        raise HwcostError("give either --space (profile a search space) or --model torchvision:NAME")
+    if args.model is None and args.input is not None:
+        raise HwcostError("--input goes with --model; a space's shapes come from --networks")
+    check_out_path(args.out, args.resume)  # fail before any slow work
+    settings = _settings(args)
+    if args.space is not None:
+        from spaces import get_space
+        get_space(args.space)
+        networks = args.networks or DEFAULT_NETWORKS.get(args.space, "")
+        batch = args.batch or 1
+        backend = get_backend(args.backend, threads=args.threads, batch=batch)
+        jobs = space_jobs(args.space, networks, batch)
+        spaces = [args.space]
+        provenance = {"space": args.space, "networks": networks.split(",")}
+    else:
+        if args.networks:
+            raise HwcostError("--networks goes with --space; a model's shapes come from --input")
+        model, shape = _model_and_shape(args)
+        if args.batch is not None and args.batch != shape[0]:
+            raise HwcostError(f"--batch {args.batch} differs from the batch of --input {args.input}")
+        backend = get_backend(args.backend, threads=args.threads, batch=shape[0])
+        jobs = model_jobs(model, shape)
+        spaces = ["torch"]
+        provenance = {"model": args.model, "input": list(shape),
+                      "layers": sum(j.extra["count"] for j in jobs)}
+    t0 = time.perf_counter()
+    try:
+        table = profile(jobs, backend, args.out, spaces=spaces, settings=settings, resume=args.resume,
+                        device_name=args.device_name, provenance=provenance,
+                        progress=False if args.no_progress else None,
+                        announce=lambda line: print(line, file=sys.stderr))
+    except ProfileInterrupted as e:
+        print(f"hwcost: {e}", file=sys.stderr)
+        return 130
+    print(f"wrote {args.out}: {len(table)} entries ({summarize(table)}) in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def cmd_measure(args) -> int:
+    from profilers.backends import get_backend
+    from profilers.profile import measure_model
+    settings = _settings(args)
+    if args.model is not None:
+        if args.genotype or args.arch:
+            raise HwcostError("give either --model or --genotype/--arch, not both")
+        if args.input is None:
+            raise HwcostError("--model needs --input, e.g. --input 1x3x224x224")
+        model, shape = _model_and_shape(args)
+        if args.batch is not None and args.batch != shape[0]:
+            raise HwcostError(f"--batch {args.batch} differs from the batch of --input {args.input}")
+        description = {"model": args.model}
+    else:
+        if args.input is not None:
+            raise HwcostError("--input goes with --model; a genotype's input comes from --network")
+        from .api import resolve_target
+        target = resolve_target(args.space or "darts", args.genotype, args.arch, args.network or "cifar10",
+                                batch=args.batch or 1)
+        model, shape, description = target.model, target.input_shape, target.description
+    backend = get_backend(args.backend, threads=args.threads, batch=shape[0])
+    m = measure_model(model, shape, backend, settings)
+    d = {**m.summary(), **description, "input_shape": list(shape), "backend": backend.name,
+         "threads": backend.threads}
+    if args.json:
+        print(json.dumps(d, indent=1))
+    else:
+        print(f"{d['latency_ms']:.3f} ms median (p10 {d['p10_ms']:.3f}, p90 {d['p90_ms']:.3f}; "
+              f"{d['n']} samples of {d['runs_per_sample']} run(s); {d['quality']}) on {backend.name}, "
+              f"{backend.threads} thread(s), input {'x'.join(map(str, shape))}")
+    return 0
+
+
+def add_profile_parsers(sub) -> None:
+    """Add ``profile`` and ``measure`` to an argparse subparsers object."""
+    p = sub.add_parser("profile", help="measure every op x shape of a space (or every layer of a model) "
+                                       "on a backend -> a device table")
+    p.add_argument("--space", help="darts | sharpdarts | nb201")
+    p.add_argument("--networks", help="comma-separated network configurations whose shapes to measure: "
+                                      "cifar10-search, cifar10, imagenet (darts, sharpdarts), nb201 "
+                                      "(default: cifar10-search,cifar10; nb201 for nb201)")
+    p.add_argument("--model", help="torchvision:NAME -- profile a PyTorch model layer by layer")
+    p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224")
+    _add_backend_args(p, max_time=2.0)
+    p.add_argument("--batch", type=int, default=None, help="batch size of the keys (default 1)")
+    p.add_argument("--out", required=True, help="the table to write (JSON)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted profile of the same --out")
+    p.add_argument("--device-name", help="name of the device in the table (default: the CPU/GPU model)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("measure", help="end-to-end latency of a network on a backend")
+    p.add_argument("--space", default=None, help="darts | sharpdarts | nb201 (default darts)")
+    p.add_argument("--genotype", help="built-in name (e.g. DARTS_V2) or a genotype file")
+    p.add_argument("--arch", help="NB201 architecture string")
+    p.add_argument("--network", default=None, help="cifar10 | imagenet (default cifar10)")
+    p.add_argument("--model", help="torchvision:NAME instead of a genotype")
+    p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224")
+    _add_backend_args(p, max_time=10.0)
+    p.add_argument("--batch", type=int, default=None, help="batch size (default 1; --model takes it from --input)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_measure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hwcost.cmd_profile profile ...``: these subcommands alone, with the
+    ``hwcost`` command's error handling (used until they are wired into ``hwcost.cli``)."""
+    from .cli import _user_errors
+    parser = argparse.ArgumentParser(prog="hwcost")
+    add_profile_parsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as e:
+        print(f"hwcost: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hwcost: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Backends, registered by name: where and how one op (or a whole model) runs.
+
+``torch-cpu``, ``torch-cuda``, ``ort-cpu`` and ``ort:<ExecutionProvider>``
+(any ONNX Runtime provider). A backend fixes and records its threads, batch
+and dtype; ``prepare(module, inputs)`` returns a function that runs the op
+once, synchronised, and ``block_timer()`` the clock the :class:`Timer` uses.
+A new backend is one class with ``@register_backend("name")``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from spaces.errors import HwcostError, unknown
+
+from .measure import BlockTimer, Measurement, Settings, Timer, cpu_block_timer
+
+_BACKENDS: dict[str, type["Backend"]] = {}
+_PREFIXES: dict[str, type["Backend"]] = {}  # "ort:" -> a backend taking the rest of the name
+
+
+def register_backend(name: str, prefix: bool = False):
+    """Class decorator: ``@register_backend("torch-cpu")``; ``prefix=True`` registers
+    a family (``ort:`` + provider name)."""
+
+    def deco(cls):
+        (_PREFIXES if prefix else _BACKENDS)[name] = cls
+        return cls
+
+    return deco
+
+
+def list_backends() -> list[str]:
+    return sorted(_BACKENDS) + [p + "<ExecutionProvider>" for p in sorted(_PREFIXES)]
+
+
+def get_backend(name: str, threads: int = 1, batch: int = 1, dtype: str = "float32", **settings) -> "Backend":
+    """A backend by name, e.g. ``get_backend("ort-cpu", threads=1)``."""
+    if name in _BACKENDS:
+        return _BACKENDS[name](threads=threads, batch=batch, dtype=dtype, **settings)
+    for prefix, cls in _PREFIXES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return cls(name[len(prefix):], threads=threads, batch=batch, dtype=dtype, **settings)
+    raise unknown("backend", name, list_backends())
+
+
+class _Empty(nn.Module):
+    """The cheapest op a backend can run: what one call costs without any work."""
+
+    def forward(self, x):
+        return x + 0  # (an Identity op would let an exporter drop the node)
+
+
+class Backend:
+    """Runs modules for the timer. Subclasses set ``name`` and implement ``prepare``."""
+    name = "?"
+    dtypes = ("float32",)
+
+    def __init__(self, threads: int = 1, batch: int = 1, dtype: str = "float32"):
+        for label, v in (("threads", threads), ("batch", batch)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise HwcostError(f"--{label} must be a positive integer, got {v!r}")
+        if dtype not in self.dtypes:
+            raise HwcostError(f"backend {self.name} measures dtype {', '.join(self.dtypes)}, not {dtype!r}")
+        self.threads, self.batch, self.dtype = threads, batch, dtype
+
+    # -- what it is
+    def version(self) -> str:
+        return torch.__version__
+
+    def execution_provider(self) -> str:
+        return "cpu"
+
+    def settings(self) -> dict:
+        """Backend settings that change timings (recorded in the table's runtime)."""
+        return {}
+
+    def runtime(self) -> dict:
+        return {"backend": self.name, "backend_version": self.version(),
+                "execution_provider": self.execution_provider(), "threads": self.threads,
+                "dtype": self.dtype, "batch": self.batch, **self.settings()}
+
+    def accelerator(self) -> str | None:
+        return None
+
+    # -- how it runs
+    @contextlib.contextmanager
+    def active(self):
+        """Thread count and grad mode for the duration of a measurement (restored after)."""
+        threads, grad = torch.get_num_threads(), torch.is_grad_enabled()
+        torch.set_num_threads(self.threads)
+        torch.set_grad_enabled(False)
+        try:
+            yield self
+        finally:
+            torch.set_num_threads(threads)
+            torch.set_grad_enabled(grad)
+
+    def prepare(self, module: nn.Module, inputs: tuple) -> Callable[[], object]:
+        raise NotImplementedError
+
+    def block_timer(self, settings: Settings) -> BlockTimer:
+        return cpu_block_timer()
+
+    def timer_name(self, settings: Settings) -> str:
+        return "time.perf_counter"
+
+    def measure(self, module: nn.Module, inputs: tuple, settings: Settings = Settings()) -> Measurement:
+        """Time one module at its inputs."""
+        timer = self.block_timer(settings)
+        with self.active():
+            fn = self.prepare(module.eval(), tuple(inputs))
+            return Timer(fn, settings, timer).measure()
+
+    def call_overhead(self, settings: Settings = Settings()) -> Measurement:
+        """The time of an (almost) empty op: what every isolated call pays."""
+        return self.measure(_Empty(), (torch.zeros(self.batch, 1),), settings)
+
+
+@register_backend("torch-cpu")
+class TorchCPU(Backend):
+    """Eager PyTorch on the CPU: ``module(*inputs)`` under no_grad."""
+    name = "torch-cpu"
+
+    def prepare(self, module, inputs):
+        module = module.to("cpu")
+        inputs = tuple(t.to("cpu") for t in inputs)
+        return lambda: module(*inputs)
+
+
+def cuda_block_timer(event_factory: Callable[[], object] | None = None) -> BlockTimer:
+    """Seconds between two CUDA events around k launches, after synchronising.
+
+    Host clocks would time the launches, not the kernels; events are recorded
+    on the stream and read after ``end.synchronize()``. ``event_factory`` is
+    injectable so the logic is testable without a GPU.
+    """
+    make = event_factory or (lambda: torch.cuda.Event(enable_timing=True))
+
+    def time_block(fn, k: int) -> float:
+        start, end = make(), make()
+        start.record()
+        for _ in range(k):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
+
+    return time_block
+
+
+@register_backend("torch-cuda")
+class TorchCUDA(Backend):
+    """Eager PyTorch on the current CUDA device, timed with CUDA events."""
+    name = "torch-cuda"
+
+    def __init__(self, threads: int = 1, batch: int = 1, dtype: str = "float32"):
+        super().__init__(threads, batch, dtype)
+        if not torch.cuda.is_available():
+            raise HwcostError(f"backend torch-cuda needs a CUDA GPU, and torch.cuda.is_available() is False "
+                              f"here (torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+                              f"use torch-cpu or ort-cpu")
+
+    def execution_provider(self) -> str:
+        return f"cuda:{torch.cuda.current_device()}"
+
+    def accelerator(self) -> str | None:
+        return torch.cuda.get_device_name()
+
+    def settings(self) -> dict:
+        return {"cuda": torch.version.cuda, "cudnn_benchmark": torch.backends.cudnn.benchmark}
+
+    def prepare(self, module, inputs):
+        module = module.to("cuda")
+        inputs = tuple(t.to("cuda") for t in inputs)
+        return lambda: module(*inputs)
+
+    def block_timer(self, settings: Settings) -> BlockTimer:
+        return cuda_block_timer()
+
+    def timer_name(self, settings: Settings) -> str:
+        return "cuda events"
+
+
+_GRAPH_OPT = ("disable", "basic", "extended", "all")
+
+
+@register_backend("ort:", prefix=True)
+class OnnxRuntime(Backend):
+    """ONNX Runtime with one provider; each op is exported and run in its own session.
+
+    Isolation: one session per exported op model, sequential execution,
+    ``threads`` intra-op threads and one inter-op thread. Inputs and outputs
+    are bound once (I/O binding), so a timed run is the session's work plus
+    its call overhead, not numpy conversions.
+    """
+    dtypes = ("float32",)
+
+    def __init__(self, provider: str, threads: int = 1, batch: int = 1, dtype: str = "float32",
+                 graph_optimization: str = "all"):
+        import onnxruntime as ort
+        self.provider = provider
+        self.name = "ort-cpu" if provider == "CPUExecutionProvider" else f"ort:{provider}"
+        super().__init__(threads, batch, dtype)
+        available = ort.get_available_providers()
+        if provider not in available:
+            raise HwcostError(f"ONNX Runtime execution provider {provider!r} is not available in this "
+                              f"onnxruntime {ort.__version__}; available: {', '.join(available)}")
+        if graph_optimization not in _GRAPH_OPT:
+            raise HwcostError(f"graph_optimization must be one of {', '.join(_GRAPH_OPT)}, got {graph_optimization!r}")
+        self.graph_optimization = graph_optimization
+        self._tmpdir = tempfile.mkdtemp(prefix="hwcost-ort-")
+
+    def version(self) -> str:
+        import onnxruntime as ort
+        return ort.__version__
+
+    def execution_provider(self) -> str:
+        return self.provider
+
+    def settings(self) -> dict:
+        return {"graph_optimization": self.graph_optimization, "execution_mode": "sequential",
+                "inter_op_threads": 1, "io_binding": True, "opset": self._opset()}
+
+    @staticmethod
+    def _opset() -> int:
+        from .export import DEFAULT_OPSET
+        return DEFAULT_OPSET
+
+    def _device(self) -> str:
+        return "cuda" if self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
+
+    def session(self, path: str):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[self.graph_optimization]
+        so.log_severity_level = 3
+        providers = [self.provider] + (["CPUExecutionProvider"] if self.provider != "CPUExecutionProvider" else [])
+        return ort.InferenceSession(path, so, providers=providers)
+
+    def prepare(self, module, inputs):
+        import onnxruntime as ort
+
+        from .export import export_to_temp
+        result = export_to_temp(module, inputs, check=False, directory=self._tmpdir)
+        try:
+            sess = self.session(result.path)
+        finally:
+            os.unlink(result.path)  # the session holds the model in memory
+        arrays = [t.detach().cpu().numpy() for t in inputs]
+        feed = {i.name: a for i, a in zip(sess.get_inputs(), arrays)}
+        outs = sess.run(None, feed)  # first run: learn output shapes
+        device = self._device()
+        binding = sess.io_binding()
+        keep = []  # OrtValues must outlive the binding
+        for i, a in zip(sess.get_inputs(), arrays):
+            v = ort.OrtValue.ortvalue_from_numpy(a, device, 0)
+            binding.bind_ortvalue_input(i.name, v)
+            keep.append(v)
+        for o, a in zip(sess.get_outputs(), outs):
+            v = ort.OrtValue.ortvalue_from_shape_and_type(a.shape, a.dtype, device, 0)
+            binding.bind_ortvalue_output(o.name, v)
+            keep.append(v)
+
+        def run():
+            sess.run_with_iobinding(binding)
+            return keep
+
+        return run
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            os.rmdir(self._tmpdir)
+
+
+@register_backend("ort-cpu")
+class OnnxRuntimeCPU(OnnxRuntime):
+    """``ort:CPUExecutionProvider``."""
+
+    def __init__(self, threads: int = 1, batch: int = 1, dtype: str = "float32", graph_optimization: str = "all"):
+        super().__init__("CPUExecutionProvider", threads, batch, dtype, graph_optimization)

@@ -1,0 +1,172 @@
+"""The profile pipeline: keys -> measurements -> a device table, crash-safely.
+
+Every measured key is appended to a journal (flushed and fsynced) before the
+next one starts, so an interrupted run -- Ctrl-C, a kill, a power cut --
+resumes where it stopped and never loses or repeats a row. The table is
+written atomically at the end and the journal removed.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from device_tables import DeviceTable, Journal, OpKey
+from spaces.errors import HwcostError
+
+from .backends import Backend
+from .environment import device_info
+from .measure import Measurement, Settings
+from .shapes import key_module, model_layer_keys, space_keys
+
+
+class ProfileInterrupted(HwcostError):
+    """Ctrl-C during a profile: the journal holds every row measured so far."""
+
+
+@dataclass
+class Job:
+    """One key to measure and how to build what it stands for."""
+    key: OpKey
+    build: Callable[[], tuple[nn.Module, tuple]]
+    extra: dict = field(default_factory=dict)  # recorded in the entry (e.g. a layer's count)
+
+
+def space_jobs(space: str, configs, batch: int = 1) -> list[Job]:
+    """Jobs for every op x shape of a space (modules are built when measured)."""
+    return [Job(k, (lambda k=k: key_module(k))) for k in space_keys(space, configs, batch)]
+
+
+def model_jobs(model: nn.Module, input_shape: tuple[int, ...]) -> list[Job]:
+    """Jobs for every distinct layer of a model, each recording its count."""
+    return [Job(layer.key, (lambda layer=layer: (layer.module, layer.inputs)), {"count": layer.count})
+            for layer in model_layer_keys(model, input_shape)]
+
+
+def journal_path(out: str | Path) -> Path:
+    return Path(str(out) + ".journal")
+
+
+def _settings_record(backend: Backend, settings: Settings, call_overhead: Measurement) -> dict:
+    return {**settings.to_dict(), "timer": backend.timer_name(settings),
+            "timer_overhead": "measured at each key's block size (empty calls) and subtracted",
+            "call_overhead_ms": round(call_overhead.median * 1e3, 6),
+            "call_overhead_note": "the time of an empty op on this backend; included in every entry, "
+                                  "since each op runs alone (a network pays it once)",
+            "isolation": ("one ONNX Runtime session per op model" if backend.name.startswith("ort")
+                          else "one module call per op")}
+
+
+def check_out_path(out: str | Path, resume: bool) -> Path:
+    """Refuse to overwrite measured data; say what to do instead."""
+    out, journal = Path(out), journal_path(out)
+    if not out.parent.resolve().is_dir():
+        raise HwcostError(f"cannot write {out}: directory {out.parent} does not exist")
+    if out.exists() and not journal.exists():
+        raise HwcostError(f"{out} already exists; refusing to overwrite measured data "
+                          f"(choose another --out, or delete it to measure again)")
+    if journal.exists() and not resume:
+        raise HwcostError(f"an interrupted profile left {journal}; add --resume to continue it "
+                          f"(or delete the journal to start over)")
+    return out
+
+
+def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: list[str],
+            settings: Settings = Settings(), resume: bool = False, device_name: str | None = None,
+            provenance: dict | None = None, progress: bool | None = None,
+            on_entry: Callable | None = None, announce: Callable[[str], None] | None = None) -> DeviceTable:
+    """Measure every job on ``backend`` and write the table to ``out``.
+
+    ``resume`` continues the journal ``out + ".journal"`` left by an
+    interrupted run (same backend, threads, batch and settings, else an
+    error). ``progress`` (default: when stderr is a terminal) shows a tqdm bar;
+    ``announce`` gets one line saying what will run, once the inputs are checked;
+    ``on_entry`` gets each entry once it is saved.
+    """
+    from tqdm import tqdm
+    jobs = list(jobs)
+    keys = [j.key for j in jobs]
+    if len(set(keys)) != len(keys):
+        raise HwcostError("profile jobs contain a key twice")
+    out = check_out_path(out, resume)
+    with backend.active():
+        overhead = backend.call_overhead(settings)
+    header = {"kind": "op", "spaces": sorted(spaces),
+              "device": device_info(device_name, backend.accelerator()),
+              "runtime": backend.runtime(),
+              "measurement": _settings_record(backend, settings, overhead),
+              "provenance": {"tool": "hwcost profile", "keys": len(jobs), **(provenance or {})}}
+    journal = Journal.open_or_resume(journal_path(out), header)
+    try:
+        _check_same_settings(journal, settings)
+        done = journal.done_keys()
+        todo = [j for j in jobs if j.key not in done]
+        if announce is not None:
+            resumed = f", resuming: {len(jobs) - len(todo)} already measured" if len(todo) < len(jobs) else ""
+            announce(f"profiling {len(todo)} keys on {backend.name} ({backend.threads} thread(s), batch "
+                     f"{backend.batch}){resumed} -> {out}; journal {journal.path}")
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="key", file=sys.stderr,
+                   disable=not show, dynamic_ncols=True, desc=f"profile {backend.name}")
+        try:
+            for job in todo:
+                bar.set_postfix_str(job.key.op, refresh=False)
+                module, inputs = job.build()
+                m = backend.measure(module, inputs, settings)
+                entry = m.to_entry(job.key, **job.extra)
+                journal.append(entry)
+                if on_entry is not None:
+                    on_entry(entry)
+                bar.update(1)
+        finally:
+            bar.close()
+    except KeyboardInterrupt:
+        journal.close()
+        raise ProfileInterrupted(
+            f"interrupted after {len(journal)} of {len(jobs)} keys; every measured row is saved in "
+            f"{journal.path}; run the same command with --resume to continue") from None
+    except BaseException:
+        journal.close()
+        raise
+    return journal.finalize(out)
+
+
+def _check_same_settings(journal: Journal, settings: Settings) -> None:
+    recorded = journal.header.get("measurement", {})
+    diff = [f"{k}={recorded[k]!r} (this run: {v!r})" for k, v in settings.to_dict().items()
+            if k in recorded and not _same(recorded[k], v)]
+    if diff:
+        journal.close()
+        raise HwcostError(f"journal {journal.path} was measured with {', '.join(diff)}; resume with the "
+                          f"same settings, or use another --out")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def measure_model(model: nn.Module, input_shape: tuple[int, ...], backend: Backend,
+                  settings: Settings = Settings(max_time_s=10.0)) -> Measurement:
+    """End-to-end latency of a whole network (exported to ONNX on the ort backends)."""
+    torch.manual_seed(0)
+    x = torch.randn(*input_shape)
+    try:
+        return backend.measure(model.eval(), (x,), settings)
+    except RuntimeError as e:
+        raise HwcostError(f"{type(model).__name__} cannot run at input "
+                          f"{'x'.join(map(str, input_shape))}: {str(e).splitlines()[0]}") from None
+
+
+def summarize(table: DeviceTable) -> str:
+    q: dict[str, int] = {}
+    for e in table.entries:
+        q[e.quality] = q.get(e.quality, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in sorted(q.items()))
+
