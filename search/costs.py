@@ -138,3 +138,26 @@ def exact_cost_fn(space: str, table_path: str | None, cost_tensor: CostTensor):
             costs[i] = entry.median_ms
         return costs
     return exact
+
+
+def enumerate_nb201_costs(table_path: str | None, cost_tensor: CostTensor):
+    """(archs, costs [n, metrics]) of every NB201 cell -- exact analytical counts, and latency
+    from an architecture-level table -- so derivation can choose by enumeration; None otherwise."""
+    if cost_tensor.space != "nb201":
+        return None
+    from costmodels.expected_cost import arch_weights
+    from spaces.nb201_arch import all_archs
+    archs = [a.to_str() for a in all_archs()]
+    idx = torch.tensor([[cost_tensor.ops.index(op) for op in a.ops] for a in all_archs()])
+    c = cost_tensor.c[0]                                   # [edges, ops, metrics]
+    costs = cost_tensor.fixed + c[torch.arange(c.shape[0]), idx].sum(1)  # [n, metrics]
+    if "latency_ms" in cost_tensor.metrics and table_path is not None:
+        table = _table(table_path)
+        if table.kind == "arch":
+            from device_tables import ArchKey
+            lat = []
+            for a in archs:
+                entry = table.get(ArchKey("nb201", a, "cifar10"))
+                lat.append(entry.median_ms if entry is not None else float("inf"))
+            costs[:, cost_tensor.index("latency_ms")] = torch.tensor(lat, dtype=costs.dtype)
+    return archs, costs

@@ -4,10 +4,11 @@ The DARTS rule (top-2 incoming edges without ``none``, beta-weighted for
 PC-DARTS) and NB201's argmax per edge live with the derivation-aware expected
 cost (:mod:`costmodels.expected_cost`), so search and cost agree on one rule.
 
-If the derived network breaks a hard budget, :func:`constrained_derive`
-repairs it greedily: it removes, one at a time, the currently chosen
-(edge, op) whose removal buys the most budget per unit of log-probability
-lost, re-deriving after each removal, until every budget holds.
+With hard budgets, :func:`constrained_derive` returns the most probable
+network (by the log-probabilities softmax(alpha) gives its choices) whose
+costs lie in the band [floor * B, B] of every budget: exactly, by
+enumeration, for NB201 (15,625 cells); greedily, by removing or upgrading one
+chosen op at a time, for the DARTS spaces.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def derive(model, alphas: torch.Tensor, ops: tuple[str, ...]):
 
 
 def _violation(objective, costs: torch.Tensor) -> float:
+    """How far the costs lie above their budgets (0 when every budget holds)."""
     v = 0.0
     for t in objective.terms:
         if t.kind == "hard":
@@ -37,44 +39,98 @@ def _violation(objective, costs: torch.Tensor) -> float:
     return v
 
 
+def _shortfall(objective, costs: torch.Tensor) -> float:
+    """How far the costs lie under the floor of their budget band [floor B, B]."""
+    v = 0.0
+    for t in objective.terms:
+        if t.kind == "hard":
+            v += max(0.0, 1.0 - float(costs[objective.index(t.metric)]) / (objective.floor * t.value))
+    return v
+
+
 @torch.no_grad()
 def constrained_derive(model, expected, objective, ops: tuple[str, ...], max_moves: int = 200,
-                       exact_cost=None) -> dict:
-    """Derive; while a hard budget is broken, drop the cheapest-to-lose chosen op and re-derive.
+                       exact_cost=None, all_costs=None) -> dict:
+    """The most probable network (sum of log softmax(alpha) of its choices) that meets the budgets.
 
-    ``exact_cost(arch, costs) -> costs`` may replace the cost model's figures by
-    better ones (an architecture-level table's own measurement of ``arch``).
+    First the plain derivation. If a hard budget is broken, chosen ops are
+    removed greedily (most budget regained per unit of log-probability lost),
+    re-deriving after each removal; if a cost falls under ``floor * budget``,
+    chosen ops are upgraded greedily (most cost added per log-probability lost)
+    while every budget still holds. ``exact_cost(arch, costs)`` may replace the
+    cost model's figures by better ones (an architecture-level table's own
+    measurement). ``all_costs`` -- (archs, costs [n, metrics]) of every network
+    of a small space -- makes the choice exact by enumeration.
     """
     alphas = model.alphas.detach().clone()
     logp = F.log_softmax(alphas, dim=-1)
+    if all_costs is not None and objective.terms:
+        return _enumerate(model, logp, objective, ops, *all_costs)
 
     def derived_cost(a):
         c = expected(a, model.betas, mode="derived")
         return exact_cost(derive(model, a, ops), c) if exact_cost is not None else c
 
     costs = derived_cost(alphas)
-    repaired = 0
-    while _violation(objective, costs) > 0 and repaired < max_moves:
+    moves = 0
+    while _violation(objective, costs) > 0 and moves < max_moves:       # down: remove
         best = None
-        chosen = expected.chosen(alphas, model.betas)  # (cell type, edge, op) of the derived network
-        for k, e, o in chosen:
+        for k, e, o in expected.chosen(alphas, model.betas):
             trial = alphas.clone()
             trial[k, e, o] = NEG
             c = derived_cost(trial)
             gain = _violation(objective, costs) - _violation(objective, c)
-            if gain <= 0:
-                continue
-            nxt = int(torch.argmax(trial[k, e]))
-            loss = float(logp[k, e, o] - logp[k, e, nxt]) + 1e-9
-            score = gain / loss
-            if best is None or score > best[0]:
-                best = (score, trial, c)
+            if gain > 0:
+                nxt = int(torch.argmax(trial[k, e]))
+                score = gain / (float(logp[k, e, o] - logp[k, e, nxt]) + 1e-9)
+                if best is None or score > best[0]:
+                    best = (score, trial, c)
         if best is None:
             break
         _, alphas, costs = best
-        repaired += 1
-    return {"arch": derive(model, alphas, ops), "repaired": repaired,
-            "violation": _violation(objective, costs)}
+        moves += 1
+    non_none = [i for i, name in enumerate(ops) if name != "none"]
+    while objective.floor > 0 and _violation(objective, costs) == 0 and _shortfall(objective, costs) > 0 \
+            and moves < max_moves:                                          # up: upgrade
+        best = None
+        for k, e, o in expected.chosen(alphas, model.betas):
+            for o2 in non_none:
+                if o2 == o:
+                    continue
+                trial = alphas.clone()
+                trial[k, e, o2] = alphas[k, e].max() + 1.0
+                c = derived_cost(trial)
+                gain = _shortfall(objective, costs) - _shortfall(objective, c)
+                if gain > 0 and _violation(objective, c) == 0:
+                    score = gain / (float(logp[k, e, o] - logp[k, e, o2]) + 1e-9)
+                    if best is None or score > best[0]:
+                        best = (score, trial, c)
+        if best is None:
+            break
+        _, alphas, costs = best
+        moves += 1
+    return {"arch": derive(model, alphas, ops), "repaired": moves, "violation": _violation(objective, costs)}
+
+
+def _enumerate(model, logp: torch.Tensor, objective, ops, archs: list, costs: torch.Tensor) -> dict:
+    """Exact: the most probable architecture inside the budget band (else under the budgets)."""
+    from spaces.nb201_arch import Nb201Arch
+    idx = torch.tensor([[ops.index(op) for op in Nb201Arch.parse(a).ops] for a in archs])
+    score = logp[0].gather(1, idx.T).sum(0)  # [n_archs]
+    ok = torch.ones(len(archs), dtype=torch.bool)
+    band = torch.ones(len(archs), dtype=torch.bool)
+    for t in objective.terms:
+        if t.kind == "hard":
+            c = costs[:, objective.index(t.metric)]
+            ok &= c <= t.value
+            band &= (c <= t.value) & (c >= objective.floor * t.value)
+    plain = derive(model, model.alphas.detach(), ops)
+    pick = band if bool(band.any()) else ok
+    if not bool(pick.any()):
+        return {"arch": plain, "repaired": 0, "violation": float("inf")}
+    best = int(torch.where(pick, score, torch.full_like(score, -math.inf)).argmax())
+    moved = sum(a != b for a, b in zip(Nb201Arch.parse(archs[best]).ops, Nb201Arch.parse(str(plain)).ops))
+    return {"arch": archs[best], "repaired": int(moved), "violation": 0.0}
 
 
 def derived_costs(space: str, network: str, arch, cost_tensor, expected, model, table: str | None) -> dict:

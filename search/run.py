@@ -223,9 +223,10 @@ class SearchRun:
 
     def finish(self, seconds: float) -> dict:
         val_loader = search_loaders(self.data, 256, self.cfg.seed)[1]
-        from .costs import exact_cost_fn
+        from .costs import enumerate_nb201_costs, exact_cost_fn
         derived = constrained_derive(self.model, self.expected, self.objective, self.ops,
-                                     exact_cost=exact_cost_fn(self.cfg.space, self.cfg.table, self.cost_tensor))
+                                     exact_cost=exact_cost_fn(self.cfg.space, self.cfg.table, self.cost_tensor),
+                                     all_costs=enumerate_nb201_costs(self.cfg.table, self.cost_tensor))
         costs = derived_costs(self.cfg.space, self.cfg.network, derived["arch"], self.cost_tensor, self.expected,
                               self.model, self.cfg.table)
         budgets = {t.metric: t.value for t in self.terms if t.kind == "hard"}
