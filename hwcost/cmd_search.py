@@ -29,6 +29,8 @@ def add_search_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=5, help="supernet cells (DARTS paper: 8)")
     p.add_argument("--partial-k", type=int, help="PC-DARTS K (default 4 for pcdarts)")
     p.add_argument("--max-w", action="store_true", help="sharpDARTS Max-W weighting")
+    p.add_argument("--plain", action="store_true",
+                   help="run the textbook mixed op instead of the fused CPU cell (same values, slower)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int)
     p.add_argument("--out", required=True, help="run directory")
@@ -45,7 +47,7 @@ def cmd_search(args) -> int:
                        cost_mode=args.cost_mode, budget_floor=args.budget_floor, epochs=args.epochs,
                        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, C=args.C,
                        layers=args.layers, partial_k=args.partial_k, max_w=args.max_w, seed=args.seed,
-                       threads=args.threads)
+                       threads=args.threads, fast=not args.plain)
     r = run_search(cfg, args.out, resume=args.resume, progress=not args.json)
     if args.json:
         print(json.dumps(r, indent=1))

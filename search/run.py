@@ -52,6 +52,7 @@ class SearchConfig:
     layers: int = 5
     partial_k: int | None = None         # default from the strategy (PC-DARTS: 4)
     max_w: bool = False
+    fast: bool = True                    # fused CPU forward of the darts cell (search/fast.py); same values
     arch_lr: float | None = None
     weight_lr: float | None = None
     warmup_epochs: int | None = None
@@ -92,6 +93,9 @@ class SearchRun:
                                       in_channels=self.data.in_channels, partial_k=k, max_w=cfg.max_w,
                                       nb201_N=max(1, cfg.layers // 3) if cfg.space == "nb201" else 5)
         self.model = build_supernet(self.net_cfg)
+        if cfg.fast and cfg.space == "darts":
+            from .fast import accelerate
+            accelerate(self.model)
         self.ops = self.net_cfg.ops()
         self.cost_tensor, self.cost_notes = search_cost_tensor(cfg.space, cfg.network, self.ops, cfg.table, cfg.surrogate)
         from costmodels.expected_cost import ExpectedCost
