@@ -78,7 +78,7 @@ def cmd_spaces(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    return run_demo(out_dir=args.out)
+    return run_demo(out_dir=args.out, epochs=args.epochs, budget_quantile=args.budget_quantile, seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_spaces)
 
     p = sub.add_parser("demo", help="the main job on embedded defaults")
-    p.add_argument("--out", default="out/demo", help="directory for the demo's files")
+    p.add_argument("--out", default="out/demo", help="directory for the demo's files (its table is reused)")
+    p.add_argument("--epochs", type=int, default=8, help="search epochs (default 8)")
+    p.add_argument("--budget-quantile", type=float, default=0.3,
+                   help="latency budget = this quantile of random networks' predicted latency (default 0.3)")
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
     from .cmd_bundle import add_bundle_parsers

@@ -39,3 +39,19 @@ def test_nb201_op_table_agrees_with_prediction():
     arch = "|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|+|none~0|nor_conv_1x1~1|skip_connect~2|"
     got = derived_latency("nb201", arch, ct, table)["latency_ms"]
     assert got == pytest.approx(predict_nb201(arch, load_table(table)).latency_ms, rel=1e-9)
+
+
+def test_random_derived_costs_are_the_derived_networks_costs():
+    import torch
+
+    from costmodels.expected_cost import derive_darts
+    from hwcost.pipeline import budget_ladder, random_derived_costs
+    ct, _ = darts_tensor(TABLES[0])
+    costs = random_derived_costs(ct, n=3, seed=7)
+    g = torch.Generator().manual_seed(7)
+    alphas = torch.randn(tuple(ct.c.shape[:3]), generator=g, dtype=ct.c.dtype)  # the first draw
+    geno = derive_darts(torch.softmax(alphas[0], -1), torch.softmax(alphas[1], -1), ct.ops)
+    want = predict_genotype(geno, load_table(TABLES[0])).latency_ms
+    assert float(costs[0, ct.index("latency_ms")]) == pytest.approx(want, rel=1e-9)
+    ladder = budget_ladder([1.0, 2.0, 3.0, 4.0, 5.0], k=3, lo_q=0.0, hi_q=1.0)
+    assert ladder == [1.0, 3.0, 5.0]

@@ -1,0 +1,88 @@
+"""The end-to-end chain, in steps a notebook, ``make demo`` and the benchmarks share.
+
+profile this device (or reuse its table) -> fit a surrogate -> pick a budget
+from the space's range -> search under it -> derive -> export -> measure.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spaces.errors import HwcostError
+
+
+def ensure_table(path: str | Path, space: str = "darts", networks: str = "cifar10", backend: str = "ort-cpu",
+                 threads: int = 1, progress: bool | None = None, log=print):
+    """The op-level table at ``path`` if it exists (and was measured here, on ``backend``), else
+    profile it now; an interrupted profile is resumed from its journal."""
+    from device_tables import load_table
+    from profilers.backends import get_backend
+    from profilers.environment import device_info
+    from profilers.profile import journal_path, profile, space_jobs
+    path = Path(path)
+    if path.exists():
+        table = load_table(path)
+        here = device_info(None).get("cpu")
+        if table.runtime.get("backend") != backend or table.runtime.get("threads") != threads:
+            raise HwcostError(f"{path} was measured on {table.runtime.get('backend')} with "
+                              f"{table.runtime.get('threads')} thread(s), not {backend} with {threads}; "
+                              f"remove it or choose another path")
+        if table.device.get("cpu") != here:
+            log(f"   note: {path} was measured on {table.device.get('cpu')!r}, this CPU is {here!r}")
+        log(f"   reusing {path} ({len(table)} keys, measured {table.created})")
+        return table, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    resume = journal_path(path).exists()
+    be = get_backend(backend, threads=threads, batch=1)
+    jobs = space_jobs(space, networks, 1)
+    table = profile(jobs, be, path, spaces=[space], resume=resume, progress=progress,
+                    provenance={"space": space, "networks": networks.split(","), "tool": "hwcost demo"},
+                    announce=lambda line: log("   " + line))
+    return table, True
+
+
+def random_derived_costs(cost_tensor, n: int = 500, seed: int = 0) -> torch.Tensor:
+    """Costs [n, metrics] of the networks derived from ``n`` random alphas: the space's range
+    as the search sees it (the derivation-aware cost of each derived target network)."""
+    from costmodels.expected_cost import ExpectedCost
+    g = torch.Generator().manual_seed(seed)
+    ec = ExpectedCost(cost_tensor, mode="derived")
+    shape = tuple(cost_tensor.c.shape[:3])
+    out = [ec(alphas=torch.randn(shape, generator=g, dtype=cost_tensor.c.dtype)).detach() for _ in range(n)]
+    return torch.stack(out)
+
+
+def budget_ladder(values, k: int = 5, lo_q: float = 0.1, hi_q: float = 0.9) -> list[float]:
+    """``k`` budgets evenly spread between two quantiles of a space's costs."""
+    v = np.asarray(values, dtype=float)
+    if k < 1 or v.size == 0:
+        raise HwcostError("a budget ladder needs at least one budget and one cost")
+    lo, hi = np.quantile(v, [lo_q, hi_q])
+    return [float(x) for x in np.linspace(lo, hi, k)]
+
+
+def measure_derived(space: str, arch, network: str = "cifar10", backend: str = "ort-cpu", threads: int = 1,
+                    onnx_path: str | Path | None = None, max_time_s: float = 10.0) -> dict:
+    """Export the derived network to ONNX (checked against PyTorch) and measure it whole."""
+    from profilers.backends import get_backend
+    from profilers.export import export_onnx
+    from profilers.measure import Settings
+    from profilers.profile import measure_model
+    from spaces import Nb201NetConfig, build_network, network_config
+    torch.manual_seed(0)
+    net = build_network(Nb201NetConfig(arch=str(arch)) if space == "nb201" else network_config(network, arch, space))
+    shape = net.input_shape(1)
+    out: dict = {}
+    if onnx_path is not None:
+        r = export_onnx(net.eval(), torch.randn(*shape), str(onnx_path))
+        out.update(onnx=r.path, onnx_nodes=r.n_nodes, onnx_max_abs_diff=r.max_abs_diff)
+    m = measure_model(net, shape, get_backend(backend, threads=threads, batch=1), Settings(max_time_s=max_time_s))
+    out.update(m.summary())
+    return out
+
+
+def progress_default() -> bool:
+    return sys.stderr.isatty()
