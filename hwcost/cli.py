@@ -115,12 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .cmd_profile import add_profile_parsers
     from .cmd_search import add_search_parser
     from .cmd_table import add_table_parser
+    from .cmd_train import add_train_parser
     add_profile_parsers(sub)
     add_table_parser(sub)
     add_bundle_parsers(sub)
     add_predict_parser(sub)
     add_fit_parser(sub)
     add_search_parser(sub)
+    add_train_parser(sub)
     return parser
 
 
