@@ -7,7 +7,7 @@ leave-one-out) and ``ArchLatencySurrogate()`` (structural features,
 ``model="auto"``).  A second table repeats raspi4/pixel3 on seeds 100..109,
 which were never looked at while the method was designed.
 
-    python benchmarks/nb201_arch_surrogate.py [latency_ms.csv]
+    python benchmarks/nb201_arch_surrogate.py [latency_ms.csv]   (default: ../shared's CSV, else the bundled tables)
 
 Anchors from the issue: HELP reports rho = 0.890 on raspi4 from 10 samples;
 a one-hot linear model reaches about 0.90 from 50.  Target: rho >= 0.95 at N = 50.
@@ -40,6 +40,19 @@ def read_table(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
         rows = list(csv.DictReader(f))
     archs = [r["arch"] for r in rows]
     cols = {k: np.array([float(r[k]) for r in rows]) for k in rows[0] if k not in ("index", "arch")}
+    return archs, cols
+
+
+def read_bundled() -> tuple[list[str], dict[str, np.ndarray]]:
+    """The same columns from the tables shipped in device_tables/data/ (a clean clone has no CSV)."""
+    from device_tables import bundled_table_path, load_table
+    archs, cols = None, {}
+    for dev in DEVICES:
+        t = load_table(bundled_table_path(dev))
+        lat = {k.arch: t.get(k).median_ms for k in t.keys()}
+        index = {k.arch: t.get(k).extra["nb201_index"] for k in t.keys()}
+        archs = archs or sorted(lat, key=index.get)  # the CSV's (NAS-Bench-201's) order
+        cols[dev] = np.array([lat[a] for a in archs])
     return archs, cols
 
 
@@ -80,7 +93,11 @@ def table(archs, cols, devices, seeds, title):
 def main(argv: list[str]) -> None:
     path = Path(argv[1]) if len(argv) > 1 else DEFAULT_CSV
     t0 = time.perf_counter()
-    archs, cols = read_table(path)
+    if path.exists():
+        archs, cols = read_table(path)
+    else:
+        path = Path("device_tables/data (bundled tables)")
+        archs, cols = read_bundled()
     v = library_versions()
     print(f"table: {path} ({len(archs)} architectures)")
     print(f"machine: {platform.platform()}; CPU: {cpu_model()}; python {v['python']}, "
