@@ -8,7 +8,8 @@ import json
 def add_search_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search a space under budgets/penalties against a device table")
     p.add_argument("--space", default="darts", help="darts | sharpdarts | nb201")
-    p.add_argument("--strategy", default="darts", help="darts | darts-2nd | pcdarts")
+    p.add_argument("--strategy", default="darts",
+                   help="darts | darts-2nd | pcdarts | pdarts | rapdarts (pdarts + budgets/penalties) | dcanas")
     p.add_argument("--data", default="digits", help="digits | synthetic | cifar10:DIR | imagefolder:DIR")
     p.add_argument("--network", default="cifar10", help="the deployed network whose costs count: cifar10 | imagenet")
     p.add_argument("--table", help="device table (path or bundled name) for latency terms")
@@ -28,7 +29,33 @@ def add_search_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--C", type=int, default=8, help="supernet channels (DARTS paper: 16)")
     p.add_argument("--layers", type=int, default=5, help="supernet cells (DARTS paper: 8)")
     p.add_argument("--partial-k", type=int, help="PC-DARTS K (default 4 for pcdarts)")
-    p.add_argument("--max-w", action="store_true", help="sharpDARTS Max-W weighting")
+    p.add_argument("--max-w", action="store_true",
+                   help="sharpDARTS Max-W weighting (eq. 3: w_i -> 1 - max(w) + w_i), with any strategy")
+    p.add_argument("--lr-schedule", choices=("cosine", "cpa"), default="cosine",
+                   help="weight learning-rate schedule: cosine (DARTS) or cpa (sharpDARTS Cosine Power Annealing)")
+    p.add_argument("--lr-power", type=float, default=2.0,
+                   help="Cosine Power Annealing's p (sharpDARTS: 2 on CIFAR-10, 10 on ImageNet; 1 = cosine)")
+    p.add_argument("--weight-lr", type=float, help="initial weight learning rate (default: the strategy's)")
+    p.add_argument("--arch-lr", type=float, help="alpha (Adam) learning rate (default: the strategy's)")
+    p.add_argument("--warmup-epochs", type=int,
+                   help="epochs with alpha frozen (default: the strategy's; per stage for pdarts/rapdarts)")
+    g = p.add_argument_group("P-DARTS / RAPDARTS (--strategy pdarts | rapdarts; --epochs is per stage)")
+    g.add_argument("--stages", metavar="N,N,..",
+                   help="cells of each stage's supernet (default LAYERS, LAYERS+6, LAYERS+12: 5,11,17)")
+    g.add_argument("--stage-ops", metavar="N,N,..",
+                   help="ops per edge in each stage, strongest kept (default 8,5,3 in darts; 9,6,3 sharpdarts; "
+                        "5,3,2 nb201)")
+    g.add_argument("--skip-dropout", metavar="P,P,..",
+                   help="dropout on skip-connect outputs per stage, decaying within it (default 0.1,0.4,0.7)")
+    g.add_argument("--max-skips", type=int, default=2,
+                   help="skip connects the final normal cell may keep (default 2)")
+    g = p.add_argument_group("DCA-NAS (--strategy dcanas turns these on; any strategy may set them)")
+    g.add_argument("--share-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="one op per (source node, op type), shared by the edges leaving the node (DCA-NAS eq. 5)")
+    g.add_argument("--bottleneck", type=int, metavar="B",
+                   help="1x1 convs shrink the channels through the ops to C/B (dcanas default 4; 1 = off)")
+    g.add_argument("--derived-cells", action=argparse.BooleanOptionalAction, default=None,
+                   help="only the first normal and reduction cell are mixed; the others run the derived cell")
     p.add_argument("--plain", action="store_true",
                    help="run the textbook mixed op instead of the fused CPU cell (same values, slower)")
     p.add_argument("--seed", type=int, default=0)
@@ -40,6 +67,18 @@ def add_search_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _list(text: str | None, kind, flag: str) -> list | None:
+    """``"5,11,17"`` -> [5, 11, 17]; a bad list is one clear error."""
+    if text is None:
+        return None
+    from spaces.errors import HwcostError
+    try:
+        return [kind(x) for x in text.split(",")]
+    except ValueError:
+        raise HwcostError(f"{flag} {text!r}: write comma-separated {'integers' if kind is int else 'numbers'}, "
+                          f"e.g. {'5,11,17' if kind is int else '0.1,0.4,0.7'}") from None
+
+
 def cmd_search(args) -> int:
     from search.run import SearchConfig, run_search
     cfg = SearchConfig(space=args.space, strategy=args.strategy, data=args.data, network=args.network,
@@ -47,7 +86,13 @@ def cmd_search(args) -> int:
                        cost_mode=args.cost_mode, budget_floor=args.budget_floor, epochs=args.epochs,
                        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, C=args.C,
                        layers=args.layers, partial_k=args.partial_k, max_w=args.max_w, seed=args.seed,
-                       threads=args.threads, fast=not args.plain)
+                       threads=args.threads, fast=not args.plain, lr_schedule=args.lr_schedule,
+                       lr_power=args.lr_power, weight_lr=args.weight_lr, arch_lr=args.arch_lr,
+                       warmup_epochs=args.warmup_epochs, stages=_list(args.stages, int, "--stages"),
+                       stage_ops=_list(args.stage_ops, int, "--stage-ops"),
+                       skip_dropout=_list(args.skip_dropout, float, "--skip-dropout"), max_skips=args.max_skips,
+                       share_weights=args.share_weights, bottleneck=args.bottleneck,
+                       derived_cells=args.derived_cells)
     r = run_search(cfg, args.out, resume=args.resume, progress=not args.json)
     if args.json:
         print(json.dumps(r, indent=1))

@@ -95,7 +95,7 @@ def constrained_derive(model, expected, objective, ops: tuple[str, ...], max_mov
         best = None
         for k, e, o in expected.chosen(alphas, model.betas):
             for o2 in non_none:
-                if o2 == o:
+                if o2 == o or not torch.isfinite(alphas[k, e, o2]):  # a progressive stage dropped o2
                     continue
                 trial = alphas.clone()
                 trial[k, e, o2] = alphas[k, e].max() + 1.0
@@ -125,6 +125,9 @@ def _enumerate(model, logp: torch.Tensor, objective, ops, archs: list, costs: to
             ok &= c <= t.value
             band &= (c <= t.value) & (c >= objective.floor * t.value)
     plain = derive(model, model.alphas.detach(), ops)
+    finite = torch.isfinite(score)  # architectures using an op a progressive stage dropped are out
+    ok &= finite
+    band &= finite
     pick = band if bool(band.any()) else ok
     if not bool(pick.any()):
         return {"arch": plain, "repaired": 0, "violation": float("inf")}

@@ -440,6 +440,8 @@ class _CellPlan:
 
 def _plan(cell) -> _CellPlan | None:
     """The cell's plan, built on first use (None: the cell has ops without fused kernels)."""
+    if getattr(cell, "fast_unsupported", None):  # per-edge op subsets, skip dropout, DCA-NAS cells
+        return None
     key = tuple(id(m) for m in cell.mixed)
     cached = cell.__dict__.get("_fast_plan")
     if cached is not None and cached[0] == key:

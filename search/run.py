@@ -5,10 +5,18 @@ step), ``checkpoint.pt`` (end of each epoch; tensors only, loaded with
 ``weights_only=True``), ``alphas.jsonl`` (softmax(alpha) per epoch), plots and,
 at the end, ``result.json``. ``--resume`` restarts from the last checkpoint;
 with the same seed the result equals an uninterrupted run's (each epoch's
-data order and RNG are seeded from (seed, epoch), not from the history).
+data order and RNG are seeded from (seed, stage, epoch), not from the history).
+
+Progressive strategies (P-DARTS, RAPDARTS; :mod:`search.progressive`) run
+``epochs`` epochs per stage, each stage a fresh, deeper supernet holding the
+ops the last stage kept; the checkpoint stores the stage and the op subsets.
+DCA-NAS (:mod:`search.dcanas`) is the same loop on a supernet with shared
+weights, a channel bottleneck and derived cells.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -16,6 +24,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -28,7 +37,10 @@ from .costs import search_cost_tensor
 from .data import load_data, search_loaders
 from .derive import constrained_derive, derived_costs
 from .objective import Objective, parse_term
-from .strategies import Architect, get_strategy
+from .progressive import PDARTS_MAX_SKIPS, cap_skips, keep_strongest, mask_of, plan_stages, skip_dropout_rate, \
+    subsets_of
+from .schedules import SCHEDULES, lr_at
+from .strategies import STRATEGIES, Architect, get_strategy
 from .supernet import SupernetConfig, build_supernet
 
 
@@ -55,13 +67,83 @@ class SearchConfig:
     fast: bool = True                    # fused CPU forward of the darts cell (search/fast.py); same values
     arch_lr: float | None = None
     weight_lr: float | None = None
-    warmup_epochs: int | None = None
+    lr_schedule: str = "cosine"          # weight lr: cosine | cpa (sharpDARTS Cosine Power Annealing, eq. 2)
+    lr_power: float = 2.0                # CPA's p (paper: 2 on CIFAR-10, 10 in its ImageNet figure)
+    warmup_epochs: int | None = None     # progressive strategies: per stage
     grad_clip: float = 5.0
     seed: int = 0
     threads: int | None = None
+    # P-DARTS / RAPDARTS (progressive strategies only); epochs are per stage
+    stages: list[int] | None = None      # cells per stage; default layers, layers + 6, layers + 12 (5, 11, 17)
+    stage_ops: list[int] | None = None   # ops per edge in each stage; default 8, 5, 3 (as shares of the op list)
+    skip_dropout: list[float] | None = None  # skip-connect dropout per stage; default 0.1, 0.4, 0.7
+    max_skips: int = PDARTS_MAX_SKIPS    # skip connects the final normal cell may keep
+    # DCA-NAS supernet options; None = the strategy's default (on for dcanas, off otherwise)
+    share_weights: bool | None = None
+    bottleneck: int | None = None
+    derived_cells: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+PROGRESSIVE_OPTIONS = ("stages", "stage_ops", "skip_dropout")
+
+
+def check_config(cfg: SearchConfig) -> None:
+    """Combinations that cannot apply: one clear error before anything runs."""
+    spec = get_strategy(cfg.strategy)
+    if cfg.lr_schedule not in SCHEDULES:
+        raise HwcostError(f"unknown lr schedule {cfg.lr_schedule!r}; known: {', '.join(SCHEDULES)}")
+    if not cfg.lr_power > 0:
+        raise HwcostError(f"--lr-power must be positive, got {cfg.lr_power}")
+    if cfg.epochs < 1:
+        raise HwcostError(f"--epochs must be at least 1, got {cfg.epochs}")
+    progressive = [STRATEGIES[n].name for n in STRATEGIES if STRATEGIES[n].progressive]
+    if not spec.progressive:
+        given = [o for o in PROGRESSIVE_OPTIONS if getattr(cfg, o)]
+        if cfg.max_skips != PDARTS_MAX_SKIPS:
+            given.append("max_skips")
+        if given:
+            raise HwcostError(f"{', '.join('--' + g.replace('_', '-') for g in given)} appl"
+                              f"{'ies' if len(given) == 1 else 'y'} to progressive strategies only "
+                              f"({', '.join(progressive)}), not to {cfg.strategy!r}")
+    if cfg.max_skips < 0:
+        raise HwcostError(f"--max-skips must be >= 0, got {cfg.max_skips}")
+    if cfg.space == "nb201" and cfg.max_skips != PDARTS_MAX_SKIPS:
+        raise HwcostError("--max-skips limits the skip connects of a DARTS normal cell; an nb201 cell has no "
+                          "such limit (P-DARTS defines it for the darts-like spaces only)")
+    if spec.needs_terms and not (cfg.budgets or cfg.penalties):
+        raise HwcostError(f"strategy {cfg.strategy!r} searches under resource terms: give --budget or --penalty "
+                          f"(without them it is pdarts)")
+    flags = {**{"share_weights": False, "bottleneck": 1, "derived_cells": False}, **dict(spec.supernet),
+             **{f: getattr(cfg, f) for f in ("share_weights", "bottleneck", "derived_cells")
+                if getattr(cfg, f) is not None}}
+    dca = [f for f in ("share_weights", "derived_cells") if flags[f]] + (["bottleneck"] if flags["bottleneck"] > 1 else [])
+    if dca and spec.progressive:
+        raise HwcostError(f"DCA-NAS options ({', '.join(dca)}) do not combine with progressive strategy "
+                          f"{cfg.strategy!r}: its per-edge op subsets need the plain DARTS cell")
+    k = cfg.partial_k or spec.partial_k
+    if dca and k > 1:
+        raise HwcostError(f"DCA-NAS options ({', '.join(dca)}) do not combine with PC-DARTS partial channels "
+                          f"(K={k}); use --partial-k 1 or turn them off")
+    if flags["bottleneck"] < 1:
+        raise HwcostError(f"--bottleneck must be >= 1 (1 = off), got {flags['bottleneck']}")
+    if cfg.C % flags["bottleneck"]:
+        raise HwcostError(f"--bottleneck {flags['bottleneck']} must divide the supernet channels --C {cfg.C}")
+
+
+@functools.lru_cache(maxsize=8)
+def _cost_tensor(space, network, ops, table, surrogate, stamps):
+    """The target network's cost tensor, built once per process (it takes seconds: the
+    target network is traced); ``stamps`` are the files' modification times."""
+    return search_cost_tensor(space, network, ops, table, surrogate)
+
+
+def _stamp(path: str | None):
+    if path is None or not os.path.exists(path):
+        return None
+    return os.stat(path).st_mtime_ns
 
 
 def _seed_all(seed: int) -> None:
@@ -77,6 +159,7 @@ def _entropy(alphas: torch.Tensor) -> float:
 
 class SearchRun:
     def __init__(self, cfg: SearchConfig, out: str | os.PathLike, resume: bool = False):
+        check_config(cfg)
         self.cfg, self.out = cfg, Path(out)
         if self.out.exists() and any(self.out.iterdir()) and not resume:
             raise HwcostError(f"run directory {self.out} is not empty; pass --resume to continue it "
@@ -88,30 +171,72 @@ class SearchRun:
         self.terms = [parse_term(b, "hard") for b in cfg.budgets] + [parse_term(p, "soft") for p in cfg.penalties]
         _seed_all(cfg.seed)
         self.data = load_data(cfg.data)
-        k = cfg.partial_k or self.spec.partial_k
-        self.net_cfg = SupernetConfig(space=cfg.space, C=cfg.C, layers=cfg.layers, num_classes=self.data.num_classes,
-                                      in_channels=self.data.in_channels, partial_k=k, max_w=cfg.max_w,
-                                      nb201_N=max(1, cfg.layers // 3) if cfg.space == "nb201" else 5)
-        self.model = build_supernet(self.net_cfg)
-        if cfg.fast and cfg.space == "darts":
-            from .fast import accelerate
-            accelerate(self.model)
-        self.ops = self.net_cfg.ops()
-        self.cost_tensor, self.cost_notes = search_cost_tensor(cfg.space, cfg.network, self.ops, cfg.table, cfg.surrogate)
+        self.ops = SupernetConfig(space=cfg.space).ops()
+        self.stages = None
+        if self.spec.progressive:
+            layers = cfg.stages or [cfg.layers, cfg.layers + 6, cfg.layers + 12]   # P-DARTS: add 0, 6, 12 cells
+            self.stages = plan_stages(layers, cfg.stage_ops, cfg.skip_dropout, len(self.ops))
+        self.stage, self.op_subsets = 0, None
+        self._build()
+        self.cost_tensor, notes = _cost_tensor(cfg.space, cfg.network, self.ops, cfg.table, cfg.surrogate,
+                                               (_stamp(cfg.table), _stamp(cfg.surrogate)))
+        self.cost_notes = json.loads(json.dumps(notes, default=str))   # a copy: the cached notes stay as built
         from costmodels.expected_cost import ExpectedCost
         self.expected = ExpectedCost(self.cost_tensor, mode=cfg.cost_mode)
         self.objective = Objective(self.terms, self.cost_tensor.metrics, cfg.dual_lr, cfg.budget_floor)
-        self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.weight_lr or self.spec.weight_lr,
-                                     momentum=0.9, weight_decay=3e-4)
-        self.architect = Architect(self.model, self.spec, self.w_opt, self._penalty, cfg.arch_lr, grad_clip=None)
         self.epoch, self.step = 0, 0
         if resume and (self.out / "checkpoint.pt").exists():
             self._load_checkpoint()
         self._write_config()
 
+    # --- the supernet of the current stage ---------------------------------
+    def _supernet_flag(self, name: str, default):
+        value = getattr(self.cfg, name)
+        return dict(self.spec.supernet).get(name, default) if value is None else value
+
+    def _build(self) -> None:
+        """Supernet, weight optimiser and architect for the current stage (one stage unless progressive)."""
+        cfg = self.cfg
+        layers = self.stages[self.stage].layers if self.stages else cfg.layers
+        self.net_cfg = SupernetConfig(
+            space=cfg.space, C=cfg.C, layers=layers, num_classes=self.data.num_classes,
+            in_channels=self.data.in_channels, partial_k=cfg.partial_k or self.spec.partial_k, max_w=cfg.max_w,
+            nb201_N=max(1, layers // 3) if cfg.space == "nb201" else 5, op_subsets=self.op_subsets,
+            share_weights=self._supernet_flag("share_weights", False),
+            bottleneck=self._supernet_flag("bottleneck", 1),
+            derived_cells=self._supernet_flag("derived_cells", False))
+        self.model = build_supernet(self.net_cfg)
+        plain_cell = self.op_subsets is None and not self.stages and type(self.model).__name__ == "DartsSupernet"
+        if cfg.fast and cfg.space == "darts" and plain_cell:
+            from .fast import accelerate
+            accelerate(self.model)
+        self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.weight_lr or self.spec.weight_lr,
+                                     momentum=0.9, weight_decay=3e-4)
+        self.architect = Architect(self.model, self.spec, self.w_opt, self._penalty, cfg.arch_lr,
+                                   grad_clip=self.spec.arch_grad_clip)
+
+    def _next_stage(self) -> None:
+        """P-DARTS: keep each edge's strongest ops and build the next, deeper supernet."""
+        nxt = self.stages[self.stage + 1]
+        mask = keep_strongest(self.model.arch_logits(), nxt.ops_per_edge)
+        self.op_subsets = subsets_of(mask)
+        self.stage += 1
+        self.epoch = 0
+        _seed_all(self.cfg.seed + 7919 * self.stage)   # the new supernet's initial weights and alpha
+        self._build()
+        self._log("stages.jsonl", {"stage": self.stage, "layers": nxt.layers, "ops_per_edge": nxt.ops_per_edge,
+                                   "op_subsets": self._named_subsets(), "step": self.step})
+        self._checkpoint()
+
+    def _named_subsets(self) -> dict | None:
+        if self.op_subsets is None:
+            return None
+        return {t: [[self.ops[i] for i in idx] for idx in per_type]
+                for t, per_type in zip(self.model.cell_types, self.op_subsets)}
+
     # --- costs ---------------------------------------------------------
     def costs(self) -> torch.Tensor:
-        return self.expected(self.model.alphas, self.model.betas)
+        return self.expected(self.model.arch_logits(), self.model.betas)
 
     def _penalty(self) -> torch.Tensor:
         return self.objective.penalty(self.costs())
@@ -126,13 +251,26 @@ class SearchRun:
     def _checkpoint(self) -> None:
         state = {"model": self.model.state_dict(), "w_opt": self.w_opt.state_dict(),
                  "a_opt": self.architect.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
+                 "stage": self.stage,
                  "multipliers": torch.tensor([t.multiplier for t in self.terms], dtype=torch.float64)}
+        if self.op_subsets is not None:
+            state["op_mask"] = mask_of(self.op_subsets, len(self.ops))
         tmp = self.out / "checkpoint.pt.tmp"
         torch.save(state, tmp)
         os.replace(tmp, self.out / "checkpoint.pt")
 
     def _load_checkpoint(self) -> None:
         state = torch.load(self.out / "checkpoint.pt", weights_only=True)
+        stage = int(state.get("stage", 0))
+        if stage and not self.stages:
+            raise HwcostError(f"{self.out / 'checkpoint.pt'} is from a progressive search (stage {stage}); "
+                              f"resume it with the same --strategy")
+        if stage:
+            if stage >= len(self.stages):
+                raise HwcostError(f"{self.out / 'checkpoint.pt'} is at stage {stage}, but only "
+                                  f"{len(self.stages)} stage(s) are configured; resume with the same --stages")
+            self.stage, self.op_subsets = stage, subsets_of(state["op_mask"])
+            self._build()
         self.model.load_state_dict(state["model"])
         self.w_opt.load_state_dict(state["w_opt"])
         self.architect.optimizer.load_state_dict(state["a_opt"])
@@ -140,7 +278,9 @@ class SearchRun:
         for t, m in zip(self.terms, state["multipliers"].tolist()):
             t.multiplier = m
         self._truncate_log("log.jsonl", lambda d: d["step"] <= self.step)
-        self._truncate_log("alphas.jsonl", lambda d: d["epoch"] <= self.epoch)
+        at = (self.stage, self.epoch)
+        self._truncate_log("alphas.jsonl", lambda d: (d.get("stage", 0), d["epoch"]) <= at)
+        self._truncate_log("stages.jsonl", lambda d: d["stage"] <= self.stage)
 
     def _truncate_log(self, name: str, keep) -> None:
         path = self.out / name
@@ -160,39 +300,63 @@ class SearchRun:
             f.write(json.dumps(record) + "\n")
 
     # --- the loop --------------------------------------------------------
+    def _epoch_seed(self, epoch: int) -> int:
+        return self.cfg.seed * 1000 + epoch + 100_000 * self.stage
+
     def run(self, progress: bool = True) -> dict:
         cfg = self.cfg
-        lr_max = cfg.weight_lr or self.spec.weight_lr
-        warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else round(self.spec.warmup_frac * cfg.epochs)
         bar = None
         if progress:
             from tqdm import tqdm
-            total = cfg.epochs * (cfg.steps_per_epoch or len(search_loaders(self.data, cfg.batch_size, 0)[0]))
+            per_epoch = cfg.steps_per_epoch or len(search_loaders(self.data, cfg.batch_size, 0)[0])
+            total = cfg.epochs * per_epoch * (len(self.stages) if self.stages else 1)
             bar = tqdm(total=total, initial=min(total, self.step), desc="search", unit="step", dynamic_ncols=True)
         t0 = time.perf_counter()
+        self.train(bar)
+        if bar is not None:
+            bar.close()
+        return self.finish(time.perf_counter() - t0)
+
+    def train(self, bar=None) -> None:
+        """Every (remaining) epoch of every (remaining) stage; :meth:`finish` derives and reports."""
+        while True:
+            self._train_stage(bar)
+            if not self.stages or self.stage == len(self.stages) - 1:
+                break
+            self._next_stage()
+
+    def _train_stage(self, bar=None) -> None:
+        cfg = self.cfg
+        lr_max = cfg.weight_lr or self.spec.weight_lr
+        warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else round(self.spec.warmup_frac * cfg.epochs)
         while self.epoch < cfg.epochs:
             epoch = self.epoch
-            _seed_all(cfg.seed * 1000 + epoch)
-            lr = self.spec.weight_lr_min + 0.5 * (lr_max - self.spec.weight_lr_min) * (1 + math.cos(math.pi * epoch / cfg.epochs))
+            _seed_all(self._epoch_seed(epoch))
+            lr = lr_at(epoch, cfg.epochs, lr_max, self.spec.weight_lr_min, cfg.lr_schedule, cfg.lr_power)
             for g in self.w_opt.param_groups:
                 g["lr"] = lr
-            train, val = search_loaders(self.data, cfg.batch_size, cfg.seed * 1000 + epoch)
+            extra = {}
+            if self.stages:
+                drop = skip_dropout_rate(self.stages[self.stage].skip_dropout, epoch, cfg.epochs, warmup)
+                self.model.set_skip_dropout(drop)
+                extra = {"stage": self.stage, "skip_dropout": drop}
+            train, val = search_loaders(self.data, cfg.batch_size, self._epoch_seed(epoch))
             for i, ((xt, yt), (xv, yv)) in enumerate(zip(train, val)):
                 if cfg.steps_per_epoch and i >= cfg.steps_per_epoch:
                     break
                 rec = self._step(xt, yt, xv, yv, lr, epoch >= warmup)
-                rec.update(epoch=epoch, step=self.step, lr=lr)
+                rec.update(epoch=epoch, step=self.step, lr=lr, **extra)
                 self._log("log.jsonl", rec)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['loss_train']:.3f}", **{k: f"{v:.3g}" for k, v in rec["costs"].items()
                                                                           if k in ("latency_ms",)})
             self.epoch += 1
-            self._log("alphas.jsonl", {"epoch": self.epoch, "weights": F.softmax(self.model.alphas.detach(), -1).tolist()})
+            rec = {"epoch": self.epoch, "weights": F.softmax(self.model.arch_logits().detach(), -1).tolist()}
+            if self.stages:
+                rec["stage"] = self.stage
+            self._log("alphas.jsonl", rec)
             self._checkpoint()
-        if bar is not None:
-            bar.close()
-        return self.finish(time.perf_counter() - t0)
 
     def _step(self, xt, yt, xv, yv, lr, arch_on: bool) -> dict:
         self.model.train()
@@ -214,7 +378,7 @@ class SearchRun:
         with torch.no_grad():
             costs = self.costs()
         return {"loss_train": loss.item(), "loss_val": loss_val.item(), "costs": self.objective.report(costs),
-                "entropy": _entropy(self.model.alphas)}
+                "entropy": _entropy(self.model.arch_logits())}
 
     @torch.no_grad()
     def accuracy(self, loader) -> float:
@@ -228,11 +392,18 @@ class SearchRun:
     def finish(self, seconds: float) -> dict:
         val_loader = search_loaders(self.data, 256, self.cfg.seed)[1]
         from .costs import enumerate_nb201_costs, exact_cost_fn
-        derived = constrained_derive(self.model, self.expected, self.objective, self.ops,
+        # The derivation sees alpha with dropped ops at -inf (P-DARTS subsets, the skip cap).
+        logits, skip_cap = self.model.arch_logits().detach(), None
+        if self.stages and self.cfg.space != "nb201":
+            logits, removed, held = cap_skips(logits, self.ops, self.cfg.max_skips, self.net_cfg.steps,
+                                              self.model.betas)
+            skip_cap = {"max_skips": self.cfg.max_skips, "removed_edges": removed, "held": held}
+        view = SimpleNamespace(alphas=logits, betas=self.model.betas, config=self.model.config)
+        derived = constrained_derive(view, self.expected, self.objective, self.ops,
                                      exact_cost=exact_cost_fn(self.cfg.space, self.cfg.table, self.cost_tensor),
                                      all_costs=enumerate_nb201_costs(self.cfg.table, self.cost_tensor))
         costs = derived_costs(self.cfg.space, self.cfg.network, derived["arch"], self.cost_tensor, self.expected,
-                              self.model, self.cfg.table)
+                              view, self.cfg.table)
         budgets = {t.metric: t.value for t in self.terms if t.kind == "hard"}
         result = {
             "space": self.cfg.space, "strategy": self.cfg.strategy,
@@ -242,8 +413,18 @@ class SearchRun:
             "derived": costs, "within_budget": {m: costs.get(m, math.inf) <= b for m, b in budgets.items()},
             "repaired_edges": derived["repaired"], "table": self.cfg.table, "target": self.cost_notes["target"],
             "supernet_val_accuracy": self.accuracy(val_loader), "epochs": self.epoch, "steps": self.step,
-            "search_seconds": round(seconds, 2),
+            "search_seconds": round(seconds, 2), "lr_schedule": self.cfg.lr_schedule, "max_w": self.cfg.max_w,
         }
+        if self.stages:
+            if skip_cap is not None:
+                genotype = derived["arch"]
+                skip_cap["final_skips"] = sum(op == "skip_connect" for op, _ in genotype.normal)
+            result["progressive"] = {
+                "stages": [dataclasses.asdict(st) for st in self.stages], "final_stage": self.stage,
+                "op_subsets": self._named_subsets(), "skip_cap": skip_cap}
+        if self.net_cfg.share_weights or self.net_cfg.bottleneck > 1 or self.net_cfg.derived_cells:
+            result["dcanas"] = {"share_weights": self.net_cfg.share_weights, "bottleneck": self.net_cfg.bottleneck,
+                                "derived_cells": self.net_cfg.derived_cells}
         (self.out / "result.json").write_text(json.dumps(result, indent=1))
         try:
             from .plots import plot_run

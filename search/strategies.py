@@ -7,6 +7,14 @@
   w+- = w +- R grad_w' L_val(w'), R = 0.01 / ||grad_w' L_val(w')||.
 * ``pcdarts`` -- first order on a partial-channel supernet (K=4) with edge
   normalisation beta, alpha frozen during warm-up epochs.
+* ``pdarts`` -- P-DARTS: first order, progressive stages (search/progressive.py),
+  the first 10 of each stage's 25 epochs weights-only, alpha gradients clipped at 5.
+* ``rapdarts`` -- ``pdarts`` with expected-cost terms in every stage's alpha loss
+  (RAPDARTS eq. 10); it asks for at least one budget or penalty.
+* ``dcanas`` -- DCA-NAS: first order on a supernet with shared weights, a channel
+  bottleneck and derived cells (search/dcanas.py), under the hard budgets' dual ascent.
+
+Max-W (sharpDARTS eq. 3) is a supernet option (``max_w``) of every strategy.
 
 The resource penalty depends on alpha only, so its gradient is added to the
 architecture gradient directly, whatever the order.
@@ -33,6 +41,10 @@ class StrategySpec:
     weight_lr_min: float
     warmup_frac: float      # fraction of epochs with alpha frozen (PC-DARTS: 15 of 50)
     doc: str
+    progressive: bool = False               # P-DARTS stages (search/progressive.py)
+    arch_grad_clip: float | None = None     # clip the alpha gradient norm (P-DARTS: 5)
+    needs_terms: bool = False               # asks for at least one budget or penalty (RAPDARTS)
+    supernet: tuple[tuple[str, object], ...] = ()   # default SupernetConfig flags (DCA-NAS)
 
 
 STRATEGIES: dict[str, StrategySpec] = {}
@@ -51,6 +63,18 @@ def get_strategy(name: str) -> StrategySpec:
 register_strategy(StrategySpec("darts", False, 1, 3e-4, 0.025, 0.001, 0.0, "DARTS, first order"))
 register_strategy(StrategySpec("darts-2nd", True, 1, 3e-4, 0.025, 0.001, 0.0, "DARTS, second order (unrolled)"))
 register_strategy(StrategySpec("pcdarts", False, 4, 6e-4, 0.1, 0.0, 15 / 50, "PC-DARTS (K=4, edge normalisation, warm-up)"))
+# P-DARTS: batch 96, weight lr 0.025 -> 0, alpha lr 6e-4, 10 of 25 epochs per stage weights-only, alpha grads clipped at 5
+register_strategy(StrategySpec("pdarts", False, 1, 6e-4, 0.025, 0.0, 10 / 25,
+                               "P-DARTS (progressive stages 5/11/17 cells, 8/5/3 ops, skip dropout, <= 2 skips)",
+                               progressive=True, arch_grad_clip=5.0))
+register_strategy(StrategySpec("rapdarts", False, 1, 6e-4, 0.025, 0.0, 10 / 25,
+                               "RAPDARTS (P-DARTS with expected-cost terms in every stage)",
+                               progressive=True, arch_grad_clip=5.0, needs_terms=True))
+# DCA-NAS appendix D: weight lr 0.2 (batch 512) cosine to 0, alpha Adam lr 6e-4. The paper gives no
+# bottleneck factor; 4 matches PC-DARTS's K on CIFAR.
+register_strategy(StrategySpec("dcanas", False, 1, 6e-4, 0.2, 0.0, 0.0,
+                               "DCA-NAS (shared weights, channel bottleneck, derived cells, hard budgets)",
+                               supernet=(("share_weights", True), ("bottleneck", 4), ("derived_cells", True))))
 
 
 class Architect:

@@ -12,10 +12,17 @@ measured and the eval network runs.
   K groups; each node sums its edges weighted by softmax(beta) (edge
   normalisation).
 * Max-W (sharpDARTS eq. 3): ``w_o -> 1 - max(w) + w_o``, an option of every strategy.
+* P-DARTS per-edge op subsets (``op_subsets``): alpha keeps the full op list,
+  dropped ops are masked to -inf (softmax 0, so the expected cost sees them with
+  probability 0) and their modules are not built; skip-connect dropout on the
+  identity skip (``set_skip_dropout``).
+* DCA-NAS options (shared weights, channel bottleneck, derived cells) live in
+  :mod:`search.dcanas`, registered with :func:`register_supernet`.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -43,6 +50,12 @@ class SupernetConfig:
     primitives: tuple[str, ...] | None = None  # default: the space's primitives
     max_w: bool = False           # sharpDARTS Max-W weighting (eq. 3)
     nb201_N: int = 5              # cells per stage in the nb201 supernet
+    # P-DARTS: op indices (into ops()) each (cell type, edge) keeps; None = every op everywhere
+    op_subsets: tuple[tuple[tuple[int, ...], ...], ...] | None = None
+    # DCA-NAS (search/dcanas.py)
+    share_weights: bool = False   # one op per (source node, op type), shared by the edges leaving it (eq. 5)
+    bottleneck: int = 1           # 1x1 convs shrink the channels through the ops by this factor (1 = off)
+    derived_cells: bool = False   # only the first normal / reduction cell is mixed; the rest run the derived cell
 
     def ops(self) -> tuple[str, ...]:
         sp = get_space(self.space)
@@ -51,6 +64,28 @@ class SupernetConfig:
             if p not in sp.searchable_ops():
                 raise HwcostError(f"primitive {p!r} is not a searchable op of space {self.space!r}")
         return prims
+
+    def subset(self, k: int, e: int) -> tuple[int, ...]:
+        """Op indices edge ``e`` of cell type ``k`` keeps (P-DARTS); every op without subsets."""
+        n = len(self.ops())
+        if self.op_subsets is None:
+            return tuple(range(n))
+        idx = tuple(self.op_subsets[k][e])
+        if not idx or any(not 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
+            raise HwcostError(f"op subset {idx} of cell type {k}, edge {e} must be distinct indices in 0..{n - 1}")
+        return idx
+
+    def op_mask(self, n_types: int, n_edges: int) -> torch.Tensor | None:
+        """Bool [cell types, edges, ops]: True where the op is kept (None: no subsets)."""
+        if self.op_subsets is None:
+            return None
+        if len(self.op_subsets) != n_types or any(len(t) != n_edges for t in self.op_subsets):
+            raise HwcostError(f"op_subsets must list {n_types} cell type(s) x {n_edges} edges")
+        mask = torch.zeros(n_types, n_edges, len(self.ops()), dtype=torch.bool)
+        for k in range(n_types):
+            for e in range(n_edges):
+                mask[k, e, list(self.subset(k, e))] = True
+        return mask
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,14 +105,31 @@ def mix_weights(alpha: torch.Tensor, max_w: bool = False) -> torch.Tensor:
 
 
 class MixedOp(nn.Module):
-    def __init__(self, space: str, C: int, stride: int, primitives: tuple[str, ...], partial_k: int = 1):
+    """``index``: which columns of the full weight vector the built ops take (P-DARTS subsets).
+
+    ``skip_drop``: P-DARTS dropout on the identity skip's output (the original code
+    wraps only the stride-1 Identity; at stride 2 skip_connect is a FactorizedReduce).
+    """
+
+    def __init__(self, space: str, C: int, stride: int, primitives: tuple[str, ...], partial_k: int = 1,
+                 index: tuple[int, ...] | None = None):
         super().__init__()
         if C % partial_k:
             raise HwcostError(f"PC-DARTS K={partial_k} must divide the channels C={C}")
-        self.k, self.stride, self.primitives = partial_k, stride, primitives
+        index = tuple(range(len(primitives))) if index is None else tuple(index)
+        primitives = tuple(primitives[i] for i in index)
+        self.k, self.stride, self.primitives, self.index = partial_k, stride, primitives, index
         c = C // partial_k
         self.ops = nn.ModuleList(build_op(space, p, c, c, stride, affine=False) for p in primitives)
         self.live = [i for i, p in enumerate(primitives) if p != "none"]
+        self.skip = primitives.index("skip_connect") if "skip_connect" in primitives and stride == 1 else None
+        self.skip_drop = 0.0
+
+    def _op(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        y = self.ops[i](x)
+        if i == self.skip and self.skip_drop > 0:
+            y = F.dropout(y, self.skip_drop, self.training)
+        return y
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.k == 1:
@@ -92,18 +144,19 @@ class MixedOp(nn.Module):
     def _mix(self, x, weights):
         out = None
         for i in self.live:
-            y = weights[i] * self.ops[i](x)
+            y = weights[self.index[i]] * self._op(i, x)
             out = y if out is None else out + y
         if out is None:  # only `none` on this edge
-            out = self.ops[0](x) * weights[0]
+            out = self.ops[0](x) * weights[self.index[0]]
         return out
 
     def forward_plain(self, x, weights):
         """The textbook weighted sum over every op, ``none`` included (for tests)."""
+        w = [weights[i] for i in self.index]
         if self.k == 1:
-            return sum(w * op(x) for w, op in zip(weights, self.ops))
+            return sum(wi * self._op(i, x) for i, wi in enumerate(w))
         c = x.shape[1] // self.k
-        out = sum(w * op(x[:, :c]) for w, op in zip(weights, self.ops))
+        out = sum(wi * self._op(i, x[:, :c]) for i, wi in enumerate(w))
         xb = F.max_pool2d(x[:, c:], 2, 2) if self.stride == 2 else x[:, c:]
         return channel_shuffle(torch.cat([out, xb], dim=1), self.k)
 
@@ -117,8 +170,24 @@ class SearchCell(nn.Module):
                             else build_op(s, "preprocess", c_pp, C, 1, affine=False))
         self.preprocess1 = build_op(s, "preprocess", c_p, C, 1, affine=False)
         self.edges = darts_edges(cfg.steps)
-        self.mixed = nn.ModuleList(MixedOp(s, C, 2 if reduction and i < 2 else 1, cfg.ops(), cfg.partial_k)
-                                   for _, i in self.edges)
+        k = int(reduction)
+        self.mixed = nn.ModuleList(MixedOp(s, C, 2 if reduction and i < 2 else 1, cfg.ops(), cfg.partial_k,
+                                           cfg.subset(k, e))
+                                   for e, (_, i) in enumerate(self.edges))
+        self.has_subsets = cfg.op_subsets is not None
+
+    @property
+    def fast_unsupported(self) -> str | None:
+        """Why search/fast.py's fused cell must not run this cell (None: it may).
+
+        The fused cell indexes the weights by primitive position and has no skip
+        dropout; checked on every call, as the dropout rate changes during a run.
+        """
+        if self.has_subsets:
+            return "per-edge op subsets (P-DARTS)"
+        if any(m.skip_drop > 0 for m in self.mixed):
+            return "skip-connect dropout (P-DARTS)"
+        return None
 
     def forward(self, s0, s1, weights, edge_weights=None, plain=False):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -145,6 +214,27 @@ class _SupernetBase(nn.Module):
         # DARTS: alphas initialised 1e-3 * N(0, 1); PC-DARTS betas likewise.
         self.alphas = nn.Parameter(1e-3 * torch.randn(n_types, n_edges, n_ops))
         self.betas = nn.Parameter(1e-3 * torch.randn(n_types, n_edges)) if use_beta else None
+        mask = self.config.op_mask(n_types, n_edges)
+        if mask is not None:
+            self.register_buffer("op_mask", mask)
+        else:
+            self.op_mask = None
+
+    def arch_logits(self) -> torch.Tensor:
+        """alpha with the ops a P-DARTS stage dropped at -inf (their softmax weight is exactly 0).
+
+        The mask is applied here, not stored in alpha: Adam's weight decay on a
+        -inf entry would turn it into NaN.
+        """
+        if self.op_mask is None:
+            return self.alphas
+        return self.alphas.masked_fill(~self.op_mask, float("-inf"))
+
+    def set_skip_dropout(self, p: float) -> None:
+        """P-DARTS: dropout rate on every identity skip-connect output."""
+        for m in self.modules():
+            if hasattr(m, "skip_drop"):
+                m.skip_drop = float(p)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [p for p in (self.alphas, self.betas) if p is not None]
@@ -154,7 +244,7 @@ class _SupernetBase(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch]
 
     def op_weights(self) -> torch.Tensor:
-        return mix_weights(self.alphas, self.config.max_w)
+        return mix_weights(self.arch_logits(), self.config.max_w)
 
     def edge_weights(self) -> torch.Tensor | None:
         """softmax(beta) over each node's incoming edges (PC-DARTS edge normalisation)."""
@@ -197,7 +287,8 @@ class DartsSupernet(_SupernetBase):
 class Nb201SearchCell(nn.Module):
     def __init__(self, cfg: SupernetConfig, C: int):
         super().__init__()
-        self.mixed = nn.ModuleList(MixedOp(cfg.space, C, 1, cfg.ops(), cfg.partial_k) for _ in NB201_EDGES)
+        self.mixed = nn.ModuleList(MixedOp(cfg.space, C, 1, cfg.ops(), cfg.partial_k, cfg.subset(0, e))
+                                   for e in range(len(NB201_EDGES)))
 
     def forward(self, x, weights, edge_weights=None, plain=False):
         nodes = [x]
@@ -243,9 +334,24 @@ class Nb201Supernet(_SupernetBase):
         return self.classifier(x)
 
 
+# (name, applies(cfg), build(cfg)); the first that applies builds. Options registered later
+# (search/dcanas.py) come first, so a config with their flags gets their supernet.
+SUPERNETS: list[tuple[str, Callable[[SupernetConfig], bool], Callable[[SupernetConfig], _SupernetBase]]] = []
+
+
+def register_supernet(name: str, applies: Callable[[SupernetConfig], bool],
+                      build: Callable[[SupernetConfig], _SupernetBase]) -> None:
+    SUPERNETS[:] = [s for s in SUPERNETS if s[0] != name]
+    SUPERNETS.insert(0, (name, applies, build))
+
+
+register_supernet("darts", lambda c: c.space in ("darts", "sharpdarts"), DartsSupernet)
+register_supernet("nb201", lambda c: c.space == "nb201", Nb201Supernet)
+
+
 def build_supernet(cfg: SupernetConfig) -> _SupernetBase:
-    if cfg.space == "nb201":
-        return Nb201Supernet(cfg)
-    if cfg.space in ("darts", "sharpdarts"):
-        return DartsSupernet(cfg)
+    from . import dcanas  # noqa: F401  (registers the DCA-NAS supernets)
+    for _, applies, build in SUPERNETS:
+        if applies(cfg):
+            return build(cfg)
     raise HwcostError(f"no supernet for space {cfg.space!r}")

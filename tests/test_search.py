@@ -1,5 +1,6 @@
 """The search engine on toy problems whose optimum is known, for every strategy."""
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ FAST = dict(data="synthetic", epochs=2, steps_per_epoch=3, batch_size=16, C=4, l
 
 
 def small(space="nb201", **kw) -> SearchConfig:
+    if STRATEGIES[kw.get("strategy", "darts")].progressive:
+        kw.setdefault("stages", [3, 3])   # two short stages (default: 3, 9, 15 cells)
     return SearchConfig(space=space, **{**FAST, **kw})
 
 
@@ -156,3 +159,52 @@ def test_nonempty_run_directory_needs_resume(tmp_path):
     (tmp_path / "r" / "x").write_text("data")
     with pytest.raises(HwcostError, match="--resume"):
         SearchRun(small(), tmp_path / "r")
+
+
+# --- every strategy on every space (tiny supernets, synthetic data; training and derivation) ---
+
+SPACES = ("darts", "sharpdarts", "nb201")
+
+
+def _matrix_params():
+    out = []
+    for strategy in sorted(STRATEGIES):
+        for space in SPACES:
+            # darts/sharpdarts: the target network's cost tensor takes 5-15 s to build once per process
+            marks = [pytest.mark.slow] if space != "nb201" else []
+            out.append(pytest.param(strategy, space, marks=marks, id=f"{strategy}-{space}"))
+    return out
+
+
+@pytest.mark.parametrize("strategy,space", _matrix_params())
+def test_every_strategy_trains_on_every_space(strategy, space, tmp_path):
+    from search.strategies import get_strategy
+    spec = get_strategy(strategy)
+    kw = dict(data="synthetic", epochs=1, steps_per_epoch=2, batch_size=8, C=4, layers=2, threads=1,
+              warmup_epochs=0, arch_lr=0.05)
+    if spec.progressive:
+        kw["stages"] = [2, 3] if space != "nb201" else [3, 3]
+    if spec.needs_terms:
+        kw["penalties"] = ["params=1e-7"]
+    if strategy == "dcanas" and space != "nb201":
+        kw["bottleneck"] = 2          # C / bottleneck must stay even (FactorizedReduce)
+    run = SearchRun(SearchConfig(space=space, strategy=strategy, **kw), tmp_path / "r")
+    before = run.model.alphas.detach().clone()
+    run.train()
+    logs = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    n_stages = len(run.stages) if run.stages else 1
+    assert len(logs) == 2 * n_stages
+    assert all(math.isfinite(l["loss_train"]) and math.isfinite(l["loss_val"]) for l in logs)
+    assert torch.isfinite(run.model.alphas).all()
+    if not spec.progressive:        # alpha moved (progressive: a fresh alpha per stage)
+        assert not torch.equal(before, run.model.alphas.detach())
+    arch = run.expected.derive(run.model.arch_logits(), run.model.betas)
+    ops = set(run.ops)
+    if space == "nb201":
+        assert set(Nb201Arch.parse(arch).ops) <= ops
+    else:
+        assert all(op in ops - {"none"} for cell in (arch.normal, arch.reduce) for op, _ in cell)
+    if spec.progressive:
+        assert run.stage == 1
+        assert {int(n) for n in run.model.op_mask.sum(-1).flatten()} == {run.stages[1].ops_per_edge}
+    assert (type(run.model).__name__.startswith("Dca")) == (strategy == "dcanas")
