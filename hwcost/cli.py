@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cmd_predict import add_predict_parser
     from .cmd_profile import add_profile_parsers
     from .cmd_search import add_search_parser
+    from .cmd_sweep import add_sweep_parser
     from .cmd_table import add_table_parser
     from .cmd_train import add_train_parser
     add_profile_parsers(sub)
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_parser(sub)
     add_fit_parser(sub)
     add_search_parser(sub)
+    add_sweep_parser(sub)
     add_train_parser(sub)
     return parser
 
