@@ -1,4 +1,12 @@
-"""``hwcost search``: a constraint-aware DARTS-family search into a run directory."""
+"""``hwcost search``: a constraint-aware DARTS-family search into a run directory.
+
+Data-parallel on several processes: ``torchrun --nproc_per_node K -m hwcost.cli search ...``
+(gloo; the search runs on CPU). ``--batch-size`` stays the *global* batch: each process
+takes a contiguous 1/K of every batch, so it must be divisible by K. BatchNorm
+statistics and all gradients are synchronised, so K processes take the steps one
+process takes with the same ``--batch-size`` (up to the order of floating-point sums).
+Only rank 0 writes the run directory and prints.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +14,13 @@ import json
 
 
 def add_search_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("search", help="search a space under budgets/penalties against a device table")
+    p = sub.add_parser(
+        "search", help="search a space under budgets/penalties against a device table",
+        description="Search a space under budgets/penalties against a device table. Data-parallel: "
+                    "torchrun --nproc_per_node K -m hwcost.cli search ... (gloo, CPU processes); --batch-size "
+                    "is the global batch, split across the K processes (it must be divisible by K); the K "
+                    "processes take the steps one process takes with that batch (synchronised BatchNorm and "
+                    "gradients); only rank 0 writes --out and prints.")
     p.add_argument("--space", default="darts", help="darts | sharpdarts | nb201")
     p.add_argument("--strategy", default="darts",
                    help="darts | darts-2nd | pcdarts | pdarts | rapdarts (pdarts + budgets/penalties) | dcanas")
@@ -25,7 +39,8 @@ def add_search_parser(sub) -> argparse.ArgumentParser:
                    help="keep each budgeted cost above this share of its budget (0 = upper bound only)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps-per-epoch", type=int)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="global batch (under torchrun: split across the processes; divisible by their number)")
     p.add_argument("--C", type=int, default=8, help="supernet channels (DARTS paper: 16)")
     p.add_argument("--layers", type=int, default=5, help="supernet cells (DARTS paper: 8)")
     p.add_argument("--partial-k", type=int, help="PC-DARTS K (default 4 for pcdarts)")
@@ -93,7 +108,14 @@ def cmd_search(args) -> int:
                        skip_dropout=_list(args.skip_dropout, float, "--skip-dropout"), max_skips=args.max_skips,
                        share_weights=args.share_weights, bottleneck=args.bottleneck,
                        derived_cells=args.derived_cells)
-    r = run_search(cfg, args.out, resume=args.resume, progress=not args.json)
+    from search import distributed as D
+    try:
+        r = run_search(cfg, args.out, resume=args.resume, progress=not args.json)
+        main = D.is_main()
+    finally:
+        D.shutdown()
+    if not main:
+        return 0
     if args.json:
         print(json.dumps(r, indent=1))
         return 0

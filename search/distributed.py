@@ -20,8 +20,12 @@ with its own batch statistics (as DDP does without SyncBatchNorm, which
 PyTorch offers on GPUs only), and its running statistics drift apart;
 :func:`allreduce_buffers` averages them before anything is evaluated or
 saved. Randomness drawn inside the model (drop-path) differs per process.
+The search (``hwcost search``) avoids the BatchNorm difference altogether:
+:func:`convert_sync_batchnorm` swaps its BNs for :class:`SyncBatchNorm2d`,
+whose training-mode statistics (forward) and statistic gradients (backward)
+are all-reduced, on gloo as on nccl.
 
-Launch: ``torchrun --nproc_per_node K -m hwcost.cli train ...``; only rank 0
+Launch: ``torchrun --nproc_per_node K -m hwcost.cli train|search ...``; only rank 0
 writes files (:func:`is_main`, :func:`main_only`).
 """
 from __future__ import annotations
@@ -219,3 +223,126 @@ def allreduce_buffers(module: nn.Module) -> None:
                 dist.all_reduce(b, op=dist.ReduceOp.SUM)
                 b /= dist.get_world_size()
 
+
+
+def allreduce_tensors(tensors: Sequence[torch.Tensor], average: bool = True) -> list[torch.Tensor]:
+    """Sum (``average``: then divide by K) a list of same-dtype tensors over all processes.
+
+    One coalesced all-reduce; returns new tensors of the same shapes (the inputs
+    are left alone). In one process the inputs come back unchanged.
+    """
+    tensors = list(tensors)
+    if not is_distributed() or not tensors:
+        return tensors
+    buf = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    if average:
+        buf /= dist.get_world_size()
+    out, offset = [], 0
+    for t in tensors:
+        out.append(buf[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return out
+
+
+# --- synchronised batch norm (CPU / gloo as well as GPU / nccl) ----------------------------
+
+
+class _SyncBatchNormFn(torch.autograd.Function):
+    """x -> (x - mean) / sqrt(var + eps) with mean and (biased) var over the *global* batch.
+
+    Forward: one all-reduce of [per-channel sum, per-channel sum of squares, count]
+    (float64, so E[x^2] - E[x]^2 keeps its digits). Backward: one all-reduce of
+    [sum g, sum g * x_hat]; with n the global count,
+    ``dx = (g - sum(g)/n - x_hat * sum(g x_hat)/n) / sqrt(var + eps)``.
+    Every process back-propagates its own loss, so the sums in the backward add the
+    upstream gradients of all processes' losses: each process gets the gradient of
+    the *sum* of the processes' losses with respect to its own samples, and the
+    average over processes of the parameter gradients is the gradient of the mean
+    loss, as one process with the concatenated batch computes it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, eps, stats_out):
+        c = x.shape[1]
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, c] + [1] * (x.dim() - 2)
+        local = torch.cat([x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64),
+                           torch.tensor([x.numel() // c], dtype=torch.float64, device=x.device)])
+        dist.all_reduce(local, op=dist.ReduceOp.SUM)
+        n = local[-1]
+        mean = local[:c] / n
+        var = (local[c:2 * c] / n - mean * mean).clamp_min(0.0)
+        invstd = (var + eps).rsqrt().to(x.dtype).view(shape)
+        x_hat = (x - mean.to(x.dtype).view(shape)) * invstd
+        ctx.save_for_backward(x_hat, invstd)
+        ctx.n = float(n)
+        stats_out.append((mean, var, float(n)))
+        return x_hat
+
+    @staticmethod
+    def backward(ctx, g):
+        x_hat, invstd = ctx.saved_tensors
+        c = x_hat.shape[1]
+        dims = [0] + list(range(2, x_hat.dim()))
+        shape = [1, c] + [1] * (x_hat.dim() - 2)
+        sums = torch.cat([g.sum(dims, dtype=torch.float64), (g * x_hat).sum(dims, dtype=torch.float64)])
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        mean_g = (sums[:c] / ctx.n).to(g.dtype).view(shape)
+        mean_gx = (sums[c:] / ctx.n).to(g.dtype).view(shape)
+        return (g - mean_g - x_hat * mean_gx) * invstd, None, None
+
+
+def sync_batch_norm(x: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, tuple]:
+    """Non-affine batch normalisation of ``x`` over the global batch; returns (x_hat, (mean, var, n))."""
+    stats: list = []
+    y = _SyncBatchNormFn.apply(x, eps, stats)
+    return y, stats[0]
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training-mode statistics are those of the global batch.
+
+    ``torch.nn.SyncBatchNorm`` runs on CUDA only; this one runs wherever
+    ``torch.distributed`` does (gloo on CPU included). Same parameters, buffers and
+    ``state_dict`` as ``nn.BatchNorm2d``; the running statistics take the global
+    mean and the global unbiased variance, so every process holds the same ones,
+    equal to what one process with the whole batch would hold. In eval mode, or
+    in a single process, it is plain ``nn.BatchNorm2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        use_batch = self.training or self.running_mean is None
+        if not use_batch or not is_distributed():
+            return super().forward(x)
+        self._check_input_dim(x)
+        x_hat, (mean, var, n) = sync_batch_norm(x, self.eps)
+        if self.training and self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                f = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * (n / max(n - 1.0, 1.0))
+                self.running_mean.mul_(1.0 - f).add_(mean.to(self.running_mean.dtype), alpha=f)
+                self.running_var.mul_(1.0 - f).add_(unbiased.to(self.running_var.dtype), alpha=f)
+        if self.affine:
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            x_hat = x_hat * self.weight.view(shape) + self.bias.view(shape)
+        return x_hat
+
+
+def convert_sync_batchnorm(module: nn.Module) -> int:
+    """Turn every ``nn.BatchNorm2d`` in ``module`` into :class:`SyncBatchNorm2d`, in place.
+
+    The modules keep their identity, parameters and buffers (only their class
+    changes), so optimisers, ``state_dict`` keys and any references held
+    elsewhere stay valid. Returns how many were converted (0 in one process:
+    nothing is changed there).
+    """
+    if not is_distributed():
+        return 0
+    n = 0
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = SyncBatchNorm2d
+            n += 1
+    return n

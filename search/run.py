@@ -12,6 +12,19 @@ Progressive strategies (P-DARTS, RAPDARTS; :mod:`search.progressive`) run
 ops the last stage kept; the checkpoint stores the stage and the op subsets.
 DCA-NAS (:mod:`search.dcanas`) is the same loop on a supernet with shared
 weights, a channel bottleneck and derived cells.
+
+Data-parallel (``torchrun --nproc_per_node K -m hwcost.cli search ...``, gloo:
+the search runs on CPU processes): every process draws the same global
+batches (same seeds) and keeps its contiguous 1/K (``--batch-size`` is the
+global batch and must be divisible by K); the supernet is broadcast from rank
+0 after every build; its BatchNorms become :class:`search.distributed.SyncBatchNorm2d`
+(global batch statistics, forward and backward); weight gradients are averaged
+after ``backward()`` and before clipping, the architecture gradients inside
+:class:`Architect` (first and second order) before clipping and Adam; the
+logged losses are global means. Each process thus takes the step one process
+takes with the whole batch, up to the order of floating-point sums. The fused
+CPU cell (``fast``) calls ``F.batch_norm`` directly, so it is off under K > 1.
+Only rank 0 writes the run directory and shows a progress bar.
 """
 from __future__ import annotations
 
@@ -33,6 +46,7 @@ import torch.nn.functional as F
 
 from spaces.errors import HwcostError
 
+from . import distributed as D
 from .costs import search_cost_tensor
 from .data import load_data, search_loaders
 from .derive import constrained_derive, derived_costs
@@ -161,10 +175,17 @@ class SearchRun:
     def __init__(self, cfg: SearchConfig, out: str | os.PathLike, resume: bool = False):
         check_config(cfg)
         self.cfg, self.out = cfg, Path(out)
-        if self.out.exists() and any(self.out.iterdir()) and not resume:
+        self.dist = D.init(device="cpu")       # no-op without torchrun; the search runs on CPU (gloo)
+        k = D.world_size()
+        if k > 1 and cfg.batch_size % k:
+            raise HwcostError(f"--batch-size {cfg.batch_size} is the global batch, split across {k} processes: "
+                              f"it must be divisible by {k} (e.g. {cfg.batch_size - cfg.batch_size % k or k})")
+        if self.out.exists() and any(self.out.iterdir()) and not resume:   # every rank decides alike
             raise HwcostError(f"run directory {self.out} is not empty; pass --resume to continue it "
                               f"or choose another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
+        D.barrier()                            # every rank has checked --out before rank 0 writes there
+        if D.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.spec = get_strategy(cfg.strategy)
@@ -186,8 +207,10 @@ class SearchRun:
         self.objective = Objective(self.terms, self.cost_tensor.metrics, cfg.dual_lr, cfg.budget_floor)
         self.epoch, self.step = 0, 0
         if resume and (self.out / "checkpoint.pt").exists():
-            self._load_checkpoint()
-        self._write_config()
+            self._load_checkpoint()            # every rank loads it; rank 0 truncates the logs
+        if D.is_main():
+            self._write_config()
+        D.barrier()
 
     # --- the supernet of the current stage ---------------------------------
     def _supernet_flag(self, name: str, default):
@@ -207,13 +230,17 @@ class SearchRun:
             derived_cells=self._supernet_flag("derived_cells", False))
         self.model = build_supernet(self.net_cfg)
         plain_cell = self.op_subsets is None and not self.stages and type(self.model).__name__ == "DartsSupernet"
-        if cfg.fast and cfg.space == "darts" and plain_cell:
+        # The fused cell runs F.batch_norm on the modules' buffers itself: not with synchronised BN.
+        if cfg.fast and cfg.space == "darts" and plain_cell and not D.is_distributed():
             from .fast import accelerate
             accelerate(self.model)
+        D.broadcast_module(self.model)         # the same start on every process
+        D.convert_sync_batchnorm(self.model)   # K > 1: BN statistics of the global batch
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.weight_lr or self.spec.weight_lr,
                                      momentum=0.9, weight_decay=3e-4)
         self.architect = Architect(self.model, self.spec, self.w_opt, self._penalty, cfg.arch_lr,
-                                   grad_clip=self.spec.arch_grad_clip)
+                                   grad_clip=self.spec.arch_grad_clip,
+                                   reduce_grads=D.allreduce_tensors if D.is_distributed() else None)
 
     def _next_stage(self) -> None:
         """P-DARTS: keep each edge's strongest ops and build the next, deeper supernet."""
@@ -245,10 +272,16 @@ class SearchRun:
     def _write_config(self) -> None:
         doc = {"search": self.cfg.to_dict(), "supernet": self.net_cfg.to_dict(), "strategy": asdict(self.spec),
                "terms": [t.to_dict() for t in self.terms], "cost": self.cost_notes,
-               "metrics": list(self.cost_tensor.metrics), "ops": list(self.ops)}
+               "metrics": list(self.cost_tensor.metrics), "ops": list(self.ops), "world_size": D.world_size()}
         (self.out / "config.json").write_text(json.dumps(doc, indent=1, default=str))
 
     def _checkpoint(self) -> None:
+        """Rank 0 writes; every rank waits for it (a resume then finds what every rank held)."""
+        if D.is_main():
+            self._save_checkpoint()
+        D.barrier()
+
+    def _save_checkpoint(self) -> None:
         state = {"model": self.model.state_dict(), "w_opt": self.w_opt.state_dict(),
                  "a_opt": self.architect.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
                  "stage": self.stage,
@@ -284,7 +317,7 @@ class SearchRun:
 
     def _truncate_log(self, name: str, keep) -> None:
         path = self.out / name
-        if not path.exists():
+        if not D.is_main() or not path.exists():
             return
         lines = []
         for line in path.read_text().splitlines():
@@ -296,6 +329,8 @@ class SearchRun:
         path.write_text("".join(x + "\n" for x in lines))
 
     def _log(self, name: str, record: dict) -> None:
+        if not D.is_main():
+            return
         with open(self.out / name, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -306,7 +341,7 @@ class SearchRun:
     def run(self, progress: bool = True) -> dict:
         cfg = self.cfg
         bar = None
-        if progress:
+        if progress and D.is_main():
             from tqdm import tqdm
             per_epoch = cfg.steps_per_epoch or len(search_loaders(self.data, cfg.batch_size, 0)[0])
             total = cfg.epochs * per_epoch * (len(self.stages) if self.stages else 1)
@@ -360,6 +395,15 @@ class SearchRun:
 
     def _step(self, xt, yt, xv, yv, lr, arch_on: bool) -> dict:
         self.model.train()
+        distributed = D.is_distributed()
+        if distributed:   # every rank holds the same global batches: keep this rank's part
+            k = D.world_size()
+            if len(yt) % k or len(yv) % k:
+                raise HwcostError(f"a batch of {len(yt)} (train) / {len(yv)} (val) samples does not split across "
+                                  f"{k} processes; the data set is smaller than --batch-size "
+                                  f"{self.cfg.batch_size}: choose a batch size divisible by {k} that it fills")
+            xt, yt = D.shard(xt, yt)
+            xv, yv = D.shard(xv, yv)
         loss_val = torch.tensor(float("nan"))
         if arch_on:
             loss_val = self.architect.step(xt, yt, xv, yv, lr)
@@ -367,17 +411,23 @@ class SearchRun:
                 self.objective.dual_step(self.costs())
         self.w_opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.model(xt), yt)
-        if not torch.isfinite(loss) or (arch_on and not torch.isfinite(loss_val)):
+        if distributed:   # equal shards: the mean of the shard means is the global mean
+            loss_train_g, loss_val_g = (D.allreduce_sum([loss.item(), loss_val.item()]) / D.world_size()).tolist()
+            loss_val = torch.tensor(loss_val_g)
+        if not torch.isfinite(loss) or (arch_on and not torch.isfinite(loss_val)) or (
+                distributed and not math.isfinite(loss_train_g)):
             raise HwcostError(f"non-finite loss at step {self.step} (epoch {self.epoch}); stopped. The last good "
                               f"checkpoint is {self.out / 'checkpoint.pt'} (epoch {self.epoch}); lower the "
                               f"learning rates and --resume, or start again")
         loss.backward()
+        D.allreduce_grads(self.model.weight_parameters())   # K > 1: the gradient of the global mean loss
         nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.cfg.grad_clip)
         self.w_opt.step()
         self.step += 1
         with torch.no_grad():
             costs = self.costs()
-        return {"loss_train": loss.item(), "loss_val": loss_val.item(), "costs": self.objective.report(costs),
+        return {"loss_train": loss_train_g if distributed else loss.item(), "loss_val": loss_val.item(),
+                "costs": self.objective.report(costs),
                 "entropy": _entropy(self.model.arch_logits())}
 
     @torch.no_grad()
@@ -415,6 +465,8 @@ class SearchRun:
             "supernet_val_accuracy": self.accuracy(val_loader), "epochs": self.epoch, "steps": self.step,
             "search_seconds": round(seconds, 2), "lr_schedule": self.cfg.lr_schedule, "max_w": self.cfg.max_w,
         }
+        if D.is_distributed():
+            result["world_size"] = D.world_size()
         if self.stages:
             if skip_cap is not None:
                 genotype = derived["arch"]
@@ -425,12 +477,14 @@ class SearchRun:
         if self.net_cfg.share_weights or self.net_cfg.bottleneck > 1 or self.net_cfg.derived_cells:
             result["dcanas"] = {"share_weights": self.net_cfg.share_weights, "bottleneck": self.net_cfg.bottleneck,
                                 "derived_cells": self.net_cfg.derived_cells}
-        (self.out / "result.json").write_text(json.dumps(result, indent=1))
-        try:
-            from .plots import plot_run
-            plot_run(self.out)
-        except ImportError:  # matplotlib missing: plots are optional
-            pass
+        if D.is_main():
+            (self.out / "result.json").write_text(json.dumps(result, indent=1))
+            try:
+                from .plots import plot_run
+                plot_run(self.out)
+            except ImportError:  # matplotlib missing: plots are optional
+                pass
+        D.barrier()   # the run directory is complete when any rank returns
         return result
 
 

@@ -78,11 +78,24 @@ register_strategy(StrategySpec("dcanas", False, 1, 6e-4, 0.2, 0.0, 0.0,
 
 
 class Architect:
-    """One alpha step per iteration, before the weight step (as in DARTS)."""
+    """One alpha step per iteration, before the weight step (as in DARTS).
+
+    ``reduce_grads`` (data-parallel search, :mod:`search.distributed`): a function
+    that averages a list of gradient tensors over the processes, each of which
+    holds its shard of the batches. It is applied to every gradient of the task
+    loss -- first order: grad_alpha L_val; second order: grad_w L_train of the
+    virtual step, (grad_alpha, grad_w') L_val(w') and both finite-difference
+    gradients grad_alpha L_train(w+-) -- so every process computes the same
+    unrolled step one process computes with the whole batches. The resource
+    penalty depends on alpha only (the same on every process) and is added
+    after. None (one process): the gradients are used as computed.
+    """
 
     def __init__(self, model: nn.Module, spec: StrategySpec, w_optimizer: torch.optim.SGD,
-                 penalty: Callable[[], torch.Tensor], arch_lr: float | None = None, grad_clip: float | None = None):
+                 penalty: Callable[[], torch.Tensor], arch_lr: float | None = None, grad_clip: float | None = None,
+                 reduce_grads: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None):
         self.model, self.spec, self.w_opt, self.penalty = model, spec, w_optimizer, penalty
+        self.reduce_grads = reduce_grads
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_lr or spec.arch_lr,
                                           betas=(0.5, 0.999), weight_decay=1e-3)
         self.grad_clip = grad_clip
@@ -99,6 +112,8 @@ class Architect:
         else:
             loss_val = self.loss(x_val, y_val)
             grads = torch.autograd.grad(loss_val, arch)
+            if self.reduce_grads is not None:
+                grads = self.reduce_grads(list(grads))
             for p, g in zip(arch, grads):
                 p.grad = g
         pen = self.penalty()
@@ -121,6 +136,8 @@ class Architect:
         backup = [w.detach().clone() for w in weights]
         # virtual step w' = w - eta * (momentum buffer + grad_w L_train + wd * w)
         g_train = torch.autograd.grad(self.loss(x_train, y_train), weights, allow_unused=True)
+        if self.reduce_grads is not None:
+            g_train = self.reduce_grads([torch.zeros_like(w) if g is None else g for w, g in zip(weights, g_train)])
         with torch.no_grad():
             for w, g in zip(weights, g_train):
                 g = torch.zeros_like(w) if g is None else g
@@ -131,10 +148,16 @@ class Architect:
         grads = torch.autograd.grad(loss_val, arch + weights, allow_unused=True)
         d_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(arch, grads[:len(arch)])]
         d_w = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads[len(arch):])]
+        if self.reduce_grads is not None:
+            reduced = self.reduce_grads(d_alpha + d_w)
+            d_alpha, d_w = reduced[:len(arch)], reduced[len(arch):]
         # finite-difference Hessian-vector product around the original w
         R = 0.01 / torch.cat([g.flatten() for g in d_w]).norm().clamp_min(1e-12)
         hvp_pos = self._grad_alpha_at(weights, backup, d_w, R, x_train, y_train)
         hvp_neg = self._grad_alpha_at(weights, backup, d_w, -R, x_train, y_train)
+        if self.reduce_grads is not None:
+            reduced = self.reduce_grads(hvp_pos + hvp_neg)
+            hvp_pos, hvp_neg = reduced[:len(arch)], reduced[len(arch):]
         with torch.no_grad():
             for w, b in zip(weights, backup):
                 w.copy_(b)
