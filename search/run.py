@@ -405,10 +405,12 @@ class SearchRun:
             xt, yt = D.shard(xt, yt)
             xv, yv = D.shard(xv, yv)
         loss_val = torch.tensor(float("nan"))
+        costs = None
         if arch_on:
             loss_val = self.architect.step(xt, yt, xv, yv, lr)
             with torch.no_grad():
-                self.objective.dual_step(self.costs())
+                costs = self.costs()   # alpha does not change again this step: also the step's record
+                self.objective.dual_step(costs)
         self.w_opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(self.model(xt), yt)
         if distributed:   # equal shards: the mean of the shard means is the global mean
@@ -424,8 +426,9 @@ class SearchRun:
         nn.utils.clip_grad_norm_(self.model.weight_parameters(), self.cfg.grad_clip)
         self.w_opt.step()
         self.step += 1
-        with torch.no_grad():
-            costs = self.costs()
+        if costs is None:
+            with torch.no_grad():
+                costs = self.costs()
         return {"loss_train": loss_train_g if distributed else loss.item(), "loss_val": loss_val.item(),
                 "costs": self.objective.report(costs),
                 "entropy": _entropy(self.model.arch_logits())}
