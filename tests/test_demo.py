@@ -1,0 +1,29 @@
+"""`make demo`'s chain end to end, on a reused table and one search epoch."""
+import json
+import shutil
+
+import pytest
+
+from device_tables import load_table
+
+
+@pytest.mark.slow
+def test_demo_chain_reuses_the_table_and_reports_budget_predicted_measured(tmp_path, capsys):
+    from hwcost.demo import run_demo
+    out = tmp_path / "demo"
+    out.mkdir()
+    # the bundled ort-cpu table holds every key of the CIFAR-10 eval network (and more)
+    shutil.copy("device_tables/data/darts_ort-cpu.json", out / "darts-cifar10_ort-cpu.json")
+    assert run_demo(str(out), epochs=1, seed=0) == 0
+    text = capsys.readouterr().out
+    assert "reusing" in text
+    s = json.loads((out / "summary.json").read_text())
+    assert s["measured"]["latency_ms"] > 0 and s["measured"]["n"] > 0
+    assert (out / "derived.onnx").exists() and (out / "search" / "result.json").exists()
+    # the budget is the 30th percentile of random derived networks: inside the table's range
+    table = load_table(out / "darts-cifar10_ort-cpu.json")
+    assert 0 < s["budget_ms"] < sum(e.median_ms for e in table.entries)
+    # the predicted latency printed is the search result's derived latency
+    r = json.loads((out / "search" / "result.json").read_text())
+    assert s["predicted_ms"] == pytest.approx(r["derived"]["latency_ms"])
+    assert r["derived"]["latency_ms"] <= s["budget_ms"] * 1.0001
