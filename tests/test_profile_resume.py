@@ -43,7 +43,11 @@ def _complete_rows(journal: Path) -> list[bytes]:
 
 
 def _start_and_wait(out: Path, rows: int) -> subprocess.Popen:
-    proc = subprocess.Popen(_profile_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A job started in the background of a non-interactive shell (as CI may run us) inherits SIGINT
+    # ignored, and Python keeps it so; a user's terminal delivers it: reset it to the default.
+    proc = subprocess.Popen(_profile_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            if os.name == "posix" else None)
     journal = Path(str(out) + ".journal")
     deadline = time.monotonic() + 120
     while len(_complete_rows(journal)) < rows:
