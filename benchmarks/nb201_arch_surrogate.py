@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from costmodels.arch_surrogate import evaluate_holdout, library_versions  # noqa: E402
+from profilers.environment import cpu_model  # noqa: E402
 
 DEFAULT_CSV = ROOT.parent / "shared" / "data" / "nb201-device-latency" / "latency_ms.csv"
 DEVICES = ("raspi4", "pixel3", "gold_6226", "titan_rtx_1", "eyeriss", "fpga", "pixel2")
@@ -56,14 +57,6 @@ def read_bundled() -> tuple[list[str], dict[str, np.ndarray]]:
     return archs, cols
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(archs, y, n, seeds, spec):

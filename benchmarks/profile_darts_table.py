@@ -20,10 +20,8 @@ from pathlib import Path
 
 
 def hwcost_command() -> list[str]:
-    """``hwcost`` if profile is wired into the CLI, else its standalone module."""
-    from hwcost import cli
-    wired = "profile" in cli.build_parser()._subparsers._group_actions[0].choices
-    return [sys.executable, "-m", "hwcost.cli" if wired else "hwcost.cmd_profile"]
+    """The ``hwcost`` command of this interpreter."""
+    return [sys.executable, "-m", "hwcost.cli"]
 
 
 def main() -> int:

@@ -115,14 +115,8 @@ def summary(times: list[float]) -> str:
 
 def machine() -> str:
     import torch
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from profilers.environment import cpu_model
+    cpu = cpu_model()
     return (f"CPU {cpu}, {os.cpu_count()} logical cores; load average {os.getloadavg()}; "
             f"torch {torch.__version__}; python {platform.python_version()}")
 

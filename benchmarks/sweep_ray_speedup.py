@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -27,14 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from profilers.environment import cpu_model
+    cpu = cpu_model()
     return f"CPU {cpu}, {os.cpu_count()} logical cores, load average {tuple(round(x, 2) for x in os.getloadavg())}"
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from profilers.environment import cpu_model  # noqa: E402
+
 from spaces import Genotype, get_space  # noqa: E402
 
 
@@ -41,14 +43,6 @@ def random_genotype(seed: int, space: str = "darts") -> Genotype:
     return Genotype(cell(), (2, 3, 4, 5), cell(), (2, 3, 4, 5)).validate(space)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,4 @@
-"""``hwcost profile`` and ``hwcost measure``: thin layers over :mod:`profilers`.
-
-Wire into the CLI with ``add_profile_parsers(sub)``.
-"""
+"""``hwcost profile`` and ``hwcost measure``: thin layers over :mod:`profilers`."""
 from __future__ import annotations
 
 import argparse
@@ -140,23 +137,3 @@ def add_profile_parsers(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_measure)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m hwcost.cmd_profile profile ...``: these subcommands alone, with the
-    ``hwcost`` command's error handling (used until they are wired into ``hwcost.cli``)."""
-    from .cli import _user_errors
-    parser = argparse.ArgumentParser(prog="hwcost")
-    add_profile_parsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except _user_errors() as e:
-        print(f"hwcost: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("hwcost: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

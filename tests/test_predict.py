@@ -185,17 +185,6 @@ def test_a_table_of_another_space_or_kind_is_refused():
 
 
 def run(capsys, monkeypatch, *argv):
-    build = cli.build_parser
-
-    def with_predict():   # until hwcost.cli wires the command itself
-        parser = build()
-        sub = parser._subparsers._group_actions[0]
-        if "predict" not in sub.choices:
-            from hwcost.cmd_predict import add_predict_parser
-            add_predict_parser(sub)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", with_predict)
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err

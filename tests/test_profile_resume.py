@@ -18,9 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def _hwcost() -> list[str]:
-    from hwcost import cli
-    wired = "profile" in cli.build_parser()._subparsers._group_actions[0].choices
-    return [sys.executable, "-m", "hwcost.cli" if wired else "hwcost.cmd_profile"]
+    return [sys.executable, "-m", "hwcost.cli"]
 
 
 def _profile_cmd(out: Path, *extra: str) -> list[str]:

@@ -469,11 +469,7 @@ def test_measure_model():
 
 def _cli(argv):
     from hwcost import cli
-    wired = "profile" in cli.build_parser()._subparsers._group_actions[0].choices
-    if wired:
-        return cli.main(argv)
-    from hwcost.cmd_profile import main
-    return main(argv)
+    return cli.main(argv)
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -240,19 +240,6 @@ def test_process_backend_runs_a_sweep(tmp_path):
 
 def _main(argv):
     from hwcost import cli
-    parser = cli.build_parser()
-    if "sweep" not in parser._subparsers._group_actions[0].choices:   # not wired into hwcost/cli.py yet
-        import argparse
-        from hwcost.cmd_sweep import add_sweep_parser
-        parser = argparse.ArgumentParser(prog="hwcost")
-        add_sweep_parser(parser.add_subparsers(dest="command", required=True))
-        args = parser.parse_args(argv)
-        try:
-            return args.func(args)
-        except HwcostError as e:
-            import sys
-            print(f"hwcost: error: {e}", file=sys.stderr)
-            return 2
     return cli.main(argv)
 
 

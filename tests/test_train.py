@@ -4,7 +4,6 @@ cutout against hand-computed squares; the drop-path ramp against p*e/T; the
 aux weight against the gradient ratio it must produce; learning against
 chance; resume against an uninterrupted run (bitwise); errors as one line.
 """
-import argparse
 import json
 
 import pytest
@@ -223,18 +222,8 @@ def test_nb201_arch_trains_and_rejects_aux(tmp_path):
 
 
 def _main(argv, monkeypatch):
-    """hwcost.cli.main with ``train`` wired in (as the lead wires it)."""
+    """``hwcost ARGV`` in this process."""
     from hwcost import cli
-    from hwcost.cmd_train import add_train_parser
-    build = cli.build_parser
-
-    def with_train():
-        parser = build()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "train" not in sub.choices:
-            add_train_parser(sub)
-        return parser
-    monkeypatch.setattr(cli, "build_parser", with_train)
     return cli.main(argv)
 
 
