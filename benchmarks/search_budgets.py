@@ -45,14 +45,14 @@ def machine() -> str:
 
 
 def darts_part(args, out: Path) -> list[dict]:
-    from search.costs import search_cost_tensor
+    from search.costs import cached_search_cost_tensor
     from search.run import SearchConfig, run_search
     from spaces import get_space
     from spaces.genotypes import genotype_from_dict
 
     from hwcost.pipeline import budget_ladder, measure_derived, random_derived_costs
     table = args.darts_table
-    ct, notes = search_cost_tensor("darts", "cifar10", tuple(get_space("darts").primitives), table)
+    ct, notes = cached_search_cost_tensor("darts", "cifar10", tuple(get_space("darts").primitives), table)
     lat = random_derived_costs(ct, 500, seed=0)[:, ct.index("latency_ms")].numpy()
     budgets = [round(b, 2) for b in budget_ladder(lat, args.k)]
     print(f"darts, table {table} ({notes['overhead']['source']}); 500 random derived networks: "

@@ -30,7 +30,7 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     import torch
 
     from costmodels.surrogate import fit_op_table
-    from search.costs import search_cost_tensor
+    from search.costs import cached_search_cost_tensor
     from search.run import SearchConfig, run_search
     from spaces import get_space
 
@@ -60,7 +60,8 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
         print(f"   fitted on {rep['keys']} keys (too few per op type to hold any out) -> {surrogate_path}")
 
     ops = tuple(get_space("darts").primitives)
-    ct, _ = search_cost_tensor("darts", "cifar10", ops, str(table_path))
+    # the same arguments as the search below, so that it reuses this tensor
+    ct, _ = cached_search_cost_tensor("darts", "cifar10", ops, str(table_path), str(surrogate_path))
     lat = random_derived_costs(ct, n=500, seed=seed)[:, ct.index("latency_ms")].numpy()
     import numpy as np
     budget = float(np.quantile(lat, budget_quantile))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import numpy as np
 import torch
@@ -120,6 +121,25 @@ def _remove_isolation_overhead(ct: CostTensor, table: DeviceTable, target, notes
     fixed = ct.fixed.clone()
     fixed[ct.index("latency_ms")] -= removed
     return dataclasses.replace(ct, fixed=fixed)
+
+
+def cached_search_cost_tensor(space: str, network: str, ops: tuple[str, ...], table_path: str | None = None,
+                              surrogate_path: str | None = None) -> tuple[CostTensor, dict]:
+    """:func:`search_cost_tensor`, built once per process for the same arguments and files (it
+    takes seconds: the target network is traced). The notes are shared: copy before changing."""
+    return _cached(space, network, tuple(ops), table_path, surrogate_path, (_stamp(table_path), _stamp(surrogate_path)))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(space, network, ops, table_path, surrogate_path, stamps):
+    return search_cost_tensor(space, network, ops, table_path, surrogate_path)
+
+
+def _stamp(path: str | None):
+    """A file's modification time (a changed file is a new cache key); None for names and no file."""
+    if path is None or not os.path.exists(path):
+        return None
+    return os.stat(path).st_mtime_ns
 
 
 def derived_latency(space: str, arch, cost_tensor: CostTensor, table_path: str | None) -> dict:

@@ -29,7 +29,6 @@ Only rank 0 writes the run directory and shows a progress bar.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -47,7 +46,7 @@ import torch.nn.functional as F
 from spaces.errors import HwcostError
 
 from . import distributed as D
-from .costs import search_cost_tensor
+from .costs import cached_search_cost_tensor
 from .data import load_data, search_loaders
 from .derive import constrained_derive, derived_costs
 from .objective import Objective, parse_term
@@ -147,19 +146,6 @@ def check_config(cfg: SearchConfig) -> None:
         raise HwcostError(f"--bottleneck {flags['bottleneck']} must divide the supernet channels --C {cfg.C}")
 
 
-@functools.lru_cache(maxsize=8)
-def _cost_tensor(space, network, ops, table, surrogate, stamps):
-    """The target network's cost tensor, built once per process (it takes seconds: the
-    target network is traced); ``stamps`` are the files' modification times."""
-    return search_cost_tensor(space, network, ops, table, surrogate)
-
-
-def _stamp(path: str | None):
-    if path is None or not os.path.exists(path):
-        return None
-    return os.stat(path).st_mtime_ns
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -199,8 +185,8 @@ class SearchRun:
             self.stages = plan_stages(layers, cfg.stage_ops, cfg.skip_dropout, len(self.ops))
         self.stage, self.op_subsets = 0, None
         self._build()
-        self.cost_tensor, notes = _cost_tensor(cfg.space, cfg.network, self.ops, cfg.table, cfg.surrogate,
-                                               (_stamp(cfg.table), _stamp(cfg.surrogate)))
+        self.cost_tensor, notes = cached_search_cost_tensor(cfg.space, cfg.network, self.ops, cfg.table,
+                                                            cfg.surrogate)
         self.cost_notes = json.loads(json.dumps(notes, default=str))   # a copy: the cached notes stay as built
         from costmodels.expected_cost import ExpectedCost
         self.expected = ExpectedCost(self.cost_tensor, mode=cfg.cost_mode)
