@@ -14,8 +14,11 @@ For each backend (one thread, batch 1):
   their layers are profiled into a table first (what ``hwcost profile --model``
   does), then predicted;
 * measured = the whole network on the same backend and settings as the table
-  (on ``ort-*`` the exported ONNX network, one session), median of repeated runs
-  (``profilers.profile.measure_model``).
+  (on ``ort-*`` the exported ONNX network, one session), with the table's
+  estimator: ``--chunk`` networks at a time are prepared, then measured in 10
+  interleaved rounds of one 0.3 s window each, and every network keeps its
+  quietest window's median (``profilers.profile.measure_models``; the table's
+  keys were profiled the same way, in 10 interleaved passes).
 
 Predictions use what ``hwcost predict`` uses (``costmodels.predict``): the sum of
 the ops, minus the per-call overhead the table records, minus what ONNX Runtime
@@ -53,7 +56,7 @@ from device_tables import DATA_DIR, load_table  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
 from profilers.environment import device_info  # noqa: E402
 from profilers.measure import Settings  # noqa: E402
-from profilers.profile import measure_model, model_jobs, profile, space_jobs  # noqa: E402
+from profilers.profile import measure_models, model_jobs, profile, space_jobs  # noqa: E402
 from profilers.shapes import resolve_model  # noqa: E402
 from spaces import Genotype, build_network, network_config  # noqa: E402
 from spaces.darts import PRIMITIVES  # noqa: E402
@@ -61,7 +64,7 @@ from spaces.darts import PRIMITIVES  # noqa: E402
 TORCHVISION = ("mobilenet_v2", "resnet18", "squeezenet1_0")
 IMAGE = (1, 3, 224, 224)
 OPS = tuple(p for p in PRIMITIVES if p != "none")
-NET_SETTINGS = Settings(max_time_s=10.0)   # measure_model's default
+NET_SETTINGS = Settings(max_time_s=3.0, passes=10)  # per network: 10 interleaved windows of 0.3 s
 
 
 def random_genotype(rng: random.Random, steps: int = 4) -> Genotype:
@@ -153,34 +156,38 @@ def run_backend(name: str, args, log) -> dict:
             order.append(("darts", g))
         order += [("calibration", g) for g in calib[c:]]
         t0 = time.perf_counter()
-        for i, (kind, g) in enumerate(order):
-            preds = {label: predict_genotype(g, t, network="cifar10") for label, t in tables.items()}
-            net = build_network(network_config("cifar10", g))
-            m = measure_model(net, net.input_shape(1), backend, NET_SETTINGS)
-            rows.append({"kind": kind, "name": f"{kind} genotype", "genotype": str(g),
-                         "measured_ms": m.median * 1e3, "measured_p10_ms": m.p10 * 1e3,
-                         "measured_p90_ms": m.p90 * 1e3, "quality": m.quality,
-                         **{f"predicted_{k}_ms": p.latency_ms for k, p in preds.items()},
-                         "n_ops": preds["now"].n_calls, "from_surrogate": preds["now"].from_surrogate})
-            if (i + 1) % 10 == 0:
-                log(f"  darts {i + 1}/{len(order)} ({time.perf_counter() - t0:.0f} s, load {load()})")
+        for start in range(0, len(order), args.chunk):
+            chunk = order[start:start + args.chunk]
+            nets = [build_network(network_config("cifar10", g)) for _, g in chunk]
+            measured = measure_models([(net, net.input_shape(1)) for net in nets], backend, NET_SETTINGS)
+            for (kind, g), m in zip(chunk, measured):
+                preds = {label: predict_genotype(g, t, network="cifar10") for label, t in tables.items()}
+                rows.append({"kind": kind, "name": f"{kind} genotype", "genotype": str(g), **_measured(m),
+                             **{f"predicted_{k}_ms": p.latency_ms for k, p in preds.items()},
+                             "n_ops": preds["now"].n_calls, "from_surrogate": preds["now"].from_surrogate})
+            log(f"  darts {start + len(chunk)}/{len(order)} ({time.perf_counter() - t0:.0f} s, load {load()})")
 
-        for model_name in args.models:
+        models, preds, seconds = [], [], []
+        for model_name in args.models:  # each model's layers profiled, then the models measured together
             model = resolve_model(f"torchvision:{model_name}")
             out = Path(tmp) / f"{model_name}_{name}.json"
             t1 = time.perf_counter()
             layer_table = profile(model_jobs(model, IMAGE), backend, out, spaces=["torch"], progress=False,
                                   provenance={"model": f"torchvision:{model_name}", "input": list(IMAGE)})
-            pred = predict_network(model, IMAGE, layer_table)
-            m = measure_model(model, IMAGE, backend, NET_SETTINGS)
+            models.append(model)
+            preds.append(predict_network(model, IMAGE, layer_table))
+            seconds.append(time.perf_counter() - t1)
+            log(f"  {model_name}: {preds[-1].n_calls} layers ({preds[-1].n_fused} fused) profiled in "
+                f"{seconds[-1]:.0f} s; predicted {preds[-1].latency_ms:.2f} ms")
+        measured = measure_models([(m, IMAGE) for m in models], backend, NET_SETTINGS) if models else []
+        for model_name, pred, m, sec in zip(args.models, preds, measured, seconds):
             rows.append({"kind": "torchvision", "name": model_name,
                          **{f"predicted_{k}_ms": pred.latency_ms for k in tables},
                          "ops_sum_ms": pred.ops_sum_ms, "fused_ms": pred.fused_ms, "fused_ops": pred.n_fused,
-                         "measured_ms": m.median * 1e3, "measured_p10_ms": m.p10 * 1e3,
-                         "measured_p90_ms": m.p90 * 1e3, "quality": m.quality, "n_ops": pred.n_calls,
-                         "from_surrogate": pred.from_surrogate, "profile_s": time.perf_counter() - t1})
-            log(f"  {model_name}: {pred.n_calls} layers ({pred.n_fused} fused) profiled; predicted "
-                f"{pred.latency_ms:.2f} ms, measured {m.median * 1e3:.2f} ms ({m.quality}), load {load()}")
+                         **_measured(m), "n_ops": pred.n_calls, "from_surrogate": pred.from_surrogate,
+                         "profile_s": sec})
+            log(f"  {model_name}: predicted {pred.latency_ms:.2f} ms, measured {m.median * 1e3:.2f} ms "
+                f"({m.quality}), load {load()}")
     scales = {}
     cal = [r for r in rows if r["kind"] == "calibration"]
     for label in tables:
@@ -194,6 +201,11 @@ def run_backend(name: str, args, log) -> dict:
     return {"backend": name, "runtime": tables["now"].runtime, "tables": list(tables),
             "shipped_table_created": tables["shipped"].created if "shipped" in tables else None,
             "chain": chain, "context_scale": scales, "rows": rows}
+
+
+def _measured(m) -> dict:
+    return {"measured_ms": m.median * 1e3, "measured_p10_ms": m.p10 * 1e3, "measured_p90_ms": m.p90 * 1e3,
+            "quality": m.quality, "measured_windows_ms": [v * 1e3 for v in m.pass_medians]}
 
 
 def summarize(rows: list[dict], field: str = "predicted_ms") -> dict:
@@ -272,6 +284,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="20 genotypes and the three models")
     ap.add_argument("--models", default=",".join(TORCHVISION))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunk", type=int, default=10,
+                    help="networks prepared and measured together, interleaved (default 10)")
     ap.add_argument("--calibrate", type=int, default=10,
                     help="other genotypes to calibrate the in-context scale on (reported separately; 0: none)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))

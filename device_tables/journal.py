@@ -6,6 +6,10 @@ before it returns, so a row the profiler was told is saved survives a SIGKILL
 or a power cut. A kill in the middle of a write can leave a torn last line;
 ``open_or_resume`` cuts it away (that row was never reported saved, so it is
 simply measured again).
+
+A profile taken in several interleaved passes writes one row per key and
+pass (``extra["pass"]``, 1-based); ``finalize(out, combine)`` turns each
+key's rows into its table entry.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ._io import fsync_dir, loads_strict
 from .errors import KeyFormatError, TableError
@@ -48,7 +52,7 @@ class Journal:
         """Start a new journal; refuses to overwrite an existing one."""
         self.path = Path(path)
         self.header = _complete_header(header)
-        self._entries: dict[Key, Entry] = {}
+        self._entries: dict[tuple[Key, int | None], Entry] = {}
         try:
             self._file = open(self.path, "xb")
         except FileExistsError:
@@ -111,7 +115,7 @@ class Journal:
         except (TableError, UnicodeDecodeError) as e:
             raise TableError(f"journal {self.path}: line {number} is corrupt ({e}); only a torn last line "
                              f"is repaired automatically, so inspect the file") from None
-        self._entries.setdefault(entry.key, entry)  # a duplicate (should not happen) is kept once
+        self._entries.setdefault(_row_id(entry), entry)  # a duplicate (should not happen) is kept once
 
     def _check(self, entry: Entry) -> Entry:
         if not isinstance(entry, Entry):
@@ -128,15 +132,21 @@ class Journal:
         os.fsync(self._file.fileno())
 
     def append(self, entry: Entry) -> bool:
-        """Durably record ``entry``; returns False (writing nothing) if its key is already done."""
+        """Durably record ``entry``; returns False (writing nothing) if its key (and pass) is already done."""
         self._check(entry)
-        if entry.key in self._entries:
+        row = _row_id(entry)
+        if row in self._entries:
             return False
         self._write(json.dumps(entry.to_json(), allow_nan=False, separators=(",", ":")))
-        self._entries[entry.key] = entry
+        self._entries[row] = entry
         return True
 
     def done_keys(self) -> set[Key]:
+        """Keys with at least one saved row."""
+        return {key for key, _ in self._entries}
+
+    def done_rows(self) -> set[tuple[Key, int | None]]:
+        """(key, pass) of every saved row; pass is None for a single-pass profile."""
         return set(self._entries)
 
     def entries(self) -> list[Entry]:
@@ -148,16 +158,35 @@ class Journal:
                 key = parse_key(key)
             except KeyFormatError:
                 return False
-        return key in self._entries
+        return key in self.done_keys()
 
     def __len__(self) -> int:
+        """Saved rows (one per key, or one per key and pass)."""
         return len(self._entries)
 
-    def finalize(self, out_path: str | Path) -> DeviceTable:
-        """Write the table atomically, then remove the journal (in that order: no window without data)."""
+    def finalize(self, out_path: str | Path,
+                 combine: Callable[[list[Entry]], Entry] | None = None) -> DeviceTable:
+        """Write the table atomically, then remove the journal (in that order: no window without data).
+
+        ``combine`` turns one key's rows (in pass order) into its entry; without
+        it every key must have exactly one row.
+        """
         if Path(out_path).resolve() == self.path.resolve():
             raise TableError(f"the table cannot be written over its own journal {self.path}")
-        table = DeviceTable.from_header(self.header, self._entries.values(), source=str(out_path))
+        rows: dict[Key, list[tuple[int, Entry]]] = {}
+        for (key, number), entry in self._entries.items():
+            rows.setdefault(key, []).append((number or 0, entry))
+        entries = []
+        for key, numbered in rows.items():
+            group = [e for _, e in sorted(numbered, key=lambda t: t[0])]
+            if combine is not None:
+                entries.append(combine(group))
+            elif len(group) == 1:
+                entries.append(group[0])
+            else:
+                raise TableError(f"journal {self.path} has {len(group)} passes of {key}; finalize it with "
+                                 f"the profile that wrote it (it combines the passes)")
+        table = DeviceTable.from_header(self.header, entries, source=str(out_path))
         save_table(table, out_path)
         self.close()
         self.path.unlink()
@@ -173,6 +202,14 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _row_id(entry: Entry) -> tuple[Key, int | None]:
+    """What makes a journal row unique: its key, and its pass in a multi-pass profile."""
+    number = entry.extra.get("pass")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 1):
+        raise TableError(f"{entry.key}: extra.pass must be an integer >= 1, got {number!r}")
+    return entry.key, number
 
 
 def _parses(line: bytes) -> bool:

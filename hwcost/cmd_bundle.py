@@ -40,7 +40,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     networks = [n.strip() for n in args.networks.split(",") if n.strip()]
     keys = _ops_filter(space_keys(args.space, networks, batch=args.batch), args.ops)
     settings = {name: value for name, value in (("threads", args.threads), ("rel_ci", args.rel_ci),
-                                                ("max_time_s", args.max_time)) if value is not None}
+                                                ("max_time_s", args.max_time), ("passes", args.passes))
+                if value is not None}
 
     def progress(i: int, n: int, key) -> None:
         print(f"\rexporting {i + 1}/{n} {key.op:<24}", end="", file=sys.stderr, flush=True)
@@ -100,6 +101,8 @@ def add_bundle_parsers(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="intra-op threads (default 1)")
     g.add_argument("--rel-ci", type=float, help="target relative 95%% CI half-width of the median (default 0.02)")
     g.add_argument("--max-time", type=float, help="per-key time cap in seconds (default 2)")
+    g.add_argument("--passes", type=int, help="interleaved passes over all keys, each key keeping its "
+                                              "quietest (default 10)")
     g = p.add_argument_group("run it over ssh")
     g.add_argument("--ssh", metavar="USER@HOST", help="copy the bundle there with scp, run it, fetch the results")
     g.add_argument("--results", help="where to put the fetched results (default results.json)")

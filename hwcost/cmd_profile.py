@@ -18,12 +18,15 @@ def _add_backend_args(p: argparse.ArgumentParser, max_time: float) -> None:
     p.add_argument("--rel-ci", type=float, default=0.02,
                    help="stop when the median's 95%% CI half-width is below this fraction (default 0.02)")
     p.add_argument("--max-time", type=float, default=max_time,
-                   help=f"time cap per key in seconds (default {max_time:g})")
+                   help=f"time cap per key in seconds, over all passes (default {max_time:g})")
+    p.add_argument("--passes", type=int, default=10,
+                   help="measure in this many windows (a profile: interleaved passes over all keys) and keep "
+                        "each key's quietest; 1 = a single window with retries of noisy ones (default 10)")
 
 
 def _settings(args):
     from profilers.measure import Settings
-    return Settings(rel_ci=args.rel_ci, max_time_s=args.max_time)
+    return Settings(rel_ci=args.rel_ci, max_time_s=args.max_time, passes=args.passes)
 
 
 def _model_and_shape(args) -> tuple:

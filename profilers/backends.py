@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from typing import Callable
 
 import torch
@@ -60,6 +61,7 @@ class Backend:
     """Runs modules for the timer. Subclasses set ``name`` and implement ``prepare``."""
     name = "?"
     dtypes = ("float32",)
+    wall_clock = staticmethod(time.perf_counter)  # what time caps and warm-up are counted in
 
     def __init__(self, threads: int = 1, batch: int = 1, dtype: str = "float32"):
         for label, v in (("threads", threads), ("batch", batch)):
@@ -115,11 +117,13 @@ class Backend:
         timer = self.block_timer(settings)
         with self.active():
             fn = self.prepare(module.eval(), tuple(inputs))
-            return Timer(fn, settings, timer).measure()
+            return Timer(fn, settings, timer, self.wall_clock).measure()
 
     def call_overhead(self, settings: Settings = Settings()) -> Measurement:
-        """The time of an (almost) empty op: what every isolated call pays."""
-        return self.measure(_Empty(), (torch.zeros(self.batch, 1),), settings)
+        """The time of an (almost) empty op: what every isolated call pays (the quietest of
+        ``settings.passes`` windows over ``max_time_s``, as the keys)."""
+        from .profile import measure_model
+        return measure_model(_Empty(), (self.batch, 1), self, settings)
 
 
 @register_backend("torch-cpu")

@@ -193,7 +193,8 @@ def _import(doc, path: Path, allow_failed: bool, device_name: str | None) -> Dev
         where = f"results[{i}] ({key_text}): "
         try:
             key = OpKey.from_str(key_text)
-            extra = {name: r[name] for name in ("runs_per_sample", "rel_ci", "iqr_ms", "min_ms") if r.get(name) is not None}
+            extra = {name: r[name] for name in ("runs_per_sample", "rel_ci", "iqr_ms", "min_ms", "passes",
+                                                "quietest_pass", "pass_medians_ms") if r.get(name) is not None}
             entries.append(Entry(key, r.get("median_ms"), r.get("p10_ms"), r.get("p90_ms"), r.get("n"),
                                  r.get("quality"), extra))
         except TableError as e:
@@ -212,7 +213,7 @@ def _import(doc, path: Path, allow_failed: bool, device_name: str | None) -> Dev
     measurement = {"tool": "hwcost runner", "statistic": "median of samples of k back-to-back runs",
                    "ci": "distribution-free 95% CI of the median (order statistics)",
                    **{k: settings.get(k) for k in ("rel_ci", "max_time_s", "warmup_s", "min_sample_s",
-                                                   "min_samples", "noisy_iqr")},
+                                                   "min_samples", "noisy_iqr", "passes")},
                    "timer": env.get("timer"), "timer_overhead_s": env.get("timer_overhead_s")}
     provenance = {"source": "runner", "results_file": path.name, "bundle_id": bundle.get("id"),
                   "bundle_created": bundle.get("created"), "networks": bundle.get("networks"),

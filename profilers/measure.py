@@ -21,12 +21,20 @@ Why these choices:
   the 95 % confidence interval of the median, from order statistics (no
   assumption on the distribution), is narrower than ``rel_ci`` of the median,
   or the per-key time cap is hit.
+* **Interleaved passes, quietest kept** (``passes``, used by the profile and by
+  benchmarks that measure many networks): a shared host slows everything down
+  by up to 1.7x in phases that last seconds (``benchmarks/host_stability.py``),
+  longer than one key's window, so no statistic of one window can see them.
+  Several passes over *all* keys put each key's windows seconds apart, and a
+  key keeps its pass with the lowest median -- contention only ever adds time,
+  so the quietest window is the one closest to a dedicated device (the reason
+  ``timeit`` recommends the minimum of repeats).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Callable
 
@@ -44,6 +52,7 @@ class Settings:
     noisy_iqr: float = 0.10     # IQR / median above this -> quality "noisy"
     noisy_retries: int = 2      # re-measure a noisy key up to this often; keep the quietest window
     confidence: float = 0.95
+    passes: int = 10            # interleaved passes over all keys; each key keeps its quietest (profile only)
 
     def __post_init__(self):
         from spaces.errors import HwcostError
@@ -57,6 +66,15 @@ class Settings:
             raise HwcostError(f"noisy_retries must be an integer >= 0, got {self.noisy_retries!r}")
         if not isinstance(self.min_samples, int) or self.min_samples < 3:
             raise HwcostError(f"min_samples must be an integer >= 3, got {self.min_samples!r}")
+        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
+            raise HwcostError(f"passes must be an integer >= 1, got {self.passes!r}")
+
+    def window(self) -> "Settings":
+        """The settings of one pass's window: ``max_time_s`` is the cap over all passes of a key,
+        and with several passes a noisy window is not retried (the other passes are the retries)."""
+        if self.passes == 1:
+            return self
+        return replace(self, max_time_s=self.max_time_s / self.passes, noisy_retries=0, passes=1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +128,7 @@ class Measurement:
     settings: Settings = field(default_factory=Settings)
     elapsed_s: float = 0.0    # wall time spent on this key (warm-up included)
     attempts: int = 1         # measurement windows taken (noisy ones are retried)
+    pass_medians: list[float] | None = None  # every window's median when this is the quietest of passes
 
     def __post_init__(self):
         self._sorted = sorted(self.samples)
@@ -167,7 +186,9 @@ class Measurement:
         """Milliseconds, for reports and ``hwcost measure --json``."""
         return {"latency_ms": self.median * 1e3, "p10_ms": self.p10 * 1e3, "p90_ms": self.p90 * 1e3,
                 "n": self.n, "iqr_ms": self.iqr * 1e3, "rel_ci": _finite(self.rel_ci),
-                "runs_per_sample": self.runs_per_sample, "quality": self.quality, "attempts": self.attempts}
+                "runs_per_sample": self.runs_per_sample, "quality": self.quality, "attempts": self.attempts,
+                **({"passes": len(self.pass_medians), "pass_medians_ms": [_sig(v * 1e3) for v in self.pass_medians]}
+                   if self.pass_medians else {})}
 
     def to_entry(self, key, **extra):
         """A device-table entry (milliseconds; a zero time is clamped to 1 ns: a table needs > 0)."""
@@ -183,6 +204,30 @@ class Measurement:
         return (f"Measurement(median={self.median * 1e3:.4g} ms, p10={self.p10 * 1e3:.4g}, "
                 f"p90={self.p90 * 1e3:.4g}, n={self.n}x{self.runs_per_sample}, "
                 f"rel_ci={self.rel_ci:.2%}, quality={self.quality})")
+
+
+def quietest(values, median=lambda v: v.median):
+    """Index of the quietest of several windows of one key: the lowest median."""
+    values = list(values)
+    return min(range(len(values)), key=lambda i: median(values[i]))
+
+
+def combine_passes(rows):
+    """One key's table entry from its per-pass rows (``extra["pass"]``): the quietest pass.
+
+    The entry is that pass's row (median, p10/p90, n and quality of one
+    window, so they stay consistent with each other); ``extra`` records every
+    pass's median and the total sample count.
+    """
+    from device_tables import Entry
+    rows = sorted(rows, key=lambda e: e.extra.get("pass", 0))
+    if len(rows) == 1 and "pass" not in rows[0].extra:
+        return rows[0]
+    best = rows[quietest(rows, lambda e: e.median_ms)]
+    extra = {k: v for k, v in best.extra.items() if k != "pass"}
+    extra.update(passes=len(rows), quietest_pass=best.extra["pass"],
+                 pass_medians_ms=[e.median_ms for e in rows], samples_all_passes=sum(e.n for e in rows))
+    return Entry(best.key, best.median_ms, best.p10_ms, best.p90_ms, best.n, best.quality, extra)
 
 
 def _finite(x: float) -> float | None:
@@ -218,8 +263,10 @@ class Timer:
     """
 
     def __init__(self, fn: Callable[[], object], settings: Settings = Settings(),
-                 block_timer: BlockTimer | None = None, wall_clock: Callable[[], float] = time.perf_counter):
+                 block_timer: BlockTimer | None = None, wall_clock: Callable[[], float] = time.perf_counter,
+                 run_to_cap: bool = False):
         self.fn = fn
+        self.run_to_cap = run_to_cap  # sample until max_time_s even once the CI is met (paced windows)
         self.settings = settings
         self.block_timer = block_timer or cpu_block_timer(wall_clock)
         self.wall_clock = wall_clock
@@ -269,7 +316,7 @@ class Timer:
                     capped = True
                     break
             m = Measurement(samples, k, overhead, capped, s, self.wall_clock() - start)
-            if capped or m.converged:
+            if capped or (m.converged and not self.run_to_cap):
                 m.capped = capped and not m.converged
                 return m
             round_size = max(s.min_samples // 2, len(samples) // 4)  # geometric growth: few CI checks

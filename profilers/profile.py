@@ -4,6 +4,13 @@ Every measured key is appended to a journal (flushed and fsynced) before the
 next one starts, so an interrupted run -- Ctrl-C, a kill, a power cut --
 resumes where it stopped and never loses or repeats a row. The table is
 written atomically at the end and the journal removed.
+
+With ``Settings.passes`` > 1 (the default is 10) the keys are measured in
+that many passes over all of them, one short window each, and every key
+keeps its quietest pass (``profilers.measure.combine_passes``): a shared
+host's slow phases last seconds, so a key's windows seconds apart rarely all
+fall in one. The journal holds one row per key and pass; ``--resume``
+continues in the pass and at the key where the run stopped.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from spaces.errors import HwcostError
 
 from .backends import Backend
 from .environment import device_info
-from .measure import Measurement, Settings
+from .measure import Measurement, Settings, Timer, combine_passes, quietest
 from .shapes import key_module, model_layer_keys, space_keys
 
 
@@ -53,7 +60,10 @@ def journal_path(out: str | Path) -> Path:
 
 
 def _settings_record(backend: Backend, settings: Settings, call_overhead: Measurement) -> dict:
-    return {**settings.to_dict(), "timer": backend.timer_name(settings),
+    passes = ({"passes_note": f"{settings.passes} interleaved passes over all keys, one window of at most "
+                              f"{settings.max_time_s / settings.passes:.3g} s per key and pass; each key keeps "
+                              f"the pass with the lowest median"} if settings.passes > 1 else {})
+    return {**settings.to_dict(), **passes, "timer": backend.timer_name(settings),
             "timer_overhead": "measured at each key's block size (empty calls) and subtracted",
             "call_overhead_ms": round(call_overhead.median * 1e3, 6),
             "call_overhead_note": "the time of an empty op on this backend; included in every entry, "
@@ -102,38 +112,51 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
               "measurement": _settings_record(backend, settings, overhead),
               "provenance": {"tool": "hwcost profile", "keys": len(jobs), **(provenance or {})}}
     journal = Journal.open_or_resume(journal_path(out), header)
+    passes = settings.passes
+    rows = len(jobs) * passes
     try:
         _check_same_settings(journal, settings)
-        done = journal.done_keys()
-        todo = [j for j in jobs if j.key not in done]
+        done = journal.done_rows()
+        todo = [(number, job) for number in range(1, passes + 1) for job in jobs
+                if (job.key, number if passes > 1 else None) not in done]
         if announce is not None:
-            resumed = f", resuming: {len(jobs) - len(todo)} already measured" if len(todo) < len(jobs) else ""
-            announce(f"profiling {len(todo)} keys on {backend.name} ({backend.threads} thread(s), batch "
-                     f"{backend.batch}){resumed} -> {out}; journal {journal.path}")
+            resumed = f", resuming: {rows - len(todo)} of {rows} rows already measured" if len(todo) < rows else ""
+            in_passes = f" in {passes} interleaved passes" if passes > 1 else ""
+            announce(f"profiling {len(jobs)} keys{in_passes} on {backend.name} ({backend.threads} thread(s), "
+                     f"batch {backend.batch}){resumed} -> {out}; journal {journal.path}")
         show = sys.stderr.isatty() if progress is None else progress
-        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="key", file=sys.stderr,
+        bar = tqdm(total=rows, initial=rows - len(todo), unit="row" if passes > 1 else "key", file=sys.stderr,
                    disable=not show, dynamic_ncols=True, desc=f"profile {backend.name}")
+        window, clock = settings.window(), backend.block_timer(settings)
+        last_pass = {job.key: number for number, job in todo}  # todo runs pass by pass
+        prepared: dict[OpKey, Callable] = {}  # built once, reused by every pass
         try:
-            for job in todo:
-                bar.set_postfix_str(job.key.op, refresh=False)
-                module, inputs = job.build()
-                m = backend.measure(module, inputs, settings)
-                entry = m.to_entry(job.key, **job.extra)
-                journal.append(entry)
-                if on_entry is not None:
-                    on_entry(entry)
-                bar.update(1)
+            with backend.active():
+                for number, job in todo:
+                    bar.set_postfix_str(f"pass {number}/{passes} {job.key.op}" if passes > 1 else job.key.op,
+                                        refresh=False)
+                    if job.key not in prepared:
+                        module, inputs = job.build()
+                        prepared[job.key] = backend.prepare(module.eval(), tuple(inputs))
+                    m = Timer(prepared[job.key], window, clock, backend.wall_clock).measure()
+                    if number == last_pass[job.key]:
+                        del prepared[job.key]
+                    entry = m.to_entry(job.key, **job.extra, **({"pass": number} if passes > 1 else {}))
+                    journal.append(entry)
+                    if on_entry is not None:
+                        on_entry(entry)
+                    bar.update(1)
         finally:
             bar.close()
     except KeyboardInterrupt:
         journal.close()
         raise ProfileInterrupted(
-            f"interrupted after {len(journal)} of {len(jobs)} keys; every measured row is saved in "
-            f"{journal.path}; run the same command with --resume to continue") from None
+            f"interrupted after {len(journal)} of {rows} rows ({len(jobs)} keys x {passes} passes); every "
+            f"measured row is saved in {journal.path}; run the same command with --resume to continue") from None
     except BaseException:
         journal.close()
         raise
-    return journal.finalize(out)
+    return journal.finalize(out, combine_passes)
 
 
 def _check_same_settings(journal: Journal, settings: Settings) -> None:
@@ -152,16 +175,47 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def measure_models(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Backend,
+                   settings: Settings = Settings(max_time_s=10.0)) -> list[Measurement]:
+    """End-to-end latency of whole networks (exported to ONNX on the ort backends), interleaved.
+
+    Every network is prepared first; then ``settings.passes`` rounds, in each
+    of which every network runs one window of ``max_time_s / passes`` seconds
+    (to its end: the windows must cover the span, not stop at the CI). Each
+    network keeps its quietest window (lowest median) and records every
+    window's median. Measuring networks that are to be compared in one call
+    puts them through the same machine conditions; with one network the
+    windows simply follow each other over ``max_time_s``.
+    """
+    window, clock = settings.window(), backend.block_timer(settings)
+    fns = []
+    with backend.active():
+        for model, shape in models:
+            torch.manual_seed(0)
+            x = torch.randn(*shape)
+            try:
+                fns.append(backend.prepare(model.eval(), (x,)))
+            except RuntimeError as e:
+                raise HwcostError(f"{type(model).__name__} cannot run at input "
+                                  f"{'x'.join(map(str, shape))}: {str(e).splitlines()[0]}") from None
+        windows: list[list[Measurement]] = [[] for _ in fns]
+        for _ in range(settings.passes):
+            for fn, mine in zip(fns, windows):
+                mine.append(Timer(fn, window, clock, backend.wall_clock, run_to_cap=settings.passes > 1).measure())
+    results = []
+    for mine in windows:
+        best = mine[quietest(mine)]
+        best.pass_medians = [w.median for w in mine]
+        best.elapsed_s = sum(w.elapsed_s for w in mine)
+        results.append(best)
+    return results
+
+
 def measure_model(model: nn.Module, input_shape: tuple[int, ...], backend: Backend,
                   settings: Settings = Settings(max_time_s=10.0)) -> Measurement:
-    """End-to-end latency of a whole network (exported to ONNX on the ort backends)."""
-    torch.manual_seed(0)
-    x = torch.randn(*input_shape)
-    try:
-        return backend.measure(model.eval(), (x,), settings)
-    except RuntimeError as e:
-        raise HwcostError(f"{type(model).__name__} cannot run at input "
-                          f"{'x'.join(map(str, input_shape))}: {str(e).splitlines()[0]}") from None
+    """End-to-end latency of one network: the quietest of ``settings.passes`` consecutive
+    windows sharing ``settings.max_time_s`` (see :func:`measure_models`)."""
+    return measure_models([(model, tuple(input_shape))], backend, settings)[0]
 
 
 def summarize(table: DeviceTable) -> str:

@@ -2,7 +2,7 @@
 """hwcost remote runner: time every op model of a bundle with ONNX Runtime on this device.
 
     python3 runner.py bundle.zip --out results.json [--threads 1] [--rel-ci 0.02]
-                      [--max-time 2] [--provider CPUExecutionProvider] [--resume]
+                      [--max-time 2] [--passes 10] [--provider CPUExecutionProvider] [--resume]
     python3 bundle.zip --out results.json ...     (the bundle runs this file itself)
 
 A single file that needs only Python 3.8+, numpy and onnxruntime, so that it
@@ -18,7 +18,11 @@ order statistics -- is under ``--rel-ci`` of the median, or the per-key time
 cap is hit (quality "ok" or "capped"; "noisy" when IQR/median > 10%, as the
 local profiler flags it).
 The median is reported rather than the mean because it is robust to the
-occasional preemption by another process.
+occasional preemption by another process. The keys are measured in
+``--passes`` (default 10) interleaved passes over all of them, one window of
+``max_time / passes`` per key and pass, and each key keeps its quietest pass
+(lowest median): slow phases (a busy neighbour, thermal throttling) last
+seconds, longer than one window, and only add time.
 
 Each measured key is appended to a journal (``<out>.journal``, JSON lines,
 flushed and fsynced) so an interrupted run continues with ``--resume``; at
@@ -62,6 +66,7 @@ DEFAULT_SETTINGS = {
     "max_samples": 100000,
     "noisy_iqr": 0.10,     # IQR / median above this -> quality "noisy" (as the local profiler)
     "seed": 0,
+    "passes": 10,          # interleaved passes over all keys; each key keeps its quietest
 }
 CONFIDENCE = 0.95
 # The environment fields that must agree for a journal to be resumed on this device.
@@ -196,7 +201,7 @@ def check_settings(d: dict, where: str) -> dict:
     if unknown:
         _fail(f"{where}: unknown setting(s) {', '.join(unknown)}")
     s = dict(DEFAULT_SETTINGS, **d)
-    for name in ("threads", "min_samples", "max_samples", "seed"):
+    for name in ("threads", "min_samples", "max_samples", "seed", "passes"):
         v = s[name]
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
             _fail(f"{where}: {name} must be a positive integer, got {v!r}")
@@ -345,6 +350,26 @@ def measure(run, s: dict) -> dict:
     }
 
 
+def _session_runner(np, ort, model_bytes: bytes, k: dict, settings: dict):
+    """A session for one op model and a function that runs it once on fixed random inputs."""
+    sess = make_session(ort, model_bytes, settings["provider"], settings["threads"])
+    if sess.get_providers()[0] != settings["provider"]:  # ORT falls back silently
+        raise RuntimeError(f"{settings['provider']} could not take the model; "
+                           f"onnxruntime fell back to {sess.get_providers()[0]}")
+    feed = make_feed(np, k["inputs"], settings["seed"])
+    names = [o.name for o in sess.get_outputs()]
+    return lambda: sess.run(names, feed)
+
+
+def quietest_pass(rows: list) -> dict:
+    """One key's result from its per-pass rows: the pass with the lowest median, with every pass's median."""
+    best = dict(min(rows, key=lambda r: r["median_ms"]))
+    best.pop("pass")
+    best.update(passes=len(rows), quietest_pass=min(rows, key=lambda r: r["median_ms"])["pass"],
+                pass_medians_ms=[r["median_ms"] for r in rows], time_s=round(sum(r["time_s"] for r in rows), 3))
+    return best
+
+
 def _median(srt) -> float:
     n = len(srt)
     return srt[n // 2] if n % 2 else (srt[n // 2 - 1] + srt[n // 2]) / 2.0
@@ -397,10 +422,15 @@ def atomic_write_json(path: str, doc: dict) -> None:
 
 
 class Journal:
-    """JSON lines: a header, then one result per key, each flushed and fsynced."""
+    """JSON lines: a header, then one row per key (or per key and pass), each flushed and fsynced.
+
+    ``done`` maps a key to its final row (a single-pass result, a finished
+    key from a results file, or an error); ``passes`` maps (key, pass) to a
+    pass's row.
+    """
 
     def __init__(self, path: str, header: dict, resume: bool):
-        self.path, self.done = path, {}
+        self.path, self.done, self.passes = path, {}, {}
         exists = os.path.exists(path)
         if exists and not resume:
             _fail(f"journal {path} exists from an interrupted run; pass --resume to continue it, "
@@ -457,7 +487,9 @@ class Journal:
         for number, row in enumerate(rows[1:], start=2):
             if not isinstance(row, dict) or not isinstance(row.get("key"), str):
                 _fail(f"journal {self.path}: line {number} is not a result row")
-            if "error" not in row:
+            if "pass" in row:
+                self.passes[(row["key"], row["pass"])] = row
+            elif "error" not in row:
                 self.done[row["key"]] = row
             else:
                 self.done.setdefault(row["key"], row)
@@ -524,7 +556,7 @@ def run(args) -> int:
     zf, manifest, bundle_id = open_bundle(args.bundle)
     np, ort = _import_runtime()
     overrides = {"provider": args.provider, "threads": args.threads, "rel_ci": args.rel_ci,
-                 "max_time_s": args.max_time, "warmup_s": args.warmup}
+                 "max_time_s": args.max_time, "warmup_s": args.warmup, "passes": args.passes}
     settings = check_settings(dict(manifest["settings"], **{k: v for k, v in overrides.items() if v is not None}),
                                "command line")
     available = ort.get_available_providers()
@@ -547,25 +579,36 @@ def run(args) -> int:
     journal = Journal(journal_path, header, args.resume)
     started = journal.header.get("started", header["started"])
     keys = manifest["keys"]
-    todo = [k for k in keys if "error" in journal.done.get(k["key"], {"error": 1})]
+    passes = settings["passes"]
+    window = dict(settings, max_time_s=settings["max_time_s"] / passes)
+
+    def finished(key: str) -> bool:
+        return "error" not in journal.done.get(key, {"error": 1})
+
+    todo = [(p, k) for p in range(1, passes + 1) for k in keys
+            if not finished(k["key"]) and (passes == 1 or (k["key"], p) not in journal.passes)]
+    rows_total = len(keys) * passes
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if len(todo) < len(keys):
-        say(f"resuming: {len(keys) - len(todo)} of {len(keys)} keys already measured")
+    if len(todo) < rows_total:
+        say(f"resuming: {rows_total - len(todo)} of {rows_total} rows ({len(keys)} keys x {passes} passes) "
+            f"already measured")
     say(f"{env['device_name']} | onnxruntime {env['onnxruntime']} {settings['provider']} | "
-        f"{settings['threads']} thread(s) | {len(todo)} keys, <= {settings['max_time_s']:g} s each")
-    width, t_run = len(str(len(keys))), time.perf_counter()
+        f"{settings['threads']} thread(s) | {len(todo)} rows, {passes} interleaved pass(es), "
+        f"<= {settings['max_time_s']:g} s per key")
+    width, t_run = len(str(rows_total)), time.perf_counter()
+    last = {k["key"]: p for p, k in todo}  # todo runs pass by pass
+    runners, failed_now = {}, set()  # sessions are built once and kept for the key's later passes
     try:
-        for i, k in enumerate(todo):
+        for i, (p, k) in enumerate(todo):
+            if k["key"] in failed_now:
+                continue
             t_key = time.perf_counter()
             try:
-                sess = make_session(ort, zf.read(k["model"]), settings["provider"], settings["threads"])
-                if sess.get_providers()[0] != settings["provider"]:  # ORT falls back silently
-                    raise RuntimeError(f"{settings['provider']} could not take the model; "
-                                       f"onnxruntime fell back to {sess.get_providers()[0]}")
-                feed = make_feed(np, k["inputs"], settings["seed"])
-                names = [o.name for o in sess.get_outputs()]
-                row = {"key": k["key"], **measure(lambda: sess.run(names, feed), settings)}
-                del sess
+                if k["key"] not in runners:
+                    runners[k["key"]] = _session_runner(np, ort, zf.read(k["model"]), k, settings)
+                row = {"key": k["key"], **measure(runners[k["key"]], window)}
+                if passes > 1:
+                    row["pass"] = p
                 status = (f"{row['median_ms']:.4g} ms  ±{100 * (row['rel_ci'] or math.inf):.1f}%  "
                           f"n={row['n']}x{row['runs_per_sample']}  {row['quality']}")
             except Exception as e:  # noqa: BLE001 - onnxruntime's errors (Fail, EPFail, ...) derive only
@@ -573,19 +616,31 @@ def run(args) -> int:
                 msg = " ".join(str(e).split())[:500] or type(e).__name__
                 row = {"key": k["key"], "error": f"{type(e).__name__}: {msg}"}
                 status = f"FAILED ({row['error'][:120]})"
+                failed_now.add(k["key"])
             row["time_s"] = round(time.perf_counter() - t_key, 3)
             journal.write(row)
-            journal.done[k["key"]] = row
-            done = len(keys) - len(todo) + i + 1
+            if "pass" in row:
+                journal.passes[(k["key"], p)] = row
+            else:
+                journal.done[k["key"]] = row
+            if p == last[k["key"]] or k["key"] in failed_now:
+                runners.pop(k["key"], None)
+            done = rows_total - len(todo) + i + 1
             elapsed = time.perf_counter() - t_run
             eta = elapsed / (i + 1) * (len(todo) - i - 1)
-            say(f"[{done:>{width}}/{len(keys)}] {k['key']}  {status}  "
+            pass_note = f"pass {p}/{passes} " if passes > 1 else ""
+            say(f"[{done:>{width}}/{rows_total}] {pass_note}{k['key']}  {status}  "
                 f"(elapsed {_hms(elapsed)}, eta {_hms(eta)})")
     except KeyboardInterrupt:
         journal.close()
-        print(f"runner: interrupted; {sum('error' not in r for r in journal.done.values())} keys are saved in "
-              f"{journal_path}; rerun with --resume to continue", file=sys.stderr)
+        saved = sum("error" not in r for r in journal.done.values()) + len(journal.passes)
+        print(f"runner: interrupted; {saved} rows are saved in {journal_path}; rerun with --resume to continue",
+              file=sys.stderr)
         return 130
+    for k in keys:  # a key measured in every pass: its quietest pass
+        mine = [journal.passes.get((k["key"], p)) for p in range(1, passes + 1)]
+        if passes > 1 and not finished(k["key"]) and all(mine):
+            journal.done[k["key"]] = quietest_pass(mine)
     journal.close()
     rows = [journal.done[k["key"]] for k in keys]
     results = [r for r in rows if "error" not in r]
@@ -616,6 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rel-ci", type=float, help="target relative 95%% CI half-width of the median (e.g. 0.02)")
     p.add_argument("--max-time", type=float, help="per-key cap on warm-up + sampling, seconds")
     p.add_argument("--warmup", type=float, help="per-key warm-up, seconds")
+    p.add_argument("--passes", type=int, help="interleaved passes over all keys, each key keeping its quietest "
+                                              "(default: the bundle's, usually 10)")
     p.add_argument("--provider", help="ONNX Runtime execution provider (default CPUExecutionProvider)")
     p.add_argument("--device-name", help="name to record for this device (default: detected)")
     again = p.add_mutually_exclusive_group()

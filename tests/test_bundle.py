@@ -78,7 +78,9 @@ def results(device, bundle) -> Path:
     out = device["root"] / "results.json"
     proc = run_runner(device, bundle, "--out", out)
     assert proc.returncode == 0, proc.stderr
-    assert f"[{len(KEYS)}/{len(KEYS)}]" in proc.stderr and "eta" in proc.stderr  # progress counter
+    passes = runner.DEFAULT_SETTINGS["passes"]
+    rows = len(KEYS) * passes
+    assert f"[{rows}/{rows}] pass {passes}/{passes}" in proc.stderr and "eta" in proc.stderr  # progress counter
     assert not Path(str(out) + ".journal").exists()
     return out
 
@@ -93,6 +95,11 @@ def test_runner_measures_every_key_and_the_table_imports(results, tmp_path):
     assert set(table.keys()) == set(KEYS)
     for e in table:
         assert 0 < e.p10_ms <= e.median_ms <= e.p90_ms and e.n >= 1 and e.quality in ("ok", "capped", "noisy")
+        # interleaved passes (10 by default); the entry is the quietest
+        assert len(e.extra["pass_medians_ms"]) == e.extra["passes"] == runner.DEFAULT_SETTINGS["passes"] == 10
+        assert e.median_ms == min(e.extra["pass_medians_ms"])
+        assert e.extra["pass_medians_ms"][e.extra["quietest_pass"] - 1] == e.median_ms
+    assert table.measurement["passes"] == 10
     assert table.kind == "op" and table.spaces == ["nb201"]
     assert table.runtime["backend"] == "onnxruntime" and table.runtime["threads"] == 1
     assert table.runtime["batch"] == 1 and table.device["name"] == env["device_name"]
@@ -126,11 +133,35 @@ def test_resume_after_a_torn_journal_line_keeps_saved_rows(device, bundle, resul
 
     proc = run_runner(device, bundle, "--out", out, "--resume")
     assert proc.returncode == 0, proc.stderr
-    assert "resuming: 2 of 4" in proc.stderr
+    assert "resuming: 20 of 40 rows" in proc.stderr  # 2 finished keys x 10 passes
     rows = json.loads(out.read_text())["results"]
     assert [r["key"] for r in rows] == [k.to_str() for k in KEYS]
     assert rows[:2] == [json.loads(line) for line in saved[1:]]  # not measured again
     assert not journal.exists()
+
+
+def test_resume_midway_through_a_pass_keeps_every_saved_pass(device, bundle, results, tmp_path):
+    out = tmp_path / "r.json"
+    journal = Path(str(out) + ".journal")
+    header, *done = _journal_lines(results, len(KEYS))
+    saved = []  # pass 1 of every key and pass 2 of the first: as if killed in pass 2
+    for number, line in [(1, line) for line in done] + [(2, done[0])]:
+        row = json.loads(line)
+        for name in ("passes", "quietest_pass", "pass_medians_ms"):
+            row.pop(name)
+        row.update(median_ms=1.0 + number + 0.1 * len(saved), p10_ms=0.5, p90_ms=9.0)  # recognisable values
+        row["pass"] = number
+        saved.append(row)
+    journal.write_text("\n".join([header] + [json.dumps(r) for r in saved]) + "\n")
+    proc = run_runner(device, bundle, "--out", out, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming: 5 of 40 rows" in proc.stderr
+    rows = {r["key"]: r for r in json.loads(out.read_text())["results"]}
+    for row in saved:  # each saved pass is in its key's result, at its pass, unchanged
+        assert rows[row["key"]]["pass_medians_ms"][row["pass"] - 1] == row["median_ms"]
+    for r in rows.values():
+        assert len(r["pass_medians_ms"]) == 10 and r["median_ms"] == min(r["pass_medians_ms"])
+        assert "pass" not in r and not journal.exists()
 
 
 def test_resume_refuses_a_corrupt_middle_line_or_other_settings(device, bundle, results, tmp_path):

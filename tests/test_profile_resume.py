@@ -63,23 +63,27 @@ def _table_rows(out: Path) -> list[bytes]:
 def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
     out = tmp_path / "nb201.json"
     journal = Path(str(out) + ".journal")
-    proc = _start_and_wait(out, rows=4)
+    want = space_keys("nb201", ["nb201"])
+    proc = _start_and_wait(out, rows=len(want) + 4)  # 10 interleaved passes by default: kill in pass 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = _complete_rows(journal)
-    assert len(before) >= 4 and not out.exists()
+    assert len(before) >= len(want) + 4 and not out.exists()
 
     done = subprocess.run(_profile_cmd(out, "--resume"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "already measured" in done.stderr
     assert not journal.exists()
     table = load_table(out, expect_space="nb201")
-    want = space_keys("nb201", ["nb201"])
     assert sorted(k.to_str() for k in table.keys()) == sorted(k.to_str() for k in want)  # all, none twice
-    rows = _table_rows(out)
-    assert len(rows) == len(want)
-    for row in before:  # measured before the kill: byte-identical in the final table
-        assert row in rows
+    assert len(_table_rows(out)) == len(want)
+    for entry in table.entries:  # every key has all its passes, and its quietest is what the table says
+        assert len(entry.extra["pass_medians_ms"]) == entry.extra["passes"] == 10
+        assert entry.median_ms == min(entry.extra["pass_medians_ms"])
+    for row in before:  # measured before the kill: kept as that key's pass, not measured again
+        r = json.loads(row)
+        entry = table.get(r["key"])
+        assert entry.extra["pass_medians_ms"][r["extra"]["pass"] - 1] == r["median_ms"]
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGINT delivery")
