@@ -53,7 +53,8 @@ def main() -> int:
     print(f"command: hwcost profile --space darts --networks {args.networks} --backend {args.backend} "
           f"--max-time {args.max_time} --out T.json")
     print(f"keys: {len(table)}; {table.runtime['backend']} {table.runtime['backend_version']}, "
-          f"{table.runtime['threads']} thread, batch {table.runtime['batch']}; quality (last run): "
+          f"{table.runtime['threads']} thread, batch {table.runtime['batch']}, "
+          f"{table.measurement.get('passes', 1)} interleaved pass(es); quality (last run): "
           + ", ".join(f"{k} {v}" for k, v in q.items()))
     print(f"wall time (process start to table written), {len(walls)} runs: median "
           f"{statistics.median(walls):.1f} s (min {min(walls):.1f}, max {max(walls):.1f})")
