@@ -15,9 +15,9 @@ For each backend (one thread, batch 1):
   does), then predicted;
 * measured = the whole network on the same backend and settings as the table
   (on ``ort-*`` the exported ONNX network, one session), with the table's
-  estimator: ``--chunk`` networks at a time are prepared, then measured in 10
-  interleaved rounds of one 0.3 s window each, and every network keeps its
-  quietest window's median (``profilers.profile.measure_models``; the table's
+  estimator: all networks (or ``--chunk`` at a time) are prepared, then
+  measured in 10 interleaved rounds of one 0.3 s window each, and every
+  network keeps its quietest window's median (``profilers.profile.measure_models``; the table's
   keys were profiled the same way, in 10 interleaved passes).
 
 Predictions use what ``hwcost predict`` uses (``costmodels.predict``): the sum of
@@ -156,8 +156,9 @@ def run_backend(name: str, args, log) -> dict:
             order.append(("darts", g))
         order += [("calibration", g) for g in calib[c:]]
         t0 = time.perf_counter()
-        for start in range(0, len(order), args.chunk):
-            chunk = order[start:start + args.chunk]
+        step = args.chunk if args.chunk > 0 else len(order)
+        for start in range(0, len(order), step):
+            chunk = order[start:start + step]
             nets = [build_network(network_config("cifar10", g)) for _, g in chunk]
             measured = measure_models([(net, net.input_shape(1)) for net in nets], backend, NET_SETTINGS)
             for (kind, g), m in zip(chunk, measured):
@@ -284,8 +285,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="20 genotypes and the three models")
     ap.add_argument("--models", default=",".join(TORCHVISION))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--chunk", type=int, default=10,
-                    help="networks prepared and measured together, interleaved (default 10)")
+    ap.add_argument("--chunk", type=int, default=0,
+                    help="networks prepared and measured together, interleaved (default 0: all of them, "
+                         "so each network's windows span the whole run; ~5 GB for 110 ORT sessions)")
     ap.add_argument("--calibrate", type=int, default=10,
                     help="other genotypes to calibrate the in-context scale on (reported separately; 0: none)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
