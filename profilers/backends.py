@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from spaces.errors import HwcostError, unknown
 
-from .measure import BlockTimer, Measurement, Settings, Timer, cpu_block_timer
+from .measure import BlockTimer, Measurement, Settings, Timer, cpu_block_timer, quietest
 
 _BACKENDS: dict[str, type["Backend"]] = {}
 _PREFIXES: dict[str, type["Backend"]] = {}  # "ort:" -> a backend taking the rest of the name
@@ -112,18 +112,40 @@ class Backend:
     def timer_name(self, settings: Settings) -> str:
         return "time.perf_counter"
 
+    def timer(self, fn: Callable[[], object], settings: Settings, run_to_cap: bool = False) -> Timer:
+        """A :class:`Timer` for a prepared ``fn`` with this backend's block timer and wall clock."""
+        return Timer(fn, settings, self.block_timer(settings), self.wall_clock, run_to_cap)
+
     def measure(self, module: nn.Module, inputs: tuple, settings: Settings = Settings()) -> Measurement:
-        """Time one module at its inputs."""
-        timer = self.block_timer(settings)
+        """Time one module at its inputs, in one window (noisy ones retried)."""
         with self.active():
             fn = self.prepare(module.eval(), tuple(inputs))
-            return Timer(fn, settings, timer, self.wall_clock).measure()
+            return self.timer(fn, settings).measure()
+
+    def measure_interleaved(self, fns: list[Callable[[], object]], settings: Settings) -> list[Measurement]:
+        """Time prepared ``fns`` (inside :meth:`active`) in ``settings.passes`` rounds, each
+        running every fn for one window of ``max_time_s / passes`` seconds -- to its end when
+        there are several, so the windows cover the span rather than stop at the CI. Each fn
+        keeps its quietest window (lowest median) and records every window's median."""
+        window = settings.window()
+        windows: list[list[Measurement]] = [[] for _ in fns]
+        for _ in range(settings.passes):
+            for fn, mine in zip(fns, windows):
+                mine.append(self.timer(fn, window, run_to_cap=settings.passes > 1).measure())
+        results = []
+        for mine in windows:
+            best = mine[quietest(mine)]
+            best.pass_medians = [w.median for w in mine]
+            best.elapsed_s = sum(w.elapsed_s for w in mine)
+            results.append(best)
+        return results
 
     def call_overhead(self, settings: Settings = Settings()) -> Measurement:
         """The time of an (almost) empty op: what every isolated call pays (the quietest of
         ``settings.passes`` windows over ``max_time_s``, as the keys)."""
-        from .profile import measure_model
-        return measure_model(_Empty(), (self.batch, 1), self, settings)
+        with self.active():
+            fn = self.prepare(_Empty(), (torch.zeros(self.batch, 1),))
+            return self.measure_interleaved([fn], settings)[0]
 
 
 @register_backend("torch-cpu")

@@ -28,7 +28,7 @@ from spaces.errors import HwcostError
 
 from .backends import Backend
 from .environment import device_info
-from .measure import Measurement, Settings, Timer, combine_passes, quietest
+from .measure import Measurement, Settings, combine_passes
 from .shapes import key_module, model_layer_keys, space_keys
 
 
@@ -127,7 +127,7 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
         show = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(total=rows, initial=rows - len(todo), unit="row" if passes > 1 else "key", file=sys.stderr,
                    disable=not show, dynamic_ncols=True, desc=f"profile {backend.name}")
-        window, clock = settings.window(), backend.block_timer(settings)
+        window = settings.window()
         last_pass = {job.key: number for number, job in todo}  # todo runs pass by pass
         prepared: dict[OpKey, Callable] = {}  # built once, reused by every pass
         try:
@@ -138,7 +138,7 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
                     if job.key not in prepared:
                         module, inputs = job.build()
                         prepared[job.key] = backend.prepare(module.eval(), tuple(inputs))
-                    m = Timer(prepared[job.key], window, clock, backend.wall_clock).measure()
+                    m = backend.timer(prepared[job.key], window).measure()
                     if number == last_pass[job.key]:
                         del prepared[job.key]
                     entry = m.to_entry(job.key, **job.extra, **({"pass": number} if passes > 1 else {}))
@@ -179,15 +179,12 @@ def measure_models(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Bac
                    settings: Settings = Settings(max_time_s=10.0)) -> list[Measurement]:
     """End-to-end latency of whole networks (exported to ONNX on the ort backends), interleaved.
 
-    Every network is prepared first; then ``settings.passes`` rounds, in each
-    of which every network runs one window of ``max_time_s / passes`` seconds
-    (to its end: the windows must cover the span, not stop at the CI). Each
-    network keeps its quietest window (lowest median) and records every
-    window's median. Measuring networks that are to be compared in one call
-    puts them through the same machine conditions; with one network the
-    windows simply follow each other over ``max_time_s``.
+    Every network is prepared first, then measured by
+    :meth:`Backend.measure_interleaved`: ``settings.passes`` rounds of one
+    window per network, each keeping its quietest. Measuring networks that are
+    to be compared in one call puts them through the same machine conditions;
+    with one network the windows simply follow each other over ``max_time_s``.
     """
-    window, clock = settings.window(), backend.block_timer(settings)
     fns = []
     with backend.active():
         for model, shape in models:
@@ -198,17 +195,7 @@ def measure_models(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Bac
             except RuntimeError as e:
                 raise HwcostError(f"{type(model).__name__} cannot run at input "
                                   f"{'x'.join(map(str, shape))}: {str(e).splitlines()[0]}") from None
-        windows: list[list[Measurement]] = [[] for _ in fns]
-        for _ in range(settings.passes):
-            for fn, mine in zip(fns, windows):
-                mine.append(Timer(fn, window, clock, backend.wall_clock, run_to_cap=settings.passes > 1).measure())
-    results = []
-    for mine in windows:
-        best = mine[quietest(mine)]
-        best.pass_medians = [w.median for w in mine]
-        best.elapsed_s = sum(w.elapsed_s for w in mine)
-        results.append(best)
-    return results
+        return backend.measure_interleaved(fns, settings)
 
 
 def measure_model(model: nn.Module, input_shape: tuple[int, ...], backend: Backend,
