@@ -28,6 +28,7 @@ KINDS = {"op": OpKey, "arch": ArchKey}
 QUALITIES = ("ok", "noisy", "capped", "imported")
 HEADER_FIELDS = ("schema", "schema_version", "kind", "spaces", "device", "runtime",
                  "measurement", "created", "provenance")
+OPTIONAL_FIELDS = ("calibration",)   # the in-context model (device_tables.calibration), once calibrated
 ENTRY_FIELDS = ("key", "key_fields", "median_ms", "p10_ms", "p90_ms", "n", "quality")
 # Runtime settings that change a measurement: tables (and journals) that differ
 # in one of these must not be mixed.
@@ -125,7 +126,7 @@ def check_header(h: dict[str, Any], *, allow: Iterable[str] = ()) -> None:
         raise TableError(f"schema_version {version!r} is not supported; this hwcost reads version(s) "
                          f"{', '.join(map(str, SUPPORTED_VERSIONS))} (a newer table needs a newer hwcost)")
     missing = [f for f in HEADER_FIELDS if f not in h]
-    unknown = sorted(set(h) - set(HEADER_FIELDS) - set(allow))
+    unknown = sorted(set(h) - set(HEADER_FIELDS) - set(OPTIONAL_FIELDS) - set(allow))
     if missing:
         raise TableError(f"missing field {', '.join(missing)}")
     if unknown:
@@ -150,6 +151,9 @@ def check_header(h: dict[str, Any], *, allow: Iterable[str] = ()) -> None:
             raise TableError(f"runtime.{name}: must be {typ.__name__} or null, got {value!r}")
         if typ is int and value is not None and value < 1:
             raise TableError(f"runtime.{name}: must be >= 1, got {value!r}")
+    if h.get("calibration") is not None:
+        from .calibration import check_calibration
+        check_calibration(h["calibration"])
     created = h["created"]
     try:
         datetime.fromisoformat(created.replace("Z", "+00:00"))
@@ -169,6 +173,7 @@ class DeviceTable:
     measurement: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=now_iso)
     provenance: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None   # in-context model (hwcost calibrate); None: uncalibrated
     source: str | None = field(default=None, compare=False)  # the file it came from, for messages
 
     def __post_init__(self) -> None:
@@ -193,16 +198,19 @@ class DeviceTable:
 
     def header(self) -> dict[str, Any]:
         """The metadata without entries (what a journal's first line holds)."""
-        return {"schema": SCHEMA_TAG, "schema_version": SCHEMA_VERSION, "kind": self.kind,
-                "spaces": list(self.spaces), "device": self.device, "runtime": self.runtime,
-                "measurement": self.measurement, "created": self.created, "provenance": self.provenance}
+        h = {"schema": SCHEMA_TAG, "schema_version": SCHEMA_VERSION, "kind": self.kind,
+             "spaces": list(self.spaces), "device": self.device, "runtime": self.runtime,
+             "measurement": self.measurement, "created": self.created, "provenance": self.provenance}
+        if self.calibration is not None:
+            h["calibration"] = self.calibration
+        return h
 
     @classmethod
     def from_header(cls, header: dict[str, Any], entries: Iterable[Entry] = (),
                     source: str | None = None) -> "DeviceTable":
         check_header(header, allow=("entries",))
         fields = {k: header[k] for k in HEADER_FIELDS if k not in ("schema", "schema_version")}
-        return cls(entries=tuple(entries), source=source, **fields)
+        return cls(entries=tuple(entries), source=source, calibration=header.get("calibration"), **fields)
 
     @classmethod
     def from_json(cls, doc: Any, source: str | None = None) -> "DeviceTable":
@@ -327,6 +335,8 @@ def merge_tables(tables: Iterable[DeviceTable], force: bool = False) -> tuple[De
 
     Different devices or runtime settings (backend, provider, threads, dtype,
     batch) are refused unless ``force``; different kinds are always refused.
+    A calibration (in-context model) is not carried over: it was fitted on one
+    table's entries; calibrate the merged table again (``hwcost calibrate``).
     """
     tables = list(tables)
     if not tables:
