@@ -112,6 +112,7 @@ def cmd_sweep(args) -> int:
             doc = lookup_sweep(base, opts, values, args.target, args.verify)
     if args.json:
         print(json.dumps({k: v for k, v in doc.items() if k != "rows"}, indent=1, default=str))
+        _refuse_unanswered(args, doc)
         return 0
     s = doc["summary"]
     print(f"{doc['searches']} searches ({doc['failed']} failed) on {doc['backend']} with {doc['workers']} workers "
@@ -135,10 +136,27 @@ def cmd_sweep(args) -> int:
         for x, y in g["points"]:
             print(f"  search constraint {x:.6g} -> derived {g['metric']} {y:.6g}")
         for p in g["picks"]:
-            line = f"  for {g['metric']} {p['target']:.6g}: search with {p['constraint']:.6g}" + (
-                " (extrapolated)" if p["extrapolated"] else "")
+            if p["constraint"] is None:
+                print(f"  for {g['metric']} {p['target']:.6g}: no search constraint (see below)")
+                continue
+            line = f"  for {g['metric']} {p['target']:.6g}: search with {p['constraint']:.6g}"
             if p.get("actual") is not None:
                 line += f"; got {p['actual']:.6g} ({100 * p['relative_error']:+.1f}%)"
             print(line)
     print(f"sweep directory: {args.out} (sweep.csv, sweep.json, pareto.png, runs/)")
+    _refuse_unanswered(args, doc)
     return 0
+
+
+def _refuse_unanswered(args, doc: dict) -> None:
+    """A look-up target the graph could not answer is an error (one line, exit 2), after the sweep
+    and lookup.json -- every search kept -- have been written and reported."""
+    if args.kind != "lookup":
+        return
+    from spaces.errors import HwcostError
+    picks = doc["summary"]["lookup"]["picks"]
+    refused = [p for p in picks if p["constraint"] is None]
+    if refused:
+        first = refused[0]["refused"]
+        raise HwcostError(f"no search constraint for {len(refused)} of {len(picks)} target(s): {first} "
+                          f"(the {doc['searches']} searches are kept in {args.out}: sweep.json, lookup.json)")

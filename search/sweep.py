@@ -20,7 +20,8 @@ Kinds:
 * ``lookup`` -- DCA-NAS's look-up graph (section 3, Algorithm 1): searches at
   several *search* constraints K_d' record the *evaluation*-size cost K_d of
   their derived networks; the monotone fit (:class:`LookupGraph`) then gives
-  the K_d' to search with for a wanted K_d.
+  the K_d' to search with for a wanted K_d -- inside the measured range of a
+  rising curve only; any other target is a refused pick, with its reason.
 """
 from __future__ import annotations
 
@@ -160,8 +161,11 @@ class LookupGraph:
 
     The fit is monotone (isotonic, then piecewise linear), so a larger search
     constraint never predicts a smaller network; it passes through every point
-    of monotone data. Outside the measured range it scales by the nearest
-    point's ratio (cost proportional to constraint) and says so.
+    of monotone data. It only answers inside what was measured: a constraint
+    outside the searched ones, a target outside the derived costs, or a curve
+    that does not rise (every search derived the same network, or the cost
+    fell as the constraint grew) is refused with a :class:`HwcostError` that
+    says why -- never turned into a number.
     """
 
     metric: str
@@ -178,28 +182,58 @@ class LookupGraph:
         self.points = sorted(pts)
         self.xs, self.ys = _isotonic([x for x, _ in pts], [y for _, y in pts])
 
+    def check_invertible(self) -> None:
+        """Refuse a curve that ties no constraint to a cost: one constraint, flat, or falling."""
+        m, xs, ys = self.metric, self.xs, self.ys
+        if len(set(xs)) < 2:
+            raise HwcostError(f"the look-up graph needs finished searches at 2 different search constraints; "
+                              f"it has {len(self.points)} at {xs[0]:.6g}")
+        if ys[-1] > ys[0]:
+            return
+        raw = [y for _, y in self.points]
+        if len(set(raw)) == 1:
+            raise HwcostError(f"the look-up graph is flat: every search ({xs[0]:.6g} .. {xs[-1]:.6g}) derived "
+                              f"{m} {raw[0]:.6g}, so no search constraint is tied to a target; search a wider "
+                              f"range of constraints (or longer)")
+        (x0, y0), (x1, y1) = self.points[0], self.points[-1]
+        raise HwcostError(f"the look-up graph does not increase: constraint {x0:.6g} derived {m} {y0:.6g}, "
+                          f"{x1:.6g} derived {y1:.6g}; no search constraint can be read off it (searches this "
+                          f"short are noisy: search longer or over a wider range)")
+
+    def _outside(self, what: str, value: float, lo: float, hi: float, hint: str) -> HwcostError:
+        return HwcostError(f"{what} {self.metric} {value:.6g} is outside the measured range {lo:.6g} .. {hi:.6g} "
+                           f"of the look-up graph; {hint}")
+
     def predict(self, constraint: float) -> float:
-        """The evaluation-size cost a search at ``constraint`` should derive."""
+        """The evaluation-size cost a search at ``constraint`` should derive (inside the searched range)."""
         xs, ys = self.xs, self.ys
-        if constraint < xs[0]:
-            return ys[0] * constraint / xs[0]
-        if constraint > xs[-1]:
-            return ys[-1] * constraint / xs[-1]
+        if not xs[0] <= constraint <= xs[-1]:
+            raise self._outside("search constraint", constraint, xs[0], xs[-1],
+                                "search at it to know what it derives")
         return float(np.interp(constraint, xs, ys))
 
-    def constraint_for(self, target: float) -> tuple[float, bool]:
-        """The largest search constraint whose predicted cost is ``target``; and whether it is extrapolated."""
+    def constraint_for(self, target: float) -> float:
+        """The largest search constraint whose predicted cost is ``target`` (inside the measured range)."""
+        self.check_invertible()
         xs, ys = self.xs, self.ys
-        if target < ys[0]:
-            return xs[0] * target / ys[0], True
-        if target > ys[-1]:
-            return xs[-1] * target / ys[-1], True
+        if not ys[0] <= target <= ys[-1]:
+            side = (f"add search constraints above {xs[-1]:.6g}" if target > ys[-1]
+                    else f"add search constraints below {xs[0]:.6g}")
+            raise self._outside("target", target, ys[0], ys[-1], f"{side} to reach it")
         for i in range(len(xs) - 1, 0, -1):  # from the right: on a flat stretch take its right end
             if ys[i - 1] <= target <= ys[i]:
                 if ys[i] == ys[i - 1]:
-                    return xs[i], False
-                return xs[i - 1] + (target - ys[i - 1]) * (xs[i] - xs[i - 1]) / (ys[i] - ys[i - 1]), False
-        return xs[0], False                  # a single point equal to the target
+                    return xs[i]
+                return xs[i - 1] + (target - ys[i - 1]) * (xs[i] - xs[i - 1]) / (ys[i] - ys[i - 1])
+        return xs[0]                         # unreachable: the target is inside [ys[0], ys[-1]]
+
+    def pick(self, target: float) -> dict:
+        """A pick for ``target``: its constraint and prediction, or ``refused`` with the reason (both None)."""
+        try:
+            k = self.constraint_for(target)
+        except HwcostError as e:
+            return {"target": target, "constraint": None, "predicted": None, "refused": str(e)}
+        return {"target": target, "constraint": k, "predicted": self.predict(k)}
 
     def to_dict(self) -> dict:
         return {"metric": self.metric, "points": [list(p) for p in self.points],
@@ -570,7 +604,8 @@ def plot_lookup(graph: LookupGraph, path: Path, picks: list[dict] = ()) -> None:
     lo, hi = min(graph.xs + graph.ys), max(graph.xs + graph.ys)
     ax.plot([lo, hi], [lo, hi], ":", c="0.5", label="eval cost = constraint")
     for p in picks:
-        ax.plot([p["constraint"]], [p["target"]], "x", c="C3", ms=8)
+        if p.get("constraint") is not None:   # a refused pick has no constraint to mark
+            ax.plot([p["constraint"]], [p["target"]], "x", c="C3", ms=8)
     ax.set_xlabel(f"search constraint K_d' ({graph.metric})")
     ax.set_ylabel(f"derived network's {graph.metric} K_d")
     ax.legend(fontsize=8)
@@ -677,23 +712,27 @@ def lookup_sweep(base: SearchConfig, opts: SweepOptions, constraints: list[str],
     with Sweep("lookup", base, opts, search_fn) as sweep:
         rows = sweep.run(tasks)
         pts = [(r["constraint"], r["cost"]) for r in rows if r["status"] == "ok" and r["cost"] is not None]
-        graph = LookupGraph(metric, pts)
-        picks = []
-        for g in goals:
-            k, extrapolated = graph.constraint_for(g.value)
-            picks.append({"target": g.value, "constraint": k, "extrapolated": extrapolated,
-                          "predicted": graph.predict(k)})
-        if verify and picks:
+        try:
+            graph = LookupGraph(metric, pts)
+        except HwcostError as e:             # every search failed: the table of what happened is still written
+            sweep.write({"metric": metric, "error": str(e)})
+            raise
+        # a target the graph cannot answer (flat or falling curve, outside the measured range) is a
+        # refused pick with its reason, never an extrapolated number; no verify search runs for it
+        picks = [graph.pick(g.value) for g in goals]
+        chosen = [p for p in picks if p["constraint"] is not None]
+        if verify and chosen:
             vtasks = [Task(_safe(f"pick-{name}{p['target']:.6g}"),
                            replace(base, budgets=list(base.budgets) + [budget_text(name, p["constraint"])]),
                            {"constraint": p["constraint"], "target": p["target"], "metric": metric})
-                      for p in picks]
-            for p, r in zip(picks, sweep.run(vtasks)):
+                      for p in chosen]
+            for p, r in zip(chosen, sweep.run(vtasks)):
                 p["actual"] = r["cost"]
                 p["status"] = r["status"]
                 if r["cost"] is not None:
                     p["relative_error"] = (r["cost"] - p["target"]) / p["target"]
-        lookup = {**graph.to_dict(), "cost_mode": base.cost_mode, "picks": picks}
+        lookup = {**graph.to_dict(), "cost_mode": base.cost_mode, "picks": picks,
+                  "refused": sum(p["constraint"] is None for p in picks)}
         _write_atomic(sweep.out / "lookup.json", json.dumps(lookup, indent=1))
         try:
             plot_lookup(graph, sweep.out / "lookup.png", picks)

@@ -95,13 +95,29 @@ def test_lookup_graph_is_exact_at_monotone_points_and_inverts():
     g = LookupGraph("params", pts)
     for x, y in pts:
         assert g.predict(x) == pytest.approx(y)
-        assert g.constraint_for(y) == (pytest.approx(x), False)
+        assert g.constraint_for(y) == pytest.approx(x)
     # between points: linear; inverse of the midpoint is the midpoint
     assert g.predict(1.5e6) == pytest.approx((1.4e6 + 2.7e6) / 2)
-    assert g.constraint_for(2.05e6)[0] == pytest.approx(1.5e6)
-    # outside: scaled by the nearest point's ratio, and flagged
-    assert g.predict(5e6) == pytest.approx(5.0e6 * 5 / 4)
-    assert g.constraint_for(0.7e6) == (pytest.approx(0.5e6), True)
+    assert g.constraint_for(2.05e6) == pytest.approx(1.5e6)
+    # outside the measured range: refused, never a number
+    with pytest.raises(HwcostError, match="outside the measured range"):
+        g.predict(5e6)
+    with pytest.raises(HwcostError, match="outside the measured range"):
+        g.constraint_for(0.7e6)
+    with pytest.raises(HwcostError, match="outside the measured range"):
+        g.constraint_for(5.1e6)
+
+
+@pytest.mark.parametrize("points,match", [
+    ([(1e5, 1370134.0), (2e5, 1370134.0)], "flat"),                  # both searches derived one network
+    ([(1e5, 2.0e6), (2e5, 1.5e6), (3e5, 1.2e6)], "does not increase"),  # the cost falls with the constraint
+    ([(1e5, 2.0e6), (1e5, 2.2e6)], "2 different search constraints"),  # one constraint searched twice
+])
+def test_lookup_graph_refuses_a_curve_it_cannot_invert(points, match):
+    g = LookupGraph("params", points)
+    for target in (1.2e6, 1370134.0, 2.0e6, 2.5e6):
+        with pytest.raises(HwcostError, match=match):
+            g.constraint_for(target)
 
 
 def test_lookup_graph_fit_is_monotone_on_noisy_points():
@@ -109,12 +125,13 @@ def test_lookup_graph_fit_is_monotone_on_noisy_points():
     xs = sorted(rng.uniform(1e6, 5e6) for _ in range(15))
     pts = [(x, 1.2 * x + rng.gauss(0, 6e5)) for x in xs] + [(xs[3], 2e6)]   # noise and a repeated constraint
     g = LookupGraph("params", pts)
-    grid = [1e5 * i for i in range(5, 60)]
+    grid = [x for x in (1e5 * i for i in range(5, 60)) if g.xs[0] <= x <= g.xs[-1]]   # inside what was searched
+    assert len(grid) > 20
     pred = [g.predict(x) for x in grid]
     assert all(a <= b for a, b in zip(pred, pred[1:]))
     assert all(a <= b for a, b in zip(g.ys, g.ys[1:]))
     for t in (2e6, 3e6, 4e6):   # a picked constraint predicts its target back
-        k, extrapolated = g.constraint_for(t)
+        k = g.constraint_for(t)
         assert g.predict(k) == pytest.approx(t)
 
 
@@ -186,9 +203,58 @@ def test_lookup_sweep_picks_the_constraint_for_a_target(tmp_path):
                        ["params=3M"], verify=True, search_fn=fake_search)
     pick = doc["summary"]["lookup"]["picks"][0]
     assert pick["constraint"] == pytest.approx(2.9e6 / 1.3)
-    assert pick["actual"] == pytest.approx(3e6) and pick["extrapolated"] is False
+    assert pick["actual"] == pytest.approx(3e6) and "refused" not in pick
     saved = json.loads((tmp_path / "sweep" / "lookup.json").read_text())
     assert saved["points"] == [[1e6, 1.4e6], [2e6, 2.7e6], [3e6, 4e6]]
+
+
+def flat_search(cfg: SearchConfig, out, resume=False, progress=False) -> dict:
+    """Issue 14: whatever the constraint, the search derives the same 1,370,134-parameter network."""
+    result = {"derived": {"params": 1370134.0}, "budgets": {}, "within_budget": {},
+              "supernet_val_accuracy": 0.5, "search_seconds": 0.01}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def test_lookup_sweep_on_a_flat_curve_refuses_the_pick_and_keeps_the_searches(tmp_path):
+    CALLS.clear()
+    doc = lookup_sweep(SearchConfig(cost_mode="expected"), opts(tmp_path), ["params=0.1M", "params=0.2M"],
+                       ["params=2.5M", "params=1.370134M"], verify=True, search_fn=flat_search)
+    picks = doc["summary"]["lookup"]["picks"]
+    for p in picks:   # no invented constraint, no invented prediction
+        assert p["constraint"] is None and p["predicted"] is None and "flat" in p["refused"]
+        assert "actual" not in p
+    assert len(doc["rows"]) == 2 and doc["summary"]["lookup"]["refused"] == 2   # no verify search ran
+    saved = json.loads((tmp_path / "sweep" / "lookup.json").read_text())
+    assert saved["picks"] == picks and len(saved["points"]) == 2
+    assert len(_csv(tmp_path / "sweep" / "sweep.csv")) == 2
+
+
+def test_lookup_sweep_refuses_a_target_outside_the_measured_range(tmp_path):
+    doc = lookup_sweep(SearchConfig(cost_mode="expected"), opts(tmp_path), spread("params=1M:3M", 3),
+                       ["params=3M", "params=9M"], verify=True, search_fn=fake_search)
+    ok, far = doc["summary"]["lookup"]["picks"]
+    assert ok["constraint"] == pytest.approx(2.9e6 / 1.3) and ok["actual"] == pytest.approx(3e6)
+    assert far["constraint"] is None and far["predicted"] is None
+    assert "outside the measured range" in far["refused"] and "actual" not in far
+
+
+def test_cli_lookup_on_a_flat_curve_is_one_line_exit_2_and_keeps_the_sweep(tmp_path, capsys, monkeypatch):
+    import search.run
+    monkeypatch.setattr(search.run, "run_search", flat_search)
+    out = tmp_path / "s"
+    rc = _main(["sweep", "lookup", "--constraint", "params=0.1M", "--constraint", "params=0.2M",
+                "--target", "params=2.5M", "--out", str(out), "--backend", "serial"])
+    captured = capsys.readouterr()
+    assert rc == 2
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hwcost: error:") and "flat" in err[0], captured.err
+    assert "Traceback" not in captured.err and "extrapolated" not in captured.out
+    doc = json.loads((out / "sweep.json").read_text())
+    assert '"predicted": 2500000' not in (out / "sweep.json").read_text()
+    assert doc["searches"] == 2 and doc["summary"]["lookup"]["picks"][0]["constraint"] is None
+    assert (out / "lookup.json").exists() and (out / "sweep.csv").exists()
 
 
 # --- real searches ------------------------------------------------------------------
