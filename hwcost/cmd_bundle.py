@@ -37,7 +37,16 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     if args.ssh:
         from profilers.bundle import check_host
         check_host(args.ssh)  # before minutes of exporting
-    networks = [n.strip() for n in args.networks.split(",") if n.strip()]
+    from spaces import get_space
+
+    from .cmd_profile import DEFAULT_NETWORKS
+    get_space(args.space)  # an unknown space: one line naming the known ones
+    # the default follows the space, as `hwcost profile`'s does
+    networks_text = args.networks or DEFAULT_NETWORKS.get(args.space, "")
+    networks = [n.strip() for n in networks_text.split(",") if n.strip()]
+    if not networks:
+        raise HwcostError(f"--networks: give the network configurations of space {args.space!r} whose op "
+                          f"shapes to measure")
     keys = _ops_filter(space_keys(args.space, networks, batch=args.batch), args.ops)
     settings = {name: value for name, value in (("threads", args.threads), ("rel_ci", args.rel_ci),
                                                 ("max_time_s", args.max_time), ("passes", args.passes))
@@ -90,9 +99,10 @@ def add_bundle_parsers(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bundle", help="ONNX op models + runner for profiling a remote device",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="darts", help="darts | sharpdarts | nb201 (default darts)")
-    p.add_argument("--networks", default="cifar10-search,cifar10",
+    p.add_argument("--networks",
                    help="network configurations whose op shapes to measure, comma-separated: cifar10-search, "
-                        "cifar10, imagenet (darts spaces) or nb201 (default cifar10-search,cifar10)")
+                        "cifar10, imagenet (darts, sharpdarts) or nb201 (default: cifar10-search,cifar10; "
+                        "nb201 for nb201)")
     p.add_argument("--ops", help="only these ops, comma-separated (default all, fixed parts included)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--opset", type=int, default=17)

@@ -381,3 +381,30 @@ def test_cli_bundle_user_errors(tmp_path, argv, match):
     args = _cli(["bundle", "--out", str(tmp_path / "b.zip"), *argv])
     with pytest.raises(HwcostError, match=match):
         args.func(args)
+
+
+@pytest.mark.parametrize("space,networks", [("nb201", ["nb201"]), ("darts", ["cifar10-search", "cifar10"])])
+def test_cli_bundle_networks_default_follows_the_space(tmp_path, monkeypatch, capsys, space, networks):
+    import profilers.bundle
+    from profilers.bundle import BundleInfo
+    seen = {}
+
+    def fake_write_bundle(keys, out, networks=(), **kw):
+        seen.update(keys=list(keys), networks=list(networks))
+        return BundleInfo(str(out), len(seen["keys"]), 1)
+
+    monkeypatch.setattr(profilers.bundle, "write_bundle", fake_write_bundle)
+    args = _cli(["bundle", "--space", space, "--out", str(tmp_path / "b.zip"), "--quiet"])
+    assert args.func(args) == 0
+    assert seen["networks"] == networks and seen["keys"] and {k.space for k in seen["keys"]} == {space}
+    assert ", ".join(networks) in capsys.readouterr().out
+
+
+def test_cli_bundle_nb201_without_networks_reaches_the_ops_check(tmp_path):
+    # issue 14: the darts default (cifar10-search) was used for nb201: "unknown network configuration"
+    args = _cli(["bundle", "--space", "nb201", "--ops", "conv_9x9", "--out", str(tmp_path / "b.zip")])
+    with pytest.raises(HwcostError, match="--ops: conv_9x9 does not occur"):
+        args.func(args)
+    args = _cli(["bundle", "--space", "nosuch", "--out", str(tmp_path / "b.zip")])
+    with pytest.raises(HwcostError, match="nosuch"):
+        args.func(args)
