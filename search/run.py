@@ -55,6 +55,7 @@ from .progressive import PDARTS_MAX_SKIPS, cap_skips, keep_strongest, mask_of, p
 from .schedules import SCHEDULES, lr_at
 from .strategies import STRATEGIES, Architect, get_strategy
 from .supernet import SupernetConfig, build_supernet
+from .train import restore_checkpoint
 
 
 @dataclass
@@ -279,14 +280,22 @@ class SearchRun:
         os.replace(tmp, self.out / "checkpoint.pt")
 
     def _load_checkpoint(self) -> None:
-        state = torch.load(self.out / "checkpoint.pt", weights_only=True)
+        path = self.out / "checkpoint.pt"
+        restore_checkpoint(path, lambda state: self._restore(path, state))
+        self._truncate_log("log.jsonl", lambda d: d["step"] <= self.step)
+        at = (self.stage, self.epoch)
+        self._truncate_log("alphas.jsonl", lambda d: (d.get("stage", 0), d["epoch"]) <= at)
+        self._truncate_log("stages.jsonl", lambda d: d["stage"] <= self.stage)
+
+    def _restore(self, path: Path, state: dict) -> None:
+        """The run as ``state`` (a checkpoint) holds it: stage, weights, optimisers, multipliers."""
         stage = int(state.get("stage", 0))
         if stage and not self.stages:
-            raise HwcostError(f"{self.out / 'checkpoint.pt'} is from a progressive search (stage {stage}); "
+            raise HwcostError(f"{path} is from a progressive search (stage {stage}); "
                               f"resume it with the same --strategy")
         if stage:
             if stage >= len(self.stages):
-                raise HwcostError(f"{self.out / 'checkpoint.pt'} is at stage {stage}, but only "
+                raise HwcostError(f"{path} is at stage {stage}, but only "
                                   f"{len(self.stages)} stage(s) are configured; resume with the same --stages")
             self.stage, self.op_subsets = stage, subsets_of(state["op_mask"])
             self._build()
@@ -296,10 +305,6 @@ class SearchRun:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         for t, m in zip(self.terms, state["multipliers"].tolist()):
             t.multiplier = m
-        self._truncate_log("log.jsonl", lambda d: d["step"] <= self.step)
-        at = (self.stage, self.epoch)
-        self._truncate_log("alphas.jsonl", lambda d: (d.get("stage", 0), d["epoch"]) <= at)
-        self._truncate_log("stages.jsonl", lambda d: d["stage"] <= self.stage)
 
     def _truncate_log(self, name: str, keep) -> None:
         path = self.out / name

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -255,6 +256,26 @@ def deployed_costs(space: str, arch, network: str, tables: list) -> dict:
             "latency": {n: latency_on(t, n, space, arch, net) for n, t in tables}}
 
 
+# --- resuming a run directory (shared with search.run) -------------------------------------
+
+# What a cut, corrupt or foreign checkpoint raises while it is read and loaded into a run.
+_UNREADABLE = (RuntimeError, KeyError, EOFError, ValueError, OSError, pickle.UnpicklingError)
+
+
+def restore_checkpoint(path: str | os.PathLike, apply, map_location=None) -> dict:
+    """Read a run's ``checkpoint.pt`` (tensors only, ``weights_only=True``) and ``apply(state)`` it
+    to the run; a checkpoint cut short, corrupt, or written by another configuration (missing
+    entries, other shapes) is one :class:`HwcostError` naming the file. Call it before the run
+    directory's logs are touched, so that a refused resume loses nothing. Returns the state."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        apply(state)
+    except _UNREADABLE as e:
+        why = f"no entry {e}" if isinstance(e, KeyError) else (str(e).splitlines() or [type(e).__name__])[0]
+        raise HwcostError(f"cannot resume from {path}: {why} (was it written by this configuration?)") from None
+    return state
+
+
 # --- the run ------------------------------------------------------------------------------
 
 
@@ -368,15 +389,11 @@ class TrainRun:
                               f"resume with the same ones or choose another --out")
 
     def _load_checkpoint(self) -> None:
-        path = self.out / "checkpoint.pt"
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
+        def apply(state: dict) -> None:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
-        except (RuntimeError, KeyError, EOFError) as e:
-            raise HwcostError(f"cannot resume from {path}: {str(e).splitlines()[0]} (was it written by "
-                              f"this configuration?)") from None
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        restore_checkpoint(self.out / "checkpoint.pt", apply, map_location=self.device)
 
     def _truncate_log(self) -> None:
         """Drop log lines of epochs the checkpoint does not hold (they will run again)."""
