@@ -12,6 +12,7 @@ plain script, for ``python3 runner.py bundle.zip --out results.json``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -49,6 +50,7 @@ Back on the host:              hwcost table import results.json --out device.jso
 # Remote paths that scp reads the same way in its SFTP and legacy modes (no shell expansion).
 _SAFE_REMOTE = re.compile(r"[A-Za-z0-9._+/-]+")
 _HOST = re.compile(r"(?:[A-Za-z0-9._%+-]+@)?(?:[A-Za-z0-9_.][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])")
+_EMPTY_MODEL = "models/call_overhead_empty.onnx"
 _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool"}
 
 
@@ -123,12 +125,22 @@ def write_bundle(keys: Iterable[OpKey], out_zip: str | os.PathLike, opset: int =
                 entries.append({"key": key.to_str(), "model": name, "inputs": _model_inputs(onnx.load(path)),
                                 "nodes": res.n_nodes, "max_abs_diff": res.max_abs_diff})
             batches = sorted({k.batch for k in keys})
+            # the empty op a local ORT profile times for measurement.call_overhead_ms, so the runner records it too
+            from .backends import _Empty
+            path = os.path.join(tmp, "empty.onnx")
+            try:
+                export_onnx(_Empty(), (torch.zeros(batches[0], 1),), path, opset=opset, check=True, atol=atol)
+            except HwcostError as e:
+                raise HwcostError(f"the empty op (call overhead): {e}") from None
+            zf.write(path, _EMPTY_MODEL)
+            call_overhead = {"model": _EMPTY_MODEL, "inputs": _model_inputs(onnx.load(path)),
+                             "op": f"x + 0 on a ({batches[0]}, 1) tensor: an empty op, timed as every key is"}
             manifest = {
                 "format": runner.MANIFEST_FORMAT, "version": max(runner.MANIFEST_VERSIONS), "created": now_iso(),
                 "producer": {"tool": "hwcost", "torch": torch.__version__, "onnx": onnx.__version__, "opset": opset},
                 "spaces": sorted({k.space for k in keys}), "networks": list(networks),
                 "dtype": "float32", "batch": batches[0] if len(batches) == 1 else None,
-                "settings": settings, "keys": entries,
+                "settings": settings, "call_overhead": call_overhead, "keys": entries,
             }
             zf.writestr("manifest.json", json.dumps(manifest, indent=1, allow_nan=False))
             zf.write(RUNNER_PATH, "runner.py")
@@ -214,10 +226,13 @@ def _import(doc, path: Path, allow_failed: bool, device_name: str | None) -> Dev
                    "ci": "distribution-free 95% CI of the median (order statistics)",
                    **{k: settings.get(k) for k in ("rel_ci", "max_time_s", "warmup_s", "min_sample_s",
                                                    "min_samples", "noisy_iqr", "passes")},
-                   "timer": env.get("timer"), "timer_overhead_s": env.get("timer_overhead_s")}
+                   "timer": env.get("timer"), "timer_overhead_s": env.get("timer_overhead_s"),
+                   # the runner always times each op model alone in its own session (as ort-cpu profiles)
+                   "isolation": runner.ISOLATION}
     provenance = {"source": "runner", "results_file": path.name, "bundle_id": bundle.get("id"),
                   "bundle_created": bundle.get("created"), "networks": bundle.get("networks"),
                   "started": doc.get("started"), "finished": doc.get("finished")}
+    measurement.update(_call_overhead(doc, provenance))
     if failed:
         provenance["failed"] = failed
     finished = doc.get("finished")
@@ -225,6 +240,28 @@ def _import(doc, path: Path, allow_failed: bool, device_name: str | None) -> Dev
                        entries=tuple(entries), measurement=measurement,
                        created=finished if isinstance(finished, str) else now_iso(),
                        provenance=provenance, source=str(path))
+
+
+def _call_overhead(doc: dict, provenance: dict) -> dict:
+    """The empty op's time as a local ORT profile records it (``call_overhead_ms`` and its note);
+    nothing for results of a bundle without an empty op (``hwcost predict`` then says so)."""
+    co = doc.get("call_overhead")
+    if co is None:
+        provenance["call_overhead"] = "not measured (a bundle without an empty op; make a new bundle)"
+        return {}
+    if not isinstance(co, dict):
+        raise TableError(f"call_overhead: expected an object, got {co!r}")
+    if "error" in co:
+        provenance["call_overhead"] = f"failed on the device: {co['error']}"
+        return {}
+    median = _field(co, "median_ms", (int, float), "call_overhead.")
+    if not (math.isfinite(median) and median > 0):
+        raise TableError(f"call_overhead.median_ms: must be a positive number of milliseconds, got {median!r}")
+    return {"call_overhead_ms": round(float(median), 6),
+            "call_overhead_note": "the time of an empty op on this backend; included in every entry, "
+                                  "since each op runs alone (a network pays it once)",
+            "call_overhead_samples": {k: co[k] for k in ("p10_ms", "p90_ms", "n", "quality", "passes",
+                                                         "pass_medians_ms") if co.get(k) is not None}}
 
 
 # ---------------------------------------------------------------- ssh

@@ -24,6 +24,10 @@ occasional preemption by another process. The keys are measured in
 (lowest median): slow phases (a busy neighbour, thermal throttling) last
 seconds, longer than one window, and only add time.
 
+If the bundle ships an empty op (manifest ``call_overhead``), it is timed first,
+the same way: a local ONNX Runtime profile's ``call_overhead_ms``, which lets
+``hwcost predict`` subtract the per-call cost every isolated op includes.
+
 Each measured key is appended to a journal (``<out>.journal``, JSON lines,
 flushed and fsynced) so an interrupted run continues with ``--resume``; at
 the end ``<out>`` is written atomically and the journal removed.  Exit status:
@@ -69,6 +73,11 @@ DEFAULT_SETTINGS = {
     "passes": 10,          # interleaved passes over all keys; each key keeps its quietest
 }
 CONFIDENCE = 0.95
+# How every op is timed here, in the words a local ONNX Runtime profile records (measurement.isolation):
+# each op model runs alone in its own session, so each time includes one run() call's overhead.
+ISOLATION = "one ONNX Runtime session per op model"
+# The journal row of the empty op the bundle ships (manifest "call_overhead"); not an op key.
+CALL_OVERHEAD_KEY = "(call overhead: empty op)"
 # The environment fields that must agree for a journal to be resumed on this device.
 _ENV_IDENTITY = ("device_name", "cpu_model", "machine", "onnxruntime", "provider", "threads")
 
@@ -258,6 +267,15 @@ def open_bundle(path: str):
     if not isinstance(keys, list) or not keys:
         _fail(f"{path}: manifest.json lists no keys")
     names = set(zf.namelist())
+    co = m.get("call_overhead")  # optional (bundles before it lack it): the empty op's model
+    if co is not None:
+        where = f"{path}: manifest call_overhead"
+        if not isinstance(co, dict) or not isinstance(co.get("model"), str) or not isinstance(co.get("inputs"), list):
+            _fail(f"{where}: needs a 'model' string and an 'inputs' list")
+        if co["model"] not in names:
+            _fail(f"{where}: model file {co['model']} is missing from the zip")
+        for d in co["inputs"]:
+            _check_input(d, where)
     seen = set()
     for i, k in enumerate(keys):
         where = f"{path}: manifest keys[{i}]"
@@ -359,6 +377,26 @@ def _session_runner(np, ort, model_bytes: bytes, k: dict, settings: dict):
     feed = make_feed(np, k["inputs"], settings["seed"])
     names = [o.name for o in sess.get_outputs()]
     return lambda: sess.run(names, feed)
+
+
+def measure_call_overhead(np, ort, model_bytes: bytes, entry: dict, settings: dict) -> dict:
+    """The empty op's time, as every key is timed (its own session, ``settings["passes"]`` windows of
+    ``max_time_s / passes``, the quietest kept): what each isolated op pays once and a network once in
+    total -- a local ORT profile's ``measurement.call_overhead_ms``. A failure is a row with ``error``."""
+    t0 = time.perf_counter()
+    passes = settings["passes"]
+    window = dict(settings, max_time_s=settings["max_time_s"] / passes)
+    try:
+        run_once = _session_runner(np, ort, model_bytes, entry, settings)
+        rows = []
+        for p in range(1, passes + 1):
+            t_pass = time.perf_counter()
+            rows.append(dict(measure(run_once, window), time_s=round(time.perf_counter() - t_pass, 3), **{"pass": p}))
+        row = quietest_pass(rows)
+    except Exception as e:  # noqa: BLE001 - as for a key: recorded, and the keys are still measured
+        row = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:500] or type(e).__name__}"}
+    row.update(key=CALL_OVERHEAD_KEY, time_s=round(time.perf_counter() - t0, 3))
+    return row
 
 
 def quietest_pass(rows: list) -> dict:
@@ -529,6 +567,8 @@ def journal_from_results(out: str, journal_path: str, header: dict) -> None:
            "started": doc.get("started"), "settings": doc.get("settings"), "environment": doc.get("environment")}
     check_resumable(old, header, out, "pass --force to measure again")
     rows = [old] + list(doc.get("results") or []) + list(doc.get("failed") or [])
+    if isinstance(doc.get("call_overhead"), dict) and "error" not in doc["call_overhead"]:
+        rows.append(dict(doc["call_overhead"], key=CALL_OVERHEAD_KEY))  # kept; a failed one is measured again
     with open(journal_path, "xb") as f:
         f.write(b"".join(json.dumps(r, allow_nan=False).encode("utf-8") + b"\n" for r in rows))
         f.flush()
@@ -597,7 +637,14 @@ def run(args) -> int:
     width, t_run = len(str(rows_total)), time.perf_counter()
     last = {k["key"]: p for p, k in todo}  # todo runs pass by pass
     runners, failed_now = {}, set()  # sessions are built once and kept for the key's later passes
+    empty = manifest.get("call_overhead")
     try:
+        if empty is not None and not finished(CALL_OVERHEAD_KEY):
+            row = measure_call_overhead(np, ort, zf.read(empty["model"]), empty, settings)
+            journal.write(row)
+            journal.done[CALL_OVERHEAD_KEY] = row
+            say(f"call overhead (an empty op, {ISOLATION}): " + (
+                f"{row['median_ms']:.4g} ms" if "error" not in row else f"FAILED ({row['error'][:120]})"))
         for i, (p, k) in enumerate(todo):
             if k["key"] in failed_now:
                 continue
@@ -632,7 +679,7 @@ def run(args) -> int:
                 f"(elapsed {_hms(elapsed)}, eta {_hms(eta)})")
     except KeyboardInterrupt:
         journal.close()
-        saved = sum("error" not in r for r in journal.done.values()) + len(journal.passes)
+        saved = sum("error" not in r for k, r in journal.done.items() if k != CALL_OVERHEAD_KEY) + len(journal.passes)
         print(f"runner: interrupted; {saved} rows are saved in {journal_path}; rerun with --resume to continue",
               file=sys.stderr)
         return 130
@@ -650,7 +697,9 @@ def run(args) -> int:
                       "spaces": manifest.get("spaces"), "networks": manifest.get("networks"),
                       "dtype": manifest.get("dtype"), "batch": manifest.get("batch")},
            "started": started, "finished": _now(), "settings": settings, "environment": env,
-           "results": results, "failed": failed}
+           "isolation": ISOLATION, "results": results, "failed": failed}
+    if CALL_OVERHEAD_KEY in journal.done:  # the empty op (bundles that ship one)
+        doc["call_overhead"] = {k: v for k, v in journal.done[CALL_OVERHEAD_KEY].items() if k != "key"}
     atomic_write_json(out, doc)
     os.unlink(journal_path)
     _fsync_dir(os.path.dirname(out))

@@ -107,6 +107,51 @@ def test_runner_measures_every_key_and_the_table_imports(results, tmp_path):
     assert load_table(tmp_path / "t.json").keys() == table.keys()
 
 
+def test_runner_table_records_call_overhead_as_a_local_ort_profile(results, tmp_path):
+    """Issue 14: a runner import recorded no call overhead, so predict took each entry for one
+    module call and over-predicted; it must give the overhead a local ort-cpu profile gives."""
+    from costmodels.predict import Overhead
+    from profilers.backends import get_backend
+    from profilers.measure import Settings
+    from profilers.profile import profile, space_jobs
+
+    doc = json.loads(results.read_text())
+    co = doc["call_overhead"]
+    assert 0 < co["p10_ms"] <= co["median_ms"] <= co["p90_ms"] and len(co["pass_medians_ms"]) == 10
+    assert doc["isolation"] == runner.ISOLATION
+    remote = import_results(results)
+    local = profile(space_jobs("nb201", "nb201")[:2], get_backend("ort-cpu"), tmp_path / "local.json",
+                    spaces=["nb201"], settings=Settings(max_time_s=0.04, warmup_s=0.005, passes=2),
+                    progress=False)
+    for name in ("isolation", "call_overhead_note"):
+        assert remote.measurement[name] == local.measurement[name]
+    assert remote.measurement["call_overhead_ms"] == round(co["median_ms"], 6) > 0
+    here, there = Overhead.from_table(local), Overhead.from_table(remote)
+    for o in (here, there):   # the same kind of source: the table's empty op, not "none"
+        assert o.source.startswith("table: ") and "call_overhead_ms" in o.source and o.per_call_ms > 0
+    assert there.per_call_ms <= min(e.median_ms for e in remote)
+
+
+def test_resume_keeps_the_measured_call_overhead(device, bundle, results, tmp_path):
+    out = tmp_path / "r.json"
+    out.write_text(results.read_text())
+    proc = run_runner(device, bundle, "--out", out, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "call overhead" not in proc.stderr   # nothing measured again
+    assert json.loads(out.read_text())["call_overhead"] == json.loads(results.read_text())["call_overhead"]
+
+
+def test_results_of_a_bundle_without_an_empty_op_still_import(results, tmp_path):
+    from costmodels.predict import Overhead
+    doc = json.loads(results.read_text())
+    del doc["call_overhead"], doc["isolation"]   # an older bundle and runner
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(doc))
+    table = import_results(path)
+    assert "call_overhead_ms" not in table.measurement and "not measured" in table.provenance["call_overhead"]
+    assert Overhead.from_table(table).per_call_ms == 0
+
+
 def test_the_bundle_itself_runs_as_a_zip_application(device, bundle, tmp_path):
     out = tmp_path / "r.json"
     proc = run_runner(device, "--out", out, "--max-time", "0.01", "--quiet", script=bundle)
