@@ -324,9 +324,20 @@ def _label(table: DeviceTable, i: int) -> str:
     return table.source or f"table #{i + 1}"
 
 
+def canonical_runtime(runtime: dict[str, Any]) -> dict[str, Any]:
+    """``runtime`` with one name per runtime: device runners before the local profiler's names
+    recorded ONNX Runtime as ``onnxruntime``; a local profile calls it ``ort-cpu`` (or
+    ``ort:<ExecutionProvider>``), and so does the runner now."""
+    if runtime.get("backend") != "onnxruntime":
+        return runtime
+    provider = runtime.get("execution_provider") or "CPUExecutionProvider"
+    return {**runtime, "backend": "ort-cpu" if provider == "CPUExecutionProvider" else f"ort:{provider}"}
+
+
 def _identity(t: DeviceTable) -> dict[str, Any]:
     ident = {"kind": t.kind, "device.name": t.device.get("name")}
-    ident.update((f"runtime.{k}", t.runtime.get(k)) for k in RUNTIME_IDENTITY)
+    runtime = canonical_runtime(t.runtime)
+    ident.update((f"runtime.{k}", runtime.get(k)) for k in RUNTIME_IDENTITY)
     return ident
 
 
@@ -335,6 +346,8 @@ def merge_tables(tables: Iterable[DeviceTable], force: bool = False) -> tuple[De
 
     Different devices or runtime settings (backend, provider, threads, dtype,
     batch) are refused unless ``force``; different kinds are always refused.
+    An older runner table's backend ``onnxruntime`` is the same runtime as
+    ``ort-cpu`` / ``ort:<EP>`` (:func:`canonical_runtime`).
     A calibration (in-context model) is not carried over: it was fitted on one
     table's entries; calibrate the merged table again (``hwcost calibrate``).
     """
@@ -366,7 +379,7 @@ def merge_tables(tables: Iterable[DeviceTable], force: bool = False) -> tuple[De
                     "measurement": t.measurement, "provenance": t.provenance, "entries": len(t)}
                    for i, t in enumerate(tables)]
     merged = DeviceTable(kind=tables[0].kind, spaces=spaces, device=tables[0].device,
-                         runtime=tables[0].runtime, entries=tuple(e for e, _ in chosen.values()),
+                         runtime=canonical_runtime(tables[0].runtime), entries=tuple(e for e, _ in chosen.values()),
                          measurement=tables[0].measurement, provenance={"merged_from": merged_from})
     return merged, conflicts
 

@@ -217,9 +217,13 @@ def _import(doc, path: Path, allow_failed: bool, device_name: str | None) -> Dev
     device = {"name": name, **{k: env[k] for k in ("cpu_model", "board", "android_model", "android_manufacturer",
                                                     "cores", "usable_cores", "machine", "platform")
                                if env.get(k) is not None}}
+    if isinstance(env.get("cpu_model"), str):
+        device["cpu"] = env["cpu_model"]  # the field a local profile names the CPU by
     batches = {e.key.batch for e in entries}
     batch = batches.pop() if len(batches) == 1 else None
-    runtime = {"backend": "onnxruntime", "backend_version": str(env.get("onnxruntime")),
+    # the name a local profile records for the same runtime (older runners recorded none: the importer
+    # used "onnxruntime"), so that a runner's table and a local ort-cpu one are one backend
+    runtime = {"backend": runner.backend_name(provider), "backend_version": str(env.get("onnxruntime")),
                "execution_provider": provider, "threads": threads, "dtype": bundle.get("dtype") or "float32",
                "batch": batch, "python": env.get("python"), "numpy": env.get("numpy")}
     measurement = {"tool": "hwcost runner", "statistic": "median of samples of k back-to-back runs",

@@ -177,6 +177,7 @@ def device_environment(ort, provider: str, threads: int, device_name: str | None
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "onnxruntime": ort.__version__,
+        "backend": backend_name(provider),
         "provider": provider,
         "threads": threads,
         "timer": "time.perf_counter",
@@ -184,6 +185,13 @@ def device_environment(ort, provider: str, threads: int, device_name: str | None
         "timer_overhead_s": timer_overhead(),
     }
     return env
+
+
+def backend_name(provider: str) -> str:
+    """The backend's name as a local profile records it (``runtime.backend``): ONNX Runtime on the CPU
+    is ``ort-cpu``, on another execution provider ``ort:<provider>`` -- one name for one runtime, so
+    a runner's table merges with a local one."""
+    return "ort-cpu" if provider == "CPUExecutionProvider" else f"ort:{provider}"
 
 
 def timer_overhead(n: int = 200) -> float:

@@ -101,28 +101,33 @@ def test_runner_measures_every_key_and_the_table_imports(results, tmp_path):
         assert e.extra["pass_medians_ms"][e.extra["quietest_pass"] - 1] == e.median_ms
     assert table.measurement["passes"] == 10
     assert table.kind == "op" and table.spaces == ["nb201"]
-    assert table.runtime["backend"] == "onnxruntime" and table.runtime["threads"] == 1
+    assert table.runtime["backend"] == "ort-cpu" and table.runtime["threads"] == 1
     assert table.runtime["batch"] == 1 and table.device["name"] == env["device_name"]
     save_table(table, tmp_path / "t.json")
     assert load_table(tmp_path / "t.json").keys() == table.keys()
 
 
-def test_runner_table_records_call_overhead_as_a_local_ort_profile(results, tmp_path):
-    """Issue 14: a runner import recorded no call overhead, so predict took each entry for one
-    module call and over-predicted; it must give the overhead a local ort-cpu profile gives."""
-    from costmodels.predict import Overhead
+@pytest.fixture(scope="module")
+def local_ort(tmp_path_factory):
+    """A local ort-cpu profile of two keys on this host: what a runner's table must match."""
     from profilers.backends import get_backend
     from profilers.measure import Settings
     from profilers.profile import profile, space_jobs
+    out = tmp_path_factory.mktemp("local") / "local.json"
+    return profile(space_jobs("nb201", "nb201")[:2], get_backend("ort-cpu"), out, spaces=["nb201"],
+                   settings=Settings(max_time_s=0.04, warmup_s=0.005, passes=2), progress=False)
+
+
+def test_runner_table_records_call_overhead_as_a_local_ort_profile(results, local_ort):
+    """Issue 14: a runner import recorded no call overhead, so predict took each entry for one
+    module call and over-predicted; it must give the overhead a local ort-cpu profile gives."""
+    from costmodels.predict import Overhead
 
     doc = json.loads(results.read_text())
     co = doc["call_overhead"]
     assert 0 < co["p10_ms"] <= co["median_ms"] <= co["p90_ms"] and len(co["pass_medians_ms"]) == 10
     assert doc["isolation"] == runner.ISOLATION
-    remote = import_results(results)
-    local = profile(space_jobs("nb201", "nb201")[:2], get_backend("ort-cpu"), tmp_path / "local.json",
-                    spaces=["nb201"], settings=Settings(max_time_s=0.04, warmup_s=0.005, passes=2),
-                    progress=False)
+    remote, local = import_results(results), local_ort
     for name in ("isolation", "call_overhead_note"):
         assert remote.measurement[name] == local.measurement[name]
     assert remote.measurement["call_overhead_ms"] == round(co["median_ms"], 6) > 0
@@ -130,6 +135,24 @@ def test_runner_table_records_call_overhead_as_a_local_ort_profile(results, tmp_
     for o in (here, there):   # the same kind of source: the table's empty op, not "none"
         assert o.source.startswith("table: ") and "call_overhead_ms" in o.source and o.per_call_ms > 0
     assert there.per_call_ms <= min(e.median_ms for e in remote)
+
+
+def test_runner_table_has_the_local_backend_name_and_merges_with_a_local_table(results, local_ort, tmp_path):
+    """Issue 14: `table merge` of a local ort-cpu table and a runner import refused 'ort-cpu' vs 'onnxruntime'."""
+    from device_tables.table import merge_tables
+    from profilers.backends import get_backend
+    doc = json.loads(results.read_text())
+    assert doc["environment"]["backend"] == get_backend("ort-cpu").runtime()["backend"] == "ort-cpu"
+    remote = import_results(results, device_name=local_ort.device["name"])   # one machine, one name
+    assert remote.runtime["backend"] == local_ort.runtime["backend"] == "ort-cpu"
+    assert remote.device["cpu"]   # named as a local profile names it (calibrate compares it with this host)
+    merged, _ = merge_tables([local_ort, remote])
+    assert merged.runtime["backend"] == "ort-cpu" and set(remote.keys()) <= set(merged.keys())
+    # results of an older runner (no backend recorded): the provider names the backend
+    del doc["environment"]["backend"]
+    doc["environment"]["provider"] = "XnnpackExecutionProvider"
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    assert import_results(tmp_path / "old.json").runtime["backend"] == "ort:XnnpackExecutionProvider"
 
 
 def test_resume_keeps_the_measured_call_overhead(device, bundle, results, tmp_path):
