@@ -21,35 +21,36 @@ def add_search_parser(sub) -> argparse.ArgumentParser:
                     "is the global batch, split across the K processes (it must be divisible by K); the K "
                     "processes take the steps one process takes with that batch (synchronised BatchNorm and "
                     "gradients); only rank 0 writes --out and prints.")
-    p.add_argument("--space", default="darts", help="darts | sharpdarts | nb201")
-    p.add_argument("--strategy", default="darts",
-                   help="darts | darts-2nd | pcdarts | pdarts | rapdarts (pdarts + budgets/penalties) | dcanas")
-    p.add_argument("--data", default="digits", help="digits | synthetic | cifar10:DIR | imagefolder:DIR")
-    p.add_argument("--network", default="cifar10", help="the deployed network whose costs count: cifar10 | imagenet")
+    p.add_argument("--space", help="darts | sharpdarts | nb201 (default darts)")
+    p.add_argument("--strategy",
+                   help="darts | darts-2nd | pcdarts | pdarts | rapdarts (pdarts + budgets/penalties) | dcanas "
+                        "(default darts)")
+    p.add_argument("--data", help="digits | synthetic | cifar10:DIR | imagefolder:DIR (default digits)")
+    p.add_argument("--network", help="the deployed network whose costs count: cifar10 | imagenet (default cifar10)")
     p.add_argument("--table", help="device table (path or bundled name) for latency terms")
     p.add_argument("--surrogate", help="op-level surrogate for keys the table lacks")
-    p.add_argument("--budget", action="append", default=[], metavar="NAME=VALUE",
+    p.add_argument("--budget", action="append", metavar="NAME=VALUE",
                    help="hard budget, e.g. latency=4ms, params=1.5M, macs=300M, memory=12MiB (repeatable)")
-    p.add_argument("--penalty", action="append", default=[], metavar="NAME=LAMBDA",
+    p.add_argument("--penalty", action="append", metavar="NAME=LAMBDA",
                    help="soft term lambda * E[cost], e.g. params=1e-7 (repeatable)")
-    p.add_argument("--cost-mode", choices=("derived", "expected"), default="derived",
+    p.add_argument("--cost-mode", choices=("derived", "expected"),
                    help="derived: the cost of the network derivation gives now (default); "
                         "expected: RAPDARTS's plain expectation")
-    p.add_argument("--budget-floor", type=float, default=0.85,
-                   help="keep each budgeted cost above this share of its budget (0 = upper bound only)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--budget-floor", type=float,
+                   help="keep each budgeted cost above this share of its budget (default 0.85; 0 = upper bound only)")
+    p.add_argument("--epochs", type=int, help="default 10")
     p.add_argument("--steps-per-epoch", type=int)
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="global batch (under torchrun: split across the processes; divisible by their number)")
-    p.add_argument("--C", type=int, default=8, help="supernet channels (DARTS paper: 16)")
-    p.add_argument("--layers", type=int, default=5, help="supernet cells (DARTS paper: 8)")
+    p.add_argument("--batch-size", type=int,
+                   help="global batch, default 64 (under torchrun: split across the processes; divisible by their number)")
+    p.add_argument("--C", type=int, help="supernet channels (default 8; DARTS paper: 16)")
+    p.add_argument("--layers", type=int, help="supernet cells (default 5; DARTS paper: 8)")
     p.add_argument("--partial-k", type=int, help="PC-DARTS K (default 4 for pcdarts)")
-    p.add_argument("--max-w", action="store_true",
+    p.add_argument("--max-w", action="store_true", default=None,
                    help="sharpDARTS Max-W weighting (eq. 3: w_i -> 1 - max(w) + w_i), with any strategy")
-    p.add_argument("--lr-schedule", choices=("cosine", "cpa"), default="cosine",
-                   help="weight learning-rate schedule: cosine (DARTS) or cpa (sharpDARTS Cosine Power Annealing)")
-    p.add_argument("--lr-power", type=float, default=2.0,
-                   help="Cosine Power Annealing's p (sharpDARTS: 2 on CIFAR-10, 10 on ImageNet; 1 = cosine)")
+    p.add_argument("--lr-schedule", choices=("cosine", "cpa"),
+                   help="weight learning-rate schedule: cosine (DARTS, the default) or cpa (sharpDARTS Cosine Power Annealing)")
+    p.add_argument("--lr-power", type=float,
+                   help="Cosine Power Annealing's p (default 2; sharpDARTS: 2 on CIFAR-10, 10 on ImageNet; 1 = cosine)")
     p.add_argument("--weight-lr", type=float, help="initial weight learning rate (default: the strategy's)")
     p.add_argument("--arch-lr", type=float, help="alpha (Adam) learning rate (default: the strategy's)")
     p.add_argument("--warmup-epochs", type=int,
@@ -62,7 +63,7 @@ def add_search_parser(sub) -> argparse.ArgumentParser:
                         "5,3,2 nb201)")
     g.add_argument("--skip-dropout", metavar="P,P,..",
                    help="dropout on skip-connect outputs per stage, decaying within it (default 0.1,0.4,0.7)")
-    g.add_argument("--max-skips", type=int, default=2,
+    g.add_argument("--max-skips", type=int,
                    help="skip connects the final normal cell may keep (default 2)")
     g = p.add_argument_group("DCA-NAS (--strategy dcanas turns these on; any strategy may set them)")
     g.add_argument("--share-weights", action=argparse.BooleanOptionalAction, default=None,
@@ -71,12 +72,14 @@ def add_search_parser(sub) -> argparse.ArgumentParser:
                    help="1x1 convs shrink the channels through the ops to C/B (dcanas default 4; 1 = off)")
     g.add_argument("--derived-cells", action=argparse.BooleanOptionalAction, default=None,
                    help="only the first normal and reduction cell are mixed; the others run the derived cell")
-    p.add_argument("--plain", action="store_true",
+    p.add_argument("--plain", action="store_true", default=None,
                    help="run the textbook mixed op instead of the fused CPU cell (same values, slower)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with the settings it was started with "
+                        "(its config.json; options that contradict them are refused)")
     p.add_argument("--json", action="store_true", help="print result.json")
     p.set_defaults(func=cmd_search)
     return p
@@ -94,20 +97,32 @@ def _list(text: str | None, kind, flag: str) -> list | None:
                           f"e.g. {'5,11,17' if kind is int else '0.1,0.4,0.7'}") from None
 
 
+# Options that set a SearchConfig field of the same name (the others: _given_settings).
+_SETTINGS = ("space", "strategy", "data", "network", "table", "surrogate", "cost_mode", "budget_floor", "epochs",
+             "steps_per_epoch", "batch_size", "C", "layers", "partial_k", "max_w", "seed", "threads", "lr_schedule",
+             "lr_power", "weight_lr", "arch_lr", "warmup_epochs", "max_skips", "share_weights", "bottleneck",
+             "derived_cells")
+
+
+def _given_settings(args) -> dict:
+    """The SearchConfig fields the command line set explicitly (every option defaults to None, so an
+    option left out is absent here and SearchConfig's default -- or, on --resume, the run's -- holds)."""
+    given = {f: getattr(args, f) for f in _SETTINGS if getattr(args, f) is not None}
+    for flag, field in (("budget", "budgets"), ("penalty", "penalties")):
+        if getattr(args, flag) is not None:
+            given[field] = getattr(args, flag)
+    for flag, kind in (("stages", int), ("stage_ops", int), ("skip_dropout", float)):
+        if getattr(args, flag) is not None:
+            given[flag] = _list(getattr(args, flag), kind, "--" + flag.replace("_", "-"))
+    if args.plain:
+        given["fast"] = False
+    return given
+
+
 def cmd_search(args) -> int:
-    from search.run import SearchConfig, run_search
-    cfg = SearchConfig(space=args.space, strategy=args.strategy, data=args.data, network=args.network,
-                       table=args.table, surrogate=args.surrogate, budgets=args.budget, penalties=args.penalty,
-                       cost_mode=args.cost_mode, budget_floor=args.budget_floor, epochs=args.epochs,
-                       steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, C=args.C,
-                       layers=args.layers, partial_k=args.partial_k, max_w=args.max_w, seed=args.seed,
-                       threads=args.threads, fast=not args.plain, lr_schedule=args.lr_schedule,
-                       lr_power=args.lr_power, weight_lr=args.weight_lr, arch_lr=args.arch_lr,
-                       warmup_epochs=args.warmup_epochs, stages=_list(args.stages, int, "--stages"),
-                       stage_ops=_list(args.stage_ops, int, "--stage-ops"),
-                       skip_dropout=_list(args.skip_dropout, float, "--skip-dropout"), max_skips=args.max_skips,
-                       share_weights=args.share_weights, bottleneck=args.bottleneck,
-                       derived_cells=args.derived_cells)
+    from search.run import SearchConfig, resume_config, run_search
+    given = _given_settings(args)
+    cfg = resume_config(args.out, given) if args.resume else SearchConfig(**given)
     from search import distributed as D
     try:
         r = run_search(cfg, args.out, resume=args.resume, progress=not args.json)

@@ -55,7 +55,7 @@ from .progressive import PDARTS_MAX_SKIPS, cap_skips, keep_strongest, mask_of, p
 from .schedules import SCHEDULES, lr_at
 from .strategies import STRATEGIES, Architect, get_strategy
 from .supernet import SupernetConfig, build_supernet
-from .train import restore_checkpoint
+from .train import check_same_settings, restore_checkpoint
 
 
 @dataclass
@@ -147,6 +147,64 @@ def check_config(cfg: SearchConfig) -> None:
         raise HwcostError(f"--bottleneck {flags['bottleneck']} must divide the supernet channels --C {cfg.C}")
 
 
+# What a resumed run may change: speed only (threads; the fused cell computes the textbook cell's values).
+RESUME_FREE = ("threads", "fast")
+_FLAGS = {"budgets": "--budget", "penalties": "--penalty"}
+
+
+def _canonical(name: str, value):
+    """A setting as it acts: budgets and penalties by metric and value, in any order and spelling."""
+    if name in ("budgets", "penalties") and isinstance(value, list):
+        try:
+            return sorted((t.metric, t.value) for t in (parse_term(v, "hard" if name == "budgets" else "soft")
+                                                         for v in value))
+        except HwcostError:
+            return value
+    return value
+
+
+def run_settings(out: str | os.PathLike) -> dict | None:
+    """The search settings a run directory was started with (its config.json), None when it has none."""
+    path = Path(out) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())["search"]
+        if not isinstance(saved, dict):
+            raise TypeError("not an object")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise HwcostError(f"cannot resume {out}: its config.json is unreadable ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else 'no search settings'})") from None
+    names = {f.name for f in dataclasses.fields(SearchConfig)}
+    return {k: v for k, v in saved.items() if k in names}
+
+
+def resume_config(out: str | os.PathLike, given: dict) -> SearchConfig:
+    """The settings to resume run directory ``out`` with: those it was started with (its
+    config.json), so that ``--resume --out DIR`` alone continues the run. ``given`` holds the
+    settings the user gave explicitly: they may restate the run's, or change what does not
+    change the result (:data:`RESUME_FREE`); any other is one error naming each contradiction.
+    Without a config.json (nothing to continue) the settings are ``given`` and the defaults."""
+    saved = run_settings(out)
+    if saved is None:
+        return SearchConfig(**given)
+    differ = [k for k, v in given.items()
+              if k not in RESUME_FREE and k in saved and _canonical(k, v) != _canonical(k, saved[k])]
+    if differ:
+        def show(k, v):
+            if isinstance(v, bool):
+                return "on" if v else "off"
+            if isinstance(v, list):
+                return ",".join(map(str, v)) or "none"
+            return "default" if v is None else str(v)
+        what = ", ".join(f"{_FLAGS.get(k, '--' + k.replace('_', '-'))} {show(k, given[k])} (the run's: "
+                         f"{show(k, saved[k])})" for k in differ)
+        raise HwcostError(f"cannot resume {out} with other settings: {what} contradict{'s' if len(differ) == 1 else ''} "
+                          f"its config.json; leave {'it' if len(differ) == 1 else 'them'} out to resume with the "
+                          f"run's settings, or choose another --out")
+    return SearchConfig(**{**saved, **{k: v for k, v in given.items() if k in RESUME_FREE or k not in saved}})
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -170,6 +228,8 @@ class SearchRun:
         if self.out.exists() and any(self.out.iterdir()) and not resume:   # every rank decides alike
             raise HwcostError(f"run directory {self.out} is not empty; pass --resume to continue it "
                               f"or choose another --out")
+        if resume:                             # the run's settings, or one line naming what differs
+            check_same_settings(self.out, "search", cfg.to_dict(), RESUME_FREE, _canonical)
         D.barrier()                            # every rank has checked --out before rank 0 writes there
         if D.is_main():
             self.out.mkdir(parents=True, exist_ok=True)

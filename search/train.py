@@ -276,6 +276,24 @@ def restore_checkpoint(path: str | os.PathLike, apply, map_location=None) -> dic
     return state
 
 
+def check_same_settings(out: str | os.PathLike, section: str, now: dict, free=(), normalise=None) -> None:
+    """Refuse to resume ``out`` with settings other than those its ``config.json[section]`` holds
+    (one line naming each differing field); fields in ``free`` may change; ``normalise(field,
+    value)``, if given, makes equivalent spellings equal. A missing or unreadable config.json
+    checks nothing (the checkpoint's own shapes still do)."""
+    try:
+        old = json.loads((Path(out) / "config.json").read_text())[section]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return
+    if not isinstance(old, dict):
+        return
+    same = (lambda k, a, b: a == b) if normalise is None else (lambda k, a, b: normalise(k, a) == normalise(k, b))
+    diff = [k for k in now if k not in free and k in old and not same(k, old[k], now[k])]
+    if diff:
+        raise HwcostError(f"{out} was started with other settings ({', '.join(f'{k}: {old[k]!r} -> {now[k]!r}' for k in diff)}); "
+                          f"resume with the same ones or choose another --out")
+
+
 # --- the run ------------------------------------------------------------------------------
 
 
@@ -377,16 +395,7 @@ class TrainRun:
     _RESUME_FREE = ("tables", "network", "threads", "device")
 
     def _check_same_config(self) -> None:
-        path = self.out / "config.json"
-        try:
-            old = json.loads(path.read_text())["train"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            return
-        now = self.cfg.to_dict()
-        diff = [k for k in now if k not in self._RESUME_FREE and k in old and old[k] != now[k]]
-        if diff:
-            raise HwcostError(f"{self.out} was started with other settings ({', '.join(f'{k}: {old[k]!r} -> {now[k]!r}' for k in diff)}); "
-                              f"resume with the same ones or choose another --out")
+        check_same_settings(self.out, "train", self.cfg.to_dict(), self._RESUME_FREE)
 
     def _load_checkpoint(self) -> None:
         def apply(state: dict) -> None:

@@ -80,3 +80,19 @@ def test_real_process_exit_code_and_no_traceback():
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.startswith("hwcost: error: unknown genotype") and "Traceback" not in p.stderr
+
+
+def test_search_options_left_out_are_not_given_and_take_the_config_defaults():
+    """``hwcost search`` knows which options the user gave (a resume must not read a default as a
+    contradiction of the run's settings); left out, SearchConfig's defaults hold."""
+    from hwcost.cli import build_parser
+    from hwcost.cmd_search import _given_settings
+    from search.run import SearchConfig
+    parser = build_parser()
+    assert _given_settings(parser.parse_args(["search", "--out", "x"])) == {}
+    given = _given_settings(parser.parse_args([
+        "search", "--out", "x", "--space", "darts", "--strategy", "pdarts", "--C", "8", "--budget", "params=1M",
+        "--stages", "5,11", "--skip-dropout", "0.1,0.4", "--plain", "--max-w", "--no-share-weights", "--seed", "0"]))
+    assert given == {"space": "darts", "strategy": "pdarts", "C": 8, "budgets": ["params=1M"], "stages": [5, 11],
+                     "skip_dropout": [0.1, 0.4], "fast": False, "max_w": True, "share_weights": False, "seed": 0}
+    assert SearchConfig(**given).stages == [5, 11]
