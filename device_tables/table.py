@@ -298,6 +298,46 @@ def load_table(path: str | Path, expect_space: str | None = None,
     return table
 
 
+def load_table_for_viewing(path: str | Path) -> tuple[DeviceTable, list[dict[str, Any]]]:
+    """A table to *look at* even when some entries are bad: ``(table of the good entries, bad ones)``.
+
+    The header is checked as :func:`load_table` checks it (a bad header is a
+    TableError); each entry on its own -- a bad one (a wrong field, a key of
+    another space or kind, a duplicate) comes back as ``{"index", "key",
+    "error", "entry"}`` instead of failing the load. For ``hwcost table show``;
+    anything that computes with a table uses the strict :func:`load_table`.
+    """
+    path = Path(path)
+    try:
+        doc = read_json(path)
+        if not isinstance(doc, dict):
+            raise TableError(f"not a device table: the top level is a JSON {_type_name(doc)}, not an object")
+        check_header(doc, allow=("entries",))
+        raw = doc.get("entries")
+        if not isinstance(raw, list):
+            raise TableError(f"entries: must be a list, got {_type_name(raw)}")
+        good, bad, first_at = [], [], {}
+        for i, d in enumerate(raw):
+            named = d["key"] if isinstance(d, dict) and isinstance(d.get("key"), str) else None
+            try:
+                e = Entry.from_json(d)
+                if not isinstance(e.key, KINDS[doc["kind"]]):
+                    raise TableError(f"{type(e.key).__name__} {e.key} in a {doc['kind']}-level table")
+                if e.key.space not in doc["spaces"]:
+                    raise TableError(f"key is for space {e.key.space!r}, which is not in spaces {doc['spaces']!r}")
+                if e.key in first_at:
+                    raise TableError(f"duplicate key (also entries[{first_at[e.key]}])")
+            except TableError as err:
+                bad.append({"index": i, "key": named, "error": str(err), "entry": d})
+                continue
+            first_at[e.key] = i
+            good.append(e)
+        table = DeviceTable.from_header(doc, good, source=str(path))
+    except TableError as e:
+        raise TableError(f"table {path}: {e}") from None
+    return table, bad
+
+
 def save_table(table: DeviceTable, path: str | Path) -> None:
     """Write atomically (old or new file survives a crash); ``.gz`` paths are compressed."""
     data = table.to_json_text().encode("utf-8")

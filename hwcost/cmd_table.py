@@ -8,6 +8,7 @@ argument is a path or a bundled table name (``raspi4``, ``nb201_raspi4``).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -31,8 +32,16 @@ def _aligned(rows: list[list[str]], right: set[int]) -> list[str]:
             for r in rows]
 
 
+def _raw(value: Any) -> str:
+    """A bad entry's field as it is in the file."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value) if isinstance(value, (int, str)) else json.dumps(value)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    table = _load(args.table)
+    from device_tables.table import load_table_for_viewing
+    table, bad = load_table_for_viewing(bundled_table_path(args.table))
     medians = [e.median_ms for e in table.entries]
     summary = [
         ["table", table.source or args.table],
@@ -42,18 +51,28 @@ def cmd_show(args: argparse.Namespace) -> int:
         ["measurement", _fmt_dict(table.measurement)],
         ["created", table.created],
         ["provenance", _fmt_dict(table.provenance)],
-        ["entries", f"{len(table)}" + (f" (median {min(medians):.4g} .. {max(medians):.4g} ms)" if medians else "")],
+        ["entries", f"{len(table)}" + (f" (median {min(medians):.4g} .. {max(medians):.4g} ms)" if medians else "")
+         + (f", and {len(bad)} BAD (marked !)" if bad else "")],
     ]
     print("\n".join(_aligned(summary, set())))
-    shown = table.entries[: args.limit]
+    shown = [(e.key.to_str(), [f"{e.median_ms:.4g}", f"{e.p10_ms:.4g}", f"{e.p90_ms:.4g}", str(e.n), e.quality])
+             for e in table.entries[: args.limit]]
+    for b in bad:  # every bad entry, whatever --limit: they are what the user needs to see
+        d = b["entry"] if isinstance(b["entry"], dict) else {}
+        name = b["key"] or f"entries[{b['index']}]"
+        shown.append((f"! {name}",
+                      [_raw(d.get(f)) for f in ("median_ms", "p10_ms", "p90_ms", "n")]
+                      + [f"BAD entries[{b['index']}]: {b['error']}"]))
     if shown:
         rows = [["key", "median_ms", "p10_ms", "p90_ms", "n", "quality"]]
-        rows += [[e.key.to_str(), f"{e.median_ms:.4g}", f"{e.p10_ms:.4g}", f"{e.p90_ms:.4g}", str(e.n), e.quality]
-                 for e in shown]
+        rows += [[k, *cells] for k, cells in sorted(shown, key=lambda r: r[0].lstrip("! "))]
         print()
         print("\n".join(_aligned(rows, {1, 2, 3, 4})))
-        if len(table) > len(shown):
-            print(f"... {len(table) - len(shown)} more (--limit N)")
+        if len(table) > args.limit:
+            print(f"... {len(table) - args.limit} more (--limit N)")
+    if bad:
+        print(f"\n! {len(bad)} bad entr{'y' if len(bad) == 1 else 'ies'}: `hwcost table validate` refuses this "
+              f"table and nothing computes with it until they are fixed or removed")
     return 0
 
 

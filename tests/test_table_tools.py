@@ -56,3 +56,44 @@ def test_merge_takes_an_older_runner_table_onnxruntime_for_ort_cpu(tmp_path, cap
     assert cli("merge", str(tmp_path / "local.json"), str(tmp_path / "xnn.json"), "--out", str(tmp_path / "x.json")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ort:XnnpackExecutionProvider" in err[0] and not (tmp_path / "x.json").exists()
+
+
+# --- show -------------------------------------------------------------------------------------------
+
+def _with_bad_entry(tmp_path):
+    path = tmp_path / "t.json"
+    save_table(table(4), path)
+    doc = json.loads(path.read_text())
+    doc["entries"][1]["median_ms"] = -1.0                     # one bad entry
+    doc["entries"].append(dict(doc["entries"][2]))           # and a duplicate
+    path.write_text(json.dumps(doc))
+    return path, doc["entries"][1]["key"], doc["entries"][2]["key"]
+
+
+def test_show_marks_a_bad_entry_and_validate_stays_strict(tmp_path, capsys):
+    path, bad_key, dup_key = _with_bad_entry(tmp_path)
+    assert cli("show", str(path), "--limit", "1") == 0
+    out = capsys.readouterr().out
+    bad_lines = [line for line in out.splitlines() if line.startswith("! ") and "BAD entries[" in line]
+    assert len(bad_lines) == 2                                # both shown, whatever --limit
+    line = next(x for x in bad_lines if bad_key in x)
+    assert "-1" in line and "BAD entries[1]: median_ms: must be a positive" in line
+    assert any(dup_key in x and "duplicate key (also entries[2])" in x for x in bad_lines)
+    assert "3 (median" in out and "and 2 BAD" in out and "validate` refuses" in out
+    assert key(0).to_str() in out                             # a good entry, within --limit
+    assert cli("validate", str(path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hwcost: error: table ") and "median_ms" in err[0]
+
+
+def test_show_of_a_valid_table_has_no_marks_and_a_bad_header_is_one_line(tmp_path, capsys):
+    save_table(table(2), tmp_path / "ok.json")
+    assert cli("show", str(tmp_path / "ok.json")) == 0
+    out = capsys.readouterr().out
+    assert "BAD" not in out and "! " not in out and key(1).to_str() in out
+    doc = json.loads((tmp_path / "ok.json").read_text())
+    doc["runtime"]["threads"] = 0
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    assert cli("show", str(tmp_path / "bad.json")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runtime.threads" in err[0]
