@@ -27,6 +27,11 @@
   inside), so the rule changes nothing there.
 * ``scale`` -- 1 unless a calibrated in-context factor is given (see
   :class:`Overhead`); never fitted on the networks it predicts.
+
+A calibrated table (``hwcost calibrate``) replaces the single ``scale`` by its
+in-context model (:mod:`costmodels.incontext`: a factor per op group and a
+per-op term, fitted on other networks measured on the device), and every
+prediction then carries an interval from that model's leave-one-out residuals.
 """
 from __future__ import annotations
 
@@ -230,21 +235,38 @@ class NetworkPrediction:
     from_surrogate: int                # op calls answered by the surrogate
     overhead: Overhead = field(default_factory=Overhead)
     per_key: list = field(default_factory=list)   # (key, count, fused, ms, source)
+    uncalibrated_ms: float | None = None   # the sum-of-ops latency, when an in-context model changed it
+    low_ms: float | None = None            # prediction interval (calibrated tables only)
+    high_ms: float | None = None
+    confidence: float | None = None
+    calibration: str = "none: the sum of isolated ops (hwcost calibrate TABLE fits the in-context model)"
+
+    @property
+    def calibrated(self) -> bool:
+        return self.uncalibrated_ms is not None
 
     def to_dict(self) -> dict:
-        return {"latency_ms": self.latency_ms, "from_table": self.from_table,
-                "from_surrogate": self.from_surrogate, "ops_sum_ms": self.ops_sum_ms, "n_ops": self.n_calls,
-                "n_keys": self.n_keys, "fused_ops": self.n_fused, "fused_ms": self.fused_ms,
-                "overhead_removed_ms": self.overhead_removed_ms, "per_call_overhead_ms": self.overhead.per_call_ms,
-                "context_scale": self.overhead.scale, "overhead_source": self.overhead.source}
+        d = {"latency_ms": self.latency_ms, "from_table": self.from_table,
+             "from_surrogate": self.from_surrogate, "ops_sum_ms": self.ops_sum_ms, "n_ops": self.n_calls,
+             "n_keys": self.n_keys, "fused_ops": self.n_fused, "fused_ms": self.fused_ms,
+             "overhead_removed_ms": self.overhead_removed_ms, "per_call_overhead_ms": self.overhead.per_call_ms,
+             "context_scale": self.overhead.scale, "overhead_source": self.overhead.source,
+             "calibrated": self.calibrated, "calibration": self.calibration}
+        if self.calibrated:
+            d.update(uncalibrated_ms=self.uncalibrated_ms, low_ms=self.low_ms, high_ms=self.high_ms,
+                     confidence=self.confidence)
+        return d
 
 
 def predict_counts(counts: Mapping[OpKey, int], cost_model: CostModel, overhead: Overhead = Overhead(),
-                   fused: Mapping[OpKey, int] | None = None) -> NetworkPrediction:
+                   fused: Mapping[OpKey, int] | None = None, incontext=None,
+                   confidence: float | None = None) -> NetworkPrediction:
     """Latency of a network given its op counts (and the occurrences the runtime fuses away).
 
     Every key is answered by the table, else the surrogate; all unanswered keys
-    are reported together in one :class:`MissingKeyError`.
+    are reported together in one :class:`MissingKeyError`. With ``incontext``
+    (a :class:`costmodels.incontext.InContextModel`) the latency is the
+    in-context model's, with its interval at ``confidence`` (default 0.9).
     """
     fused = fused or {}
     rows, missing = [], []
@@ -267,11 +289,23 @@ def predict_counts(counts: Mapping[OpKey, int], cost_model: CostModel, overhead:
     n_fused = sum(a for _, _, a, _, _ in rows)
     # A fused occurrence is dropped whole (its entry's call overhead with it).
     latency = overhead.network_ms(total - fused_ms, n_calls - n_fused)
-    return NetworkPrediction(
+    p = NetworkPrediction(
         latency_ms=latency, ops_sum_ms=total, fused_ms=fused_ms,
         overhead_removed_ms=max(n_calls - n_fused - 1, 0) * overhead.per_call_ms, n_calls=n_calls,
         n_keys=len(rows), n_fused=n_fused, from_table=sum(n for _, n, _, _, s in rows if s == "table"),
         from_surrogate=sum(n for _, n, _, _, s in rows if s == "surrogate"), overhead=overhead, per_key=rows)
+    if incontext is not None:
+        from .incontext import DEFAULT_CONFIDENCE, group_features
+        confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
+        feats, n_ops = group_features(rows)
+        p.uncalibrated_ms = latency
+        p.latency_ms = incontext.predict(feats, n_ops)
+        p.low_ms, p.high_ms = incontext.interval(p.latency_ms, confidence)
+        p.confidence = confidence
+        p.calibration = (f"in-context model of {len(incontext.samples)} networks measured on "
+                         f"{incontext.host.get('cpu', '?')} ({incontext.created}); leave-one-out error "
+                         f"{incontext.mean:+.1%} +- {incontext.std:.1%}")
+    return p
 
 
 def check_table_for(table: DeviceTable, space: str, backend: str | None = None) -> None:
@@ -291,11 +325,14 @@ def check_table_for(table: DeviceTable, space: str, backend: str | None = None) 
 
 def predict_network(model: nn.Module, input_shape: tuple[int, ...], table: DeviceTable,
                     surrogate: OpSurrogate | None = None, overhead: Overhead | None = None,
-                    backend: str | None = None) -> NetworkPrediction:
+                    backend: str | None = None, incontext="table",
+                    confidence: float | None = None) -> NetworkPrediction:
     """Predicted latency of ``model`` at ``input_shape`` on the device/runtime of ``table``.
 
     ``model`` is a network of a searched space (its tagged ops are looked up)
     or any PyTorch model (its layers, in a ``torch``-space table).
+    ``incontext``: ``"table"`` (default) uses the table's calibration if it has
+    one; ``None`` the plain sum of ops; or an :class:`InContextModel`.
     """
     spaces = {m.hw_space for m in model.modules() if hasattr(m, "hw_op")}
     space = spaces.pop() if len(spaces) == 1 else ("torch" if not spaces else None)
@@ -307,26 +344,33 @@ def predict_network(model: nn.Module, input_shape: tuple[int, ...], table: Devic
         check_table(surrogate, table)
     counts = network_op_counts(model, input_shape)
     fused = fused_layer_counts(model, input_shape, runtime_fusion_level(table)) if space == "torch" else Counter()
-    return predict_counts(counts, CostModel(table, surrogate), overhead or Overhead.from_table(table), fused)
+    if isinstance(incontext, str):
+        from .incontext import model_of
+        incontext = model_of(table)
+    return predict_counts(counts, CostModel(table, surrogate), overhead or Overhead.from_table(table), fused,
+                          incontext, confidence)
 
 
 def predict_genotype(genotype, table: DeviceTable, network: str = "cifar10", space: str = "darts",
                      surrogate: OpSurrogate | None = None, overhead: Overhead | None = None,
-                     batch: int = 1) -> NetworkPrediction:
+                     batch: int = 1, incontext="table", confidence: float | None = None) -> NetworkPrediction:
     """A DARTS-form genotype (a ``Genotype``, a built-in name or a file) under a network preset."""
     from spaces import Genotype, build_network, load_genotype, network_config
     if not isinstance(genotype, Genotype):
         space, genotype = load_genotype(genotype, space)
     model = build_network(network_config(network, genotype.validate(space), space))
-    return predict_network(model, model.input_shape(batch), table, surrogate, overhead)
+    return predict_network(model, model.input_shape(batch), table, surrogate, overhead,
+                           incontext=incontext, confidence=confidence)
 
 
 def predict_nb201(arch: str, table: DeviceTable, surrogate: OpSurrogate | None = None,
-                  overhead: Overhead | None = None, batch: int = 1) -> NetworkPrediction:
+                  overhead: Overhead | None = None, batch: int = 1, incontext="table",
+                  confidence: float | None = None) -> NetworkPrediction:
     """An NB201 architecture string on the CIFAR skeleton (C=16, N=5)."""
     from spaces import Nb201NetConfig, build_network
     model = build_network(Nb201NetConfig(arch=arch))
-    return predict_network(model, model.input_shape(batch), table, surrogate, overhead)
+    return predict_network(model, model.input_shape(batch), table, surrogate, overhead,
+                           incontext=incontext, confidence=confidence)
 
 
 __all__ = ["NetworkPrediction", "Overhead", "calibrate_scale", "check_table_for", "fused_layer_counts",

@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from .cmd_bundle import add_bundle_parsers
+    from .cmd_calibrate import add_calibrate_parser
     from .cmd_fit import add_fit_parser
     from .cmd_predict import add_predict_parser
     from .cmd_profile import add_profile_parsers
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_table_parser(sub)
     add_bundle_parsers(sub)
     add_predict_parser(sub)
+    add_calibrate_parser(sub)
     add_fit_parser(sub)
     add_search_parser(sub)
     add_sweep_parser(sub)

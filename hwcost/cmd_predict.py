@@ -38,6 +38,8 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--archs", metavar="FILE", help="one NB201 architecture string per line (with an "
                                                    "architecture --surrogate)")
     p.add_argument("--backend", help="refuse a table measured on another backend (e.g. ort-cpu)")
+    p.add_argument("--confidence", type=float, default=None,
+                   help="level of the prediction interval of a calibrated table (default 0.9)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
     return p
@@ -63,6 +65,13 @@ def cmd_predict(args) -> int:
               + (f", {d['fused_ops']} fused away" if d.get("fused_ops") else "")
               + (f"; {d['overhead_removed_ms']:.3f} ms of per-call overhead removed"
                  if d.get("overhead_removed_ms") else ""))
+        if d.get("calibrated"):
+            print(f"  {d['confidence']:.0%} interval {d['low_ms']:.3f} - {d['high_ms']:.3f} ms; sum of isolated ops "
+                  f"{d['uncalibrated_ms']:.3f} ms; {d['calibration']}")
+        else:
+            print(f"  uncalibrated: {d['calibration']}")
+        if d.get("host_warning"):
+            print(f"  warning: {d['host_warning']}")
     return 0
 
 
@@ -119,6 +128,17 @@ def predict_op_level(args) -> dict:
     table = load_table(bundled_table_path(args.table))
     info = {"device": table.device.get("name"), "backend": table.runtime.get("backend"),
             "table": str(table.source)}
+    if args.confidence is not None:
+        from costmodels.incontext import check_confidence
+        check_confidence(args.confidence)
+        if table.calibration is None:
+            raise HwcostError(f"--confidence needs a calibrated table; {table.source} has no in-context model "
+                              f"(hwcost calibrate {table.source})")
+    if table.kind == "op" and str(table.runtime.get("backend", "")).split(":")[0] in ("ort-cpu", "torch-cpu"):
+        from profilers.environment import same_host
+        same, why = same_host(table.device)
+        if not same:
+            info["host_warning"] = (f"{why}: predictions are for that CPU, not this one")
     if args.model is not None:
         from profilers.shapes import parse_input_shape, resolve_model
         _refuse(args, ("space", "network"), "with --model (its shape comes from --input)")
@@ -142,7 +162,7 @@ def predict_op_level(args) -> dict:
     if args.surrogate is not None:
         from costmodels.surrogate import load_surrogate
         surrogate = load_surrogate(args.surrogate, table=table)
-    p = predict_network(model, shape, table, surrogate, backend=args.backend)
+    p = predict_network(model, shape, table, surrogate, backend=args.backend, confidence=args.confidence)
     return {**p.to_dict(), "network": description, "input_shape": list(shape), **info}
 
 

@@ -95,31 +95,46 @@ def search_cost_tensor(space: str, network: str, ops: tuple[str, ...], table_pat
         from costmodels.surrogate import load_surrogate
         surrogate = load_surrogate(surrogate_path, table=table)
     model = CostModel(table, surrogate)
-    ct = build_cost_tensor(space, target, metrics=("latency_ms",) + ANALYTICAL, latency_fn=model.latency_ms,
+    from costmodels.incontext import model_of, op_group
+    incontext = model_of(table)
+    latency_fn = model.latency_ms
+    if incontext is not None:
+        # The in-context model is linear in the ops' isolated times: each op's entry is scaled
+        # by its group's factor, and the per-op term joins the fixed part (below).
+        def latency_fn(key, _answer=model.latency_ms):
+            return incontext.factor(op_group(key)) * _answer(key)
+    ct = build_cost_tensor(space, target, metrics=("latency_ms",) + ANALYTICAL, latency_fn=latency_fn,
                            primitives=ops)
     notes["latency_sources"] = dict(model.sources)
-    ct = _remove_isolation_overhead(ct, table, target, notes)
+    ct = _remove_isolation_overhead(ct, table, target, notes, incontext)
     return ct, notes
 
 
-def _remove_isolation_overhead(ct: CostTensor, table: DeviceTable, target, notes: dict) -> CostTensor:
+def _remove_isolation_overhead(ct: CostTensor, table: DeviceTable, target, notes: dict,
+                               incontext=None) -> CostTensor:
     """Make the latency the network's, as ``hwcost predict`` computes it: an op-level table's
     entries each include one isolated call's overhead, which the whole network pays once
     (costmodels.predict). A derived network of these spaces always makes the same number of
     op calls N (302 for the CIFAR DARTS network: every cell has the same edges, nodes and
-    preprocessing), so ``(N - 1) * per_call`` comes off the fixed part, exactly."""
+    preprocessing), so ``(N - 1) * per_call`` comes off the fixed part, exactly -- and, for
+    a calibrated table, its in-context model's per-op term ``beta * N`` joins it."""
     from costmodels.predict import Overhead, network_op_counts
     from spaces import build_network
     overhead = Overhead.from_table(table)
-    notes["overhead"] = {"per_call_ms": overhead.per_call_ms, "source": overhead.source}
-    if overhead.per_call_ms <= 0:
+    per_call = incontext.per_call_ms if incontext is not None else overhead.per_call_ms
+    notes["overhead"] = {"per_call_ms": per_call, "source": overhead.source}
+    if per_call <= 0 and incontext is None:
         return ct
     net = build_network(target)
     n_calls = sum(network_op_counts(net, net.input_shape()).values())
-    removed = max(n_calls - 1, 0) * overhead.per_call_ms
+    removed = max(n_calls - 1, 0) * per_call
     notes["overhead"].update(n_calls=n_calls, removed_ms=removed)
     fixed = ct.fixed.clone()
     fixed[ct.index("latency_ms")] -= removed
+    if incontext is not None:
+        fixed[ct.index("latency_ms")] += incontext.per_op_ms * n_calls
+        notes["calibration"] = {"networks": len(incontext.samples), "created": incontext.created,
+                                "host": incontext.host, "loo_mean": incontext.mean, "loo_std": incontext.std}
     return dataclasses.replace(ct, fixed=fixed)
 
 
@@ -159,7 +174,9 @@ def derived_latency(space: str, arch, cost_tensor: CostTensor, table_path: str |
             out["latency_source"] = "table (measured architecture)"
             return out
     out["latency_ms"] = predicted
-    out["latency_source"] = "cost model (sum of table ops)"
+    calibrated = table_path is not None and _table(table_path).calibration is not None
+    out["latency_source"] = ("cost model (table ops through its in-context model)" if calibrated
+                             else "cost model (sum of table ops)")
     return out
 
 

@@ -184,3 +184,22 @@ def load_genotype(name_or_path: str, space: str | None = None) -> tuple[str, Gen
         raise HwcostError(f"cannot read genotype file {path}: {e}") from None
     space = space or "darts"
     return space, parse_genotype(text, str(path)).validate(space)
+
+
+def random_genotype(rng, space: str = "darts", steps: int = 4) -> Genotype:
+    """A random derived genotype: each node takes 2 distinct earlier states, each through a
+    random non-``none`` op of ``space`` (what a DARTS derivation can produce). ``rng`` is a
+    ``random.Random`` or a seed."""
+    import random
+    from .registry import get_space
+    rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+    ops = [o for o in get_space(space).searchable_ops() if o != "none"]
+    cells = []
+    for _ in range(2):
+        edges = []
+        for node in range(steps):
+            for src in sorted(rng.sample(range(node + 2), 2)):
+                edges.append((rng.choice(ops), src))
+        cells.append(tuple(edges))
+    concat = tuple(range(2, steps + 2))
+    return Genotype(cells[0], concat, cells[1], concat).validate(space)

@@ -1,0 +1,311 @@
+"""The in-context latency model: from the sum of isolated ops to a network's time on a device.
+
+A device table times every op alone.  In a network the same op runs in
+context: on ONNX Runtime a chain of convolutions shares one NCHWc layout
+transform where each isolated op paid two, and a whole network is one
+``run()``; on eager PyTorch an op inside a network meets caches that other ops
+just filled, and the network's working set is larger than any one op's.  How
+much that changes an op's time depends on the op type and on the host (on one
+AMD EPYC host, ORT networks ran 5 % under the sum of their ops; on an Intel
+Xeon host 16 % over) -- so it is measured, per table:
+
+    latency = sum_g f_g * X_g  -  (N - 1) * per_call  +  beta * N
+
+* ``X_g`` -- the isolated time of the network's ops of group ``g`` (an op type
+  of a space: ``sep_conv_3x3``, ``preprocess``...; for a model's layers a kind:
+  depthwise / pointwise / other convolutions, linear, norm, activation, pool,
+  element-wise), i.e. ``sum (n_k - a_k) t_k`` over the keys of the group, after
+  what the runtime fuses away (``costmodels.predict``);
+* ``per_call`` -- the overhead every isolated entry carries once and a network
+  pays once (known from the table, not fitted);
+* ``f_g >= 0`` -- the group's in-context factor, ``beta`` a per-op-call term
+  (either sign; what is not in any entry, e.g. a node's dispatch or the memory
+  planner), both fitted on whole networks measured on the device (``hwcost
+  calibrate``): relative least squares with the factors shrunk towards their
+  common mean (weight ``lambda``, chosen by leave-one-out error), so that a
+  group few calibration networks exercise stays near the common factor.
+
+The leave-one-out residuals ``measured / predicted - 1`` of the calibration
+networks give every prediction an interval (a Student-t prediction interval of
+the relative error) and a budget its margin at a stated confidence.  Nothing is
+fitted on the networks a figure scores: the benchmarks calibrate on others.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from device_tables import OpKey
+from device_tables.calibration import MODEL_TAG, check_calibration
+from device_tables.errors import TableError
+
+LAMBDAS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+DEFAULT_CONFIDENCE = 0.9
+
+_NORMS = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm2d",
+          "LocalResponseNorm", "batch_norm", "layer_norm", "group_norm"}
+_ACTS = {"ReLU", "ReLU6", "Hardswish", "Hardsigmoid", "Sigmoid", "SiLU", "GELU", "Tanh", "LeakyReLU", "PReLU",
+         "ELU", "Mish", "Softmax", "relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu", "tanh",
+         "softmax", "leaky_relu"}
+_POOLS = {"MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "adaptive_avg_pool2d",
+          "max_pool2d", "avg_pool2d", "mean"}
+_ELEMENTWISE = {"add", "mul", "sub", "div", "iadd", "imul", "truediv", "cat", "stochastic_depth"}
+
+
+def op_group(key: OpKey) -> str:
+    """The in-context group of an op key: the op itself for a space's op; a layer kind for a model's."""
+    if key.space != "torch":
+        return key.op
+    op, extra = key.op, dict(key.extra)
+    if op.startswith("Conv"):
+        groups = int(extra.get("groups", 1) or 1)
+        if groups > 1 and groups == key.c_in:
+            return "conv_dw"
+        return "conv_1x1" if str(extra.get("kernel", "")) == "1" else "conv_kxk"
+    if op == "Linear" or op == "linear":
+        return "linear"
+    if op in _NORMS:
+        return "norm"
+    if op in _ACTS:
+        return "activation"
+    if op in _POOLS:
+        return "pool"
+    if op in _ELEMENTWISE:
+        return "elementwise"
+    return "other"
+
+
+def group_features(rows: Iterable[tuple]) -> tuple[dict[str, float], int]:
+    """({group: isolated ms after fusion}, op calls after fusion) of a prediction's rows
+    ``(key, count, fused, ms, source)`` (``NetworkPrediction.per_key``)."""
+    feats: dict[str, float] = {}
+    n_ops = 0
+    for key, n, a, ms, _ in rows:
+        if n - a <= 0:
+            continue
+        g = op_group(key)
+        feats[g] = feats.get(g, 0.0) + (n - a) * ms
+        n_ops += n - a
+    return feats, n_ops
+
+
+@dataclass
+class Sample:
+    """One whole network measured on the device, with what the table says of its ops."""
+
+    name: str
+    features: dict[str, float]
+    n_ops: int
+    measured_ms: float
+    spec: dict = field(default_factory=dict)
+    p10_ms: float | None = None
+    p90_ms: float | None = None
+    role: str = "calibration"
+
+    def to_json(self) -> dict:
+        d = {"name": self.name, "spec": self.spec, "measured_ms": self.measured_ms,
+             "features": dict(sorted(self.features.items())), "n_ops": int(self.n_ops), "role": self.role}
+        if self.p10_ms is not None:
+            d.update(p10_ms=self.p10_ms, p90_ms=self.p90_ms)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Sample":
+        return cls(d["name"], dict(d["features"]), int(d["n_ops"]), float(d["measured_ms"]), dict(d["spec"]),
+                   d.get("p10_ms"), d.get("p90_ms"), d.get("role", "calibration"))
+
+
+def _t_quantile(q: float, dof: int) -> float:
+    from scipy.stats import t
+    return float(t.ppf(q, max(dof, 1)))
+
+
+@dataclass
+class InContextModel:
+    """Fitted in-context factors, per-op term and leave-one-out residuals (module doc)."""
+
+    factors: dict[str, float]
+    default_factor: float
+    per_op_ms: float
+    per_call_ms: float
+    lam: float
+    samples: list[Sample]
+    loo: list[float]                    # measured / leave-one-out prediction - 1, per sample
+    fit_ms: list[float] = field(default_factory=list)
+    loo_ms: list[float] = field(default_factory=list)
+    backend: str = ""
+    host: dict = field(default_factory=dict)
+    created: str = ""
+
+    # -- prediction
+    def factor(self, group: str) -> float:
+        return self.factors.get(group, self.default_factor)
+
+    def predict(self, features: Mapping[str, float], n_ops: int) -> float:
+        s = sum(self.factor(g) * x for g, x in features.items())
+        return s - max(n_ops - 1, 0) * self.per_call_ms + self.per_op_ms * n_ops
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.loo))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.loo, ddof=1)) if len(self.loo) > 1 else 0.0
+
+    def _spread(self) -> float:
+        n = len(self.loo)
+        return self.std * math.sqrt(1 + 1 / n)
+
+    def interval(self, predicted_ms: float, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
+        """Two-sided prediction interval of the measured latency at ``confidence``."""
+        check_confidence(confidence)
+        t = _t_quantile(0.5 + confidence / 2, len(self.loo) - 1)
+        lo = 1 + self.mean - t * self._spread()
+        hi = 1 + self.mean + t * self._spread()
+        return predicted_ms * max(lo, 0.0), predicted_ms * hi
+
+    def upper_factor(self, confidence: float = DEFAULT_CONFIDENCE) -> float:
+        """``u`` with P(measured <= u * predicted) = ``confidence`` (one-sided): a budget ``B``
+        holds at that confidence when the prediction is at most ``B / u``."""
+        check_confidence(confidence)
+        return max(1 + self.mean + _t_quantile(confidence, len(self.loo) - 1) * self._spread(), 1e-6)
+
+    # -- persistence (the table's ``calibration`` field)
+    def to_json(self) -> dict:
+        nets = []
+        for s, fit, loo in zip(self.samples, self.fit_ms, self.loo_ms):
+            nets.append({**s.to_json(), "fit_ms": fit, "loo_ms": loo})
+        d = {"model": MODEL_TAG, "created": self.created, "host": self.host, "backend": self.backend,
+             "per_call_ms": self.per_call_ms, "factors": dict(sorted(self.factors.items())),
+             "default_factor": self.default_factor, "per_op_ms": self.per_op_ms, "lambda": self.lam,
+             "networks": nets, "residuals": {"n": len(self.loo), "mean": self.mean, "std": self.std,
+                                             "loo": list(self.loo)}}
+        check_calibration(d)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "InContextModel":
+        check_calibration(d)
+        nets = d["networks"]
+        return cls(dict(d["factors"]), float(d["default_factor"]), float(d["per_op_ms"]), float(d["per_call_ms"]),
+                   float(d["lambda"]), [Sample.from_json(n) for n in nets], [float(v) for v in d["residuals"]["loo"]],
+                   [float(n.get("fit_ms") or 0) for n in nets], [float(n.get("loo_ms") or 0) for n in nets],
+                   d["backend"], dict(d["host"]), d["created"])
+
+    def summary(self) -> dict:
+        """What ``hwcost calibrate`` reports: leave-one-out error of the calibration networks."""
+        r = np.asarray(self.loo)
+        return {"networks": len(r), "loo_mape": float(np.mean(np.abs(r / (1 + r)))) if r.size else 0.0,
+                "loo_within_5": float(np.mean(np.abs(r) <= 0.05)), "loo_within_10": float(np.mean(np.abs(r) <= 0.10)),
+                "loo_mean": self.mean, "loo_std": self.std, "lambda": self.lam,
+                "factors": dict(sorted(self.factors.items())), "default_factor": self.default_factor,
+                "per_op_us": self.per_op_ms * 1e3}
+
+
+def check_confidence(confidence: float) -> None:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        from spaces.errors import HwcostError
+        raise HwcostError(f"--confidence must be a probability strictly between 0 and 1, got {confidence!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+
+
+def _solve(samples: Sequence[Sample], groups: list[str], per_call_ms: float, lam: float):
+    """Bounded relative least squares for (f_g..., beta); returns (factors, beta)."""
+    from scipy.optimize import lsq_linear
+    G = len(groups)
+    X = np.array([[s.features.get(g, 0.0) for g in groups] for s in samples], float)
+    n = np.array([s.n_ops for s in samples], float)
+    y = np.array([s.measured_ms for s in samples], float)
+    target = (y + np.maximum(n - 1, 0) * per_call_ms) / y
+    A = np.hstack([X / y[:, None], (n / y)[:, None]])
+    rows, rhs = [A], [target]
+    if lam > 0:
+        # Shrink the factors towards their mean, each group weighted by its share of the time,
+        # and the per-op term towards 0 (in units of its share of the latency).
+        share = X.sum(0) / max(X.sum(), 1e-12)
+        P = np.zeros((G + 1, G + 1))
+        P[:G, :G] = (np.eye(G) - 1.0 / G) * np.sqrt(np.maximum(share, 1.0 / (10 * G)))[:, None]
+        P[G, G] = float(np.mean(n / y))
+        rows.append(np.sqrt(lam) * P)
+        rhs.append(np.zeros(G + 1))
+    lower = np.r_[np.zeros(G), -np.inf]
+    res = lsq_linear(np.vstack(rows), np.concatenate(rhs), bounds=(lower, np.full(G + 1, np.inf)),
+                     method="bvls" if G < 40 else "trf")
+    return dict(zip(groups, (float(v) for v in res.x[:G]))), float(res.x[G])
+
+
+def _loo(samples: Sequence[Sample], groups: list[str], per_call_ms: float, lam: float) -> list[float]:
+    out = []
+    for i in range(len(samples)):
+        rest = [s for j, s in enumerate(samples) if j != i]
+        f, beta = _solve(rest, groups, per_call_ms, lam)
+        m = _model(f, beta, per_call_ms, lam, rest, [])
+        out.append(m.predict(samples[i].features, samples[i].n_ops))
+    return out
+
+
+def _model(factors, beta, per_call_ms, lam, samples, loo) -> InContextModel:
+    totals = {g: sum(s.features.get(g, 0.0) for s in samples) for g in factors}
+    weight = sum(totals.values())
+    default = (sum(factors[g] * totals[g] for g in factors) / weight) if weight > 0 else 1.0
+    return InContextModel(dict(factors), float(default), beta, per_call_ms, lam, list(samples), loo)
+
+
+def fit_in_context(samples: Sequence[Sample], per_call_ms: float = 0.0, lambdas: Sequence[float] = LAMBDAS,
+                   backend: str = "", host: dict | None = None, created: str = "") -> InContextModel:
+    """Fit the in-context model on whole networks measured on the table's device.
+
+    ``lambda`` (shrinkage of the per-group factors towards their mean) is the
+    one of ``lambdas`` with the lowest leave-one-out relative error; the
+    returned model keeps those leave-one-out residuals for its intervals.
+    """
+    from spaces.errors import HwcostError
+    samples = list(samples)
+    if len(samples) < 2:
+        raise HwcostError(f"an in-context model needs at least 2 measured networks, got {len(samples)}")
+    for s in samples:
+        if not (math.isfinite(s.measured_ms) and s.measured_ms > 0) or s.n_ops < 1:
+            raise HwcostError(f"calibration network {s.name}: measured latency and op count must be positive")
+    groups = sorted({g for s in samples for g, x in s.features.items() if x > 0})
+    if not groups:
+        raise HwcostError("the calibration networks have no op time from the table")
+    y = np.array([s.measured_ms for s in samples])
+    best = None
+    for lam in lambdas:
+        pred = np.array(_loo(samples, groups, per_call_ms, lam))
+        err = float(np.mean(((y - pred) / np.maximum(pred, 1e-12)) ** 2)) if np.all(pred > 0) else math.inf
+        if best is None or err < best[0] - 1e-12:
+            best = (err, lam, pred)
+    _, lam, loo_pred = best
+    factors, beta = _solve(samples, groups, per_call_ms, lam)
+    model = _model(factors, beta, per_call_ms, lam, samples, [])
+    model.loo = [float(v) for v in y / np.maximum(loo_pred, 1e-12) - 1]
+    model.loo_ms = [float(v) for v in loo_pred]
+    model.fit_ms = [model.predict(s.features, s.n_ops) for s in samples]
+    model.backend, model.host, model.created = backend, dict(host or {}), created
+    if any(v <= 0 for v in model.fit_ms + model.loo_ms):
+        raise HwcostError("the in-context fit predicts a non-positive latency for a calibration network; "
+                          "measure more (and more varied) networks")
+    return model
+
+
+def model_of(table) -> InContextModel | None:
+    """The table's in-context model, or None if it was never calibrated."""
+    c = getattr(table, "calibration", None)
+    if c is None:
+        return None
+    try:
+        return InContextModel.from_json(c)
+    except (TableError, KeyError, TypeError, ValueError) as e:
+        raise TableError(f"table {getattr(table, 'source', None) or ''}: calibration: {e}") from None
+
+
+__all__ = ["DEFAULT_CONFIDENCE", "InContextModel", "Sample", "check_confidence", "fit_in_context",
+           "group_features", "model_of", "op_group"]

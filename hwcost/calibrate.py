@@ -1,0 +1,247 @@
+"""Calibrate a device table: measure whole networks on its device, fit its in-context model.
+
+    table --(N networks it did not score: random networks of its space, or other models)--> measured
+          --> costmodels.incontext.fit_in_context --> table.calibration (written in place or to --out)
+
+A pipeline (it measures, then models), so it lives here and not in costmodels
+(which never measures) or profilers (which never models).  The networks are
+measured with the table's backend and settings, all prepared first and then
+timed in interleaved rounds, each keeping its quietest window
+(``profilers.profile.measure_models``) -- the estimator the table's keys were
+measured with.  What was measured is kept beside the output
+(``OUT.calibration-samples.json``) until the calibrated table is written, so a
+failed fit loses nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Callable, Sequence
+
+from device_tables import DeviceTable, save_table
+from spaces.errors import HwcostError
+
+DEFAULT_NETWORKS = 10
+# Models a layer table of a model is calibrated on (other models than the table's own).
+DEFAULT_MODELS = ("resnet18", "mobilenet_v2", "squeezenet1_0", "shufflenet_v2_x1_0", "mnasnet0_5",
+                  "mobilenet_v3_small", "googlenet", "efficientnet_b0", "regnet_x_400mf", "alexnet",
+                  "resnet34", "mobilenet_v3_large")
+_SPACE_NETWORK = {"darts": "cifar10", "sharpdarts": "cifar10"}
+_REMOTE = ("onnxruntime",)   # backends recorded by the device runner: measured elsewhere
+
+
+def network_settings(max_time_s: float = 3.0, passes: int = 10):
+    from profilers.measure import Settings
+    return Settings(max_time_s=max_time_s, passes=passes)
+
+
+def table_backend(table: DeviceTable, backend: str | None = None):
+    """The backend that measured ``table``, with its settings; refuses another one or another host."""
+    from profilers.backends import get_backend
+    from profilers.environment import same_host
+    rt = table.runtime
+    name = rt.get("backend")
+    if backend is not None and backend != name:
+        raise HwcostError(f"table {table.source} was profiled on backend {name}; calibrating it on {backend} would "
+                          f"fit one runtime's networks to another's ops (profile a {backend} table first)")
+    if name in _REMOTE:
+        raise HwcostError(f"table {table.source} was measured on a remote device through a bundle; its networks "
+                          f"must be measured there too (not supported yet: profile and calibrate on the device)")
+    same, why = same_host(table.device)
+    if not same:
+        raise HwcostError(f"table {table.source}: {why}; calibrating here would mix two machines' timings "
+                          f"(profile this host first: hwcost profile ...)")
+    kwargs = {}
+    if name == "ort-cpu" and rt.get("graph_optimization"):
+        kwargs["graph_optimization"] = rt["graph_optimization"]
+    return get_backend(name, threads=int(rt.get("threads") or 1), batch=int(rt.get("batch") or 1),
+                       dtype=rt.get("dtype") or "float32", **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which networks
+
+
+def _table_network(table: DeviceTable, network: str | None) -> str:
+    if network is not None:
+        return network
+    nets = table.provenance.get("networks") or []
+    if "cifar10" in nets:
+        return "cifar10"
+    evals = [n for n in nets if not str(n).endswith("-search")]
+    return str(evals[-1]) if evals else _SPACE_NETWORK.get(table.spaces[0], "cifar10")
+
+
+def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, network: str | None = None,
+                  models: Sequence[str] | None = None, exclude: Sequence[dict] = ()) -> list[dict]:
+    """``n`` calibration networks for ``table`` (never one of ``exclude``): random derived
+    networks of its space, or for a layer table, other models than the one it was profiled for."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise HwcostError(f"--networks must be at least 2 (a fit and a held-out residual), got {n!r}")
+    if table.kind != "op":
+        raise HwcostError(f"table {table.source} is architecture-level: its entries are whole networks already; "
+                          f"calibration is for op-level tables")
+    space = table.spaces[0]
+    excluded = {json.dumps(e, sort_keys=True) for e in exclude}
+    specs: list[dict] = []
+
+    def add(spec):
+        key = json.dumps(spec, sort_keys=True)
+        if key not in excluded and key not in {json.dumps(s, sort_keys=True) for s in specs}:
+            specs.append(spec)
+
+    if space == "torch":
+        own = str(table.provenance.get("model", ""))
+        names = list(models) if models else [f"torchvision:{m}" for m in DEFAULT_MODELS]
+        shape = table.provenance.get("input") or [int(table.runtime.get("batch") or 1), 3, 224, 224]
+        for m in names:
+            if m != own:
+                add({"kind": "model", "model": m, "input": list(shape)})
+            if len(specs) == n:
+                break
+        if len(specs) < 2:
+            raise HwcostError(f"table {table.source} needs at least 2 other models to calibrate on; give --models")
+        return specs
+    if models:
+        raise HwcostError("--models calibrates a layer table of a model; a space's table is calibrated on random "
+                          "networks of its space")
+    rng = random.Random(seed)
+    if space == "nb201":
+        from spaces.nb201_arch import all_archs
+        archs = all_archs()
+        for _ in range(100 * n):
+            add({"kind": "nb201", "arch": rng.choice(archs).to_str()})
+            if len(specs) == n:
+                break
+        return specs
+    from spaces import random_genotype
+    net = _table_network(table, network)
+    for _ in range(100 * n):
+        g = random_genotype(rng, space)
+        add({"kind": "genotype", "space": space, "network": net, "genotype": genotype_json(g)})
+        if len(specs) == n:
+            break
+    return specs
+
+
+def genotype_json(g) -> dict:
+    return {"normal": [list(e) for e in g.normal], "normal_concat": list(g.normal_concat),
+            "reduce": [list(e) for e in g.reduce], "reduce_concat": list(g.reduce_concat)}
+
+
+def spec_name(spec: dict) -> str:
+    if spec["kind"] == "model":
+        return spec["model"]
+    if spec["kind"] == "nb201":
+        return spec["arch"]
+    return f"{spec['space']} {spec['network']} genotype"
+
+
+def build_spec(spec: dict):
+    """(model, input shape) of a calibration network spec."""
+    import torch
+    from spaces import Nb201NetConfig, build_network, network_config
+    from spaces.genotypes import genotype_from_dict
+    torch.manual_seed(0)
+    if spec["kind"] == "model":
+        from profilers.shapes import resolve_model
+        return resolve_model(spec["model"]), tuple(spec["input"])
+    if spec["kind"] == "nb201":
+        net = build_network(Nb201NetConfig(arch=spec["arch"]))
+    else:
+        g = genotype_from_dict(spec["genotype"]).validate(spec["space"])
+        net = build_network(network_config(spec["network"], g, spec["space"]))
+    return net, tuple(net.input_shape(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring and fitting
+
+
+def sample_of(model, shape, table: DeviceTable, measurement, name: str, spec: dict, role: str = "calibration"):
+    """A :class:`~costmodels.incontext.Sample`: the network's op-group times from ``table`` and its
+    measured latency (a ``Measurement`` in seconds)."""
+    from costmodels.incontext import Sample, group_features
+    from costmodels.predict import predict_network
+    p = predict_network(model, shape, table, incontext=None)
+    feats, n_ops = group_features(p.per_key)
+    return Sample(name, feats, n_ops, measurement.median * 1e3, spec, measurement.p10 * 1e3,
+                  measurement.p90 * 1e3, role)
+
+
+def _profile_missing_layers(table: DeviceTable, built, backend, log) -> DeviceTable:
+    """A layer table gains the layers of the calibration models it lacks (measured now, as
+    ``hwcost profile --model`` would): the models must be priced by the table to be fitted."""
+    import tempfile
+    from device_tables import merge_tables
+    from profilers.profile import model_jobs, profile
+    jobs, seen = [], set()
+    for model, shape in built:
+        for j in model_jobs(model, shape):
+            if j.key not in table and j.key not in seen:
+                seen.add(j.key)
+                jobs.append(j)
+    if not jobs:
+        return table
+    log(f"profiling {len(jobs)} layers of the calibration models that the table lacks")
+    with tempfile.TemporaryDirectory(prefix="hwcost-calibrate-") as tmp:
+        extra = profile(jobs, backend, Path(tmp) / "layers.json", spaces=["torch"], progress=False,
+                        provenance={"by": "hwcost calibrate"})
+    merged, _ = merge_tables([table, extra], force=True)
+    return dataclasses.replace(merged, device=table.device, measurement=table.measurement, created=table.created,
+                               provenance=table.provenance, source=table.source)
+
+
+def measure_specs(table: DeviceTable, specs: Sequence[dict], backend, settings=None,
+                  log: Callable[[str], None] = lambda s: None, role: str = "calibration"):
+    """Measure the networks of ``specs`` whole on ``backend`` (interleaved); returns
+    (table, samples) -- the table gains missing layers when it is a layer table."""
+    from profilers.profile import measure_models
+    settings = settings or network_settings()
+    built = [build_spec(s) for s in specs]
+    if table.spaces == ["torch"]:
+        table = _profile_missing_layers(table, built, backend, log)
+    log(f"measuring {len(built)} networks whole on {backend.name} ({settings.passes} interleaved rounds)")
+    measured = measure_models(list(built), backend, settings)
+    samples = [sample_of(m, shape, table, meas, spec_name(s), s, role)
+               for (m, shape), meas, s in zip(built, measured, specs)]
+    return table, samples
+
+
+def fit_table(table: DeviceTable, samples, keep_previous: bool = False) -> tuple[DeviceTable, object]:
+    """The table with an in-context model fitted on ``samples`` (plus its previous calibration
+    networks when ``keep_previous``)."""
+    from costmodels.incontext import fit_in_context, model_of
+    from costmodels.predict import Overhead
+    from device_tables.table import now_iso
+    from profilers.environment import cpu_id, cpu_model
+    samples = list(samples)
+    if keep_previous:
+        old = model_of(table)
+        if old is not None:
+            samples = list(old.samples) + samples
+    per_call = Overhead.from_table(table).per_call_ms
+    model = fit_in_context(samples, per_call, backend=str(table.runtime.get("backend")),
+                           host={"cpu": cpu_model(), "cpu_id": cpu_id()}, created=now_iso())
+    return dataclasses.replace(table, calibration=model.to_json()), model
+
+
+def calibrate(table: DeviceTable, out: str | Path, n: int = DEFAULT_NETWORKS, seed: int = 0,
+              network: str | None = None, models: Sequence[str] | None = None, backend: str | None = None,
+              settings=None, exclude: Sequence[dict] = (), log: Callable[[str], None] = print):
+    """Measure ``n`` networks, fit, write the calibrated table to ``out``; returns (table, model)."""
+    be = table_backend(table, backend)
+    specs = network_specs(table, n, seed, network, models, exclude)
+    table, samples = measure_specs(table, specs, be, settings, log)
+    side = Path(str(out) + ".calibration-samples.json")
+    side.write_text(json.dumps([s.to_json() for s in samples], indent=1) + "\n")
+    table, model = fit_table(table, samples)
+    save_table(table, out)
+    side.unlink(missing_ok=True)
+    return table, model
+
+
+__all__ = ["DEFAULT_MODELS", "DEFAULT_NETWORKS", "build_spec", "genotype_json", "calibrate", "fit_table", "measure_specs",
+           "network_settings", "network_specs", "sample_of", "spec_name", "table_backend"]
