@@ -424,8 +424,35 @@ def merge_tables(tables: Iterable[DeviceTable], force: bool = False) -> tuple[De
     return merged, conflicts
 
 
+CSV_HEADER_COLUMN = "table_header"   # the table's header as JSON, in the first row: read_csv_table reads it back
+
+
+def _csv_key_cells(key: Key) -> dict[str, Any]:
+    """The key-field columns of one entry's CSV row (a key's own extras as columns of their own)."""
+    fields = dict(key.as_dict())
+    cells = dict(fields.pop("extra", {}))
+    cells.update(fields)
+    return cells
+
+
+def _csv_extra(value: Any) -> str:
+    """An entry's extra value as a cell that reads back as itself: JSON, except a plain string
+    (written bare when it cannot be read as anything else)."""
+    if isinstance(value, str) and value:
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value, allow_nan=False)
+
+
 def to_csv(table: DeviceTable, file: str | Path | TextIO | None = None) -> int:
-    """Write one row per entry, key fields as columns; returns the number of rows."""
+    """Write one row per entry, key fields as columns; returns the number of rows.
+
+    The last column, ``table_header``, holds the table's header (device,
+    runtime, measurement, ...) as JSON in the first row, so :func:`read_csv_table`
+    (``hwcost table import-csv``) gives the same table back.
+    """
     if file is None:
         file = sys.stdout
     if isinstance(file, (str, Path)):
@@ -439,14 +466,94 @@ def to_csv(table: DeviceTable, file: str | Path | TextIO | None = None) -> int:
     extra_cols = sorted({name for e in table.entries for name in e.extra})
     columns = ["key", *key_cols, "median_ms", "p10_ms", "p90_ms", "n", "quality"]
     columns += [f"extra.{name}" for name in extra_cols]
+    columns.append(CSV_HEADER_COLUMN)
+    header = json.dumps(table.header(), sort_keys=True, allow_nan=False, separators=(",", ":"))
     writer = csv.DictWriter(file, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    for e in table.entries:
+    for i, e in enumerate(table.entries):
         d = e.to_json()
         row = {"key": d["key"], **{k: v for k, v in d.items() if k in columns}}
-        fields = dict(d["key_fields"])
-        row.update(fields.pop("extra", {}))
-        row.update(fields)
-        row.update((f"extra.{k}", json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in e.extra.items())
+        row.update(_csv_key_cells(e.key))
+        row.update((f"extra.{k}", _csv_extra(v)) for k, v in e.extra.items())
+        if i == 0:
+            row[CSV_HEADER_COLUMN] = header
         writer.writerow(row)
+    if not table.entries:
+        writer.writerow({CSV_HEADER_COLUMN: header})
     return len(table.entries)
+
+
+def read_csv_table(path: str | Path) -> DeviceTable:
+    """The table a :func:`to_csv` file holds (the inverse of ``hwcost table csv``), validated as
+    :func:`load_table` validates; one TableError naming the file, the line and the field."""
+    path = Path(path)
+    where = f"table CSV {path}"
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, 1 << 28))  # the header cell of a merged table can be long
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            if columns[:1] != ["key"] or CSV_HEADER_COLUMN not in columns:
+                raise TableError(f"{where}: not written by `hwcost table csv` (its first column is 'key' and it "
+                                 f"has a '{CSV_HEADER_COLUMN}' column with the device and runtime); got columns "
+                                 f"{', '.join(columns[:8]) or 'none'}{' ...' if len(columns) > 8 else ''}")
+            header, entries = None, []
+            for row in reader:
+                try:
+                    cell = row.get(CSV_HEADER_COLUMN) or ""
+                    if cell:
+                        if header is not None:
+                            raise TableError(f"a second {CSV_HEADER_COLUMN}")
+                        try:
+                            header = json.loads(cell)
+                        except ValueError as e:
+                            raise TableError(f"{CSV_HEADER_COLUMN}: not valid JSON ({e})") from None
+                        if not isinstance(header, dict):
+                            raise TableError(f"{CSV_HEADER_COLUMN}: must be a JSON object")
+                    if not row.get("key"):
+                        if cell and not any(v for c, v in row.items() if c != CSV_HEADER_COLUMN):
+                            continue  # the header row of a table without entries
+                        raise TableError("key: empty")
+                    entries.append(_csv_entry(row, columns))
+                except TableError as e:
+                    raise TableError(f"{where} line {reader.line_num}: {e}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise TableError(f"{where}: cannot read it: {e}") from None
+    finally:
+        csv.field_size_limit(limit)
+    if header is None:
+        raise TableError(f"{where}: the {CSV_HEADER_COLUMN} cell of the first row is empty: no device and "
+                         f"runtime to make a table with")
+    try:
+        return DeviceTable.from_header(header, entries, source=str(path))
+    except TableError as e:
+        raise TableError(f"{where}: {e}") from None
+
+
+def _csv_entry(row: dict[str, Any], columns: list[str]) -> Entry:
+    try:
+        key = parse_key(row["key"])
+    except KeyFormatError as e:
+        raise TableError(f"key: {e}") from None
+    for name, value in _csv_key_cells(key).items():  # an edited field column would silently not count
+        cell = row.get(name)
+        if cell is not None and cell != ("" if value is None else str(value)):
+            raise TableError(f"column {name} is {cell!r} but the key {key.to_str()!r} says {value!r} "
+                             f"(the key column is what counts: edit both or neither)")
+    numbers: dict[str, Any] = {}
+    for name, kind in (("median_ms", float), ("p10_ms", float), ("p90_ms", float), ("n", int)):
+        try:
+            numbers[name] = kind(row.get(name) or "")
+        except ValueError:
+            raise TableError(f"{name}: not a number: {row.get(name)!r}") from None
+    extra = {}
+    for name in columns:
+        cell = row.get(name)
+        if name.startswith("extra.") and cell not in (None, ""):
+            try:
+                extra[name[len("extra."):]] = json.loads(cell)
+            except ValueError:
+                extra[name[len("extra."):]] = cell
+    return Entry(key, numbers["median_ms"], numbers["p10_ms"], numbers["p90_ms"], numbers["n"],
+                 row.get("quality") or "", extra)

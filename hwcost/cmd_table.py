@@ -12,8 +12,8 @@ import json
 import sys
 from typing import Any
 
-from device_tables import (DeviceTable, bundled_table_path, import_nb201_csv, list_bundled, load_table,
-                           merge_tables, save_table, to_csv)
+from device_tables import (DeviceTable, TableError, bundled_table_path, import_nb201_csv, list_bundled,
+                           load_table, merge_tables, save_table, to_csv)
 
 _MAX_CONFLICTS_SHOWN = 20
 
@@ -102,7 +102,30 @@ def cmd_csv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv_columns(path: str) -> list[str]:
+    import csv
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise TableError(f"CSV {path}: cannot read it: {e}") from None
+
+
 def cmd_import_csv(args: argparse.Namespace) -> int:
+    from device_tables.table import read_csv_table
+    columns = _csv_columns(args.csv)
+    if columns[:1] == ["key"]:  # written by `hwcost table csv`: the table back, header and all
+        if args.device is not None:
+            raise TableError(f"{args.csv} is a table CSV (from `hwcost table csv`), which names its own device; "
+                             f"--device picks a column of a NAS-Bench-201 latency CSV")
+        table = read_csv_table(args.csv)
+        save_table(table, args.out)
+        print(f"wrote {args.out}: {len(table)} entries ({table.kind}-level), device {table.device['name']}")
+        return 0
+    if args.device is None:
+        shown = ", ".join(columns[2:]) if columns[:2] == ["index", "arch"] else "none (not an NB201 latency CSV)"
+        raise TableError(f"{args.csv} is not a table CSV (from `hwcost table csv`, first column 'key'); as a "
+                         f"NAS-Bench-201 latency CSV it needs --device COLUMN; device columns: {shown}")
     table = import_nb201_csv(args.csv, args.device, args.out)
     print(f"wrote {args.out}: {len(table)} architectures, device {args.device}")
     return 0
@@ -131,14 +154,24 @@ def add_table_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="merge even if devices or runtime settings differ")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("csv", help="export one row per entry as CSV")
+    p = sub.add_parser("csv", help="export one row per entry as CSV (import-csv reads it back)",
+                       description="One row per entry: key, its fields, median_ms, p10_ms, p90_ms, n, quality, "
+                                   "extra.* -- and a last column, table_header, holding the table's device, "
+                                   "runtime and measurement as JSON in the first row, so that `hwcost table "
+                                   "import-csv` gives the same table back.")
     p.add_argument("table", metavar="TABLE")
     p.add_argument("--out", help="CSV file (default: stdout)")
     p.set_defaults(func=cmd_csv)
 
-    p = sub.add_parser("import-csv", help="import a NAS-Bench-201 latency CSV column as an arch-level table")
+    p = sub.add_parser("import-csv", help="a CSV back into a table: `table csv` output, or an NB201 latency column",
+                       description="Two kinds of CSV. (1) A CSV written by `hwcost table csv` (first column "
+                                   "'key'): the same table comes back (the inverse of `table csv`; edit values "
+                                   "in a spreadsheet, keep the key and table_header columns). (2) A "
+                                   "NAS-Bench-201 latency CSV (index,arch,<device>...): --device COLUMN "
+                                   "becomes an arch-level table.")
     p.add_argument("csv", metavar="CSV")
-    p.add_argument("--device", required=True, metavar="COLUMN", help="device column, e.g. raspi4")
+    p.add_argument("--device", metavar="COLUMN",
+                   help="for an NB201 latency CSV: the device column, e.g. raspi4")
     p.add_argument("--out", required=True, help="output table (.json or .json.gz)")
     p.set_defaults(func=cmd_import_csv)
 

@@ -97,3 +97,91 @@ def test_show_of_a_valid_table_has_no_marks_and_a_bad_header_is_one_line(tmp_pat
     assert cli("show", str(tmp_path / "bad.json")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "runtime.threads" in err[0]
+
+
+# --- csv <-> import-csv -----------------------------------------------------------------------------
+
+ODD_EXTRAS = {"count": 3, "rel_ci": 0.0123456789012345, "pass_medians_ms": [0.1, 0.2], "meta": {"a": [1, None]},
+              "note": "plain text, with a comma", "digits": "3", "flag": True, "none": None, "empty": "",
+              "word_null": "null", "nan_text": "NaN"}
+
+
+def _rich_table() -> DeviceTable:
+    keyed = OpKey("darts", "sep_conv_3x3", 1, 16, 16, 32, 32, 1, extra={"c_mid": 32, "z": "max"})
+    entries = [Entry(keyed, 0.123456789012345, 0.1, 1 / 3, 17, "noisy", dict(ODD_EXTRAS)),
+               Entry(OpKey("darts", "skip_connect", 1, 16, 16, 32, 32, 1), 1e-05, 1e-05, 2e-05, 1, "capped"),
+               Entry(OpKey("darts", "max_pool_3x3", 2, 8, 8, 7, 7, 2), 12.5, 12.0, 13.0, 100, "ok", {"count": 2})]
+    return DeviceTable(kind="op", spaces=["darts"], device={"name": "Pi 4, \"lab\"", "cpu": "Cortex-A72"},
+                       runtime={**ORT_CPU, "graph_optimization": "all"}, entries=tuple(entries),
+                       measurement={"call_overhead_ms": 0.004, "passes": 10, "note": "x\ny"},
+                       created="2025-01-31T10:00:00+00:00",
+                       provenance={"merged_from": [{"table": "a.json", "entries": 2}], "source": "runner"})
+
+
+def _round_trip(tmp_path, original: DeviceTable, capsys, via_stdout: bool = False) -> DeviceTable:
+    save_table(original, tmp_path / "t.json")
+    csv_path = tmp_path / "t.csv"
+    if via_stdout:
+        assert cli("csv", str(tmp_path / "t.json")) == 0
+        csv_path.write_text(capsys.readouterr().out)
+    else:
+        assert cli("csv", str(tmp_path / "t.json"), "--out", str(csv_path)) == 0
+    assert cli("import-csv", str(csv_path), "--out", str(tmp_path / "back.json")) == 0
+    assert "wrote" in capsys.readouterr().out
+    return load_table(tmp_path / "back.json")
+
+
+@pytest.mark.parametrize("via_stdout", [False, True])
+def test_csv_and_import_csv_round_trip(tmp_path, capsys, via_stdout):
+    original = _rich_table()
+    back = _round_trip(tmp_path, original, capsys, via_stdout)
+    assert back == original
+    rich = next(e for e in original if e.extra.get("note"))
+    assert back.get(rich.key).extra == ODD_EXTRAS   # types too: "3" stays a string, True a bool
+    assert (tmp_path / "back.json").read_text() == (tmp_path / "t.json").read_text()
+
+
+def test_csv_round_trip_of_an_arch_table_and_an_empty_one(tmp_path, capsys):
+    from device_tables import ArchKey
+    arch = DeviceTable(kind="arch", spaces=["nb201"], device={"name": "raspi4"}, runtime={"backend": "published"},
+                       entries=(Entry.imported(ArchKey("nb201", "|none~0|+|skip_connect~0|none~1|+|a~0|b~1|c~2|",
+                                                       "cifar10"), 41.25, nb201_index=7),),
+                       created="2025-01-31", provenance={"source": "HELP"})
+    assert _round_trip(tmp_path, arch, capsys) == arch
+    empty = table(0)
+    assert _round_trip(tmp_path, empty, capsys) == empty
+
+
+def test_csv_stays_a_plain_table_for_spreadsheets(tmp_path, capsys):
+    import csv
+    import io
+    save_table(_rich_table(), tmp_path / "t.json")
+    assert cli("csv", str(tmp_path / "t.json")) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 3 and rows[0]["key"].startswith("darts/") and float(rows[2]["median_ms"]) > 0
+    assert json.loads(rows[0]["table_header"])["device"]["name"] == 'Pi 4, "lab"'
+    assert rows[1]["table_header"] == rows[2]["table_header"] == ""
+
+
+def test_import_csv_refuses_what_it_cannot_read_back_in_one_line(tmp_path, capsys):
+    save_table(_rich_table(), tmp_path / "t.json")
+    assert cli("csv", str(tmp_path / "t.json"), "--out", str(tmp_path / "t.csv")) == 0
+    capsys.readouterr()
+    text = (tmp_path / "t.csv").read_text()
+    cases = {
+        "edited": (text.replace(",16,16,32,32,1,32,max,", ",16,16,32,32,1,64,max,", 1), "column c_mid is '64'"),
+        "no-header": ("\n".join(line.rsplit(",", 1)[0] if i == 0 else line
+                                for i, line in enumerate(text.splitlines())) + "\n", "table_header"),
+        "bad-median": (text.replace("12.5", "twelve", 1), "median_ms: not a number"),
+        "nb201-without-device": ("index,arch,raspi4,pixel3\n0,|none~0|+|a~0|b~1|+|a~0|b~1|c~2|,1.5,2.5\n",
+                                 "--device COLUMN; device columns: raspi4, pixel3"),
+    }
+    for name, (content, match) in cases.items():
+        path = tmp_path / f"{name}.csv"
+        path.write_text(content)
+        assert cli("import-csv", str(path), "--out", str(tmp_path / f"{name}.json")) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("hwcost: error:") and match in err[0], (name, err)
+        assert not (tmp_path / f"{name}.json").exists()
+    assert cli("import-csv", str(tmp_path / "t.csv"), "--device", "raspi4", "--out", str(tmp_path / "x.json")) == 2
+    assert "names its own device" in capsys.readouterr().err
