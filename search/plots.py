@@ -11,6 +11,11 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+def _marker(n_points: int) -> dict:
+    """Markers while the points are few: a line through one point draws nothing (a one-epoch run)."""
+    return {"marker": "o", "markersize": 4} if n_points <= 30 else {}
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -28,7 +33,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax = axes[0][k]
             for o, name in enumerate(ops):  # mean weight of each op over the cell's edges
                 ys = [sum(edge[o] for edge in a["weights"][k]) / len(a["weights"][k]) for a in alphas]
-                ax.plot(epochs, ys, label=name)
+                ax.plot(epochs, ys, label=name, **_marker(len(epochs)))
             ax.set_title(f"cell type {k}: mean softmax(alpha) per op")
             ax.set_xlabel("epoch")
         axes[0][-1].legend(fontsize=7)
@@ -45,7 +50,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         steps = [r["step"] for r in log]
         for ax, m in zip(axes[0], metrics):
             ax.plot(steps, [r["costs"][m] for r in log], label="cost of the network now derived"
-                    if cfg["search"]["cost_mode"] == "derived" else "expected cost")
+                    if cfg["search"]["cost_mode"] == "derived" else "expected cost", **_marker(len(steps)))
             if m in budgets:
                 ax.axhline(budgets[m], color="r", ls="--", label="budget")
             ax.set_title(m)
