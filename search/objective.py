@@ -8,7 +8,9 @@
   budgets in ms, parameters or MACs alike.
 
 Budgets are given in user units: ``latency=4ms``, ``params=1.5M``,
-``macs=300M``, ``memory=12MiB``.
+``macs=300M``, ``memory=12MiB``. A budget below the cheapest network the space
+can derive (:func:`attainable_range`, from the cost tensor before any training)
+is refused with the attainable range (:func:`check_attainable`).
 """
 from __future__ import annotations
 
@@ -119,3 +121,75 @@ class Objective:
 
     def satisfied(self, costs: dict) -> dict[str, bool]:
         return {t.metric: costs[t.metric] <= t.value for t in self.terms if t.kind == "hard"}
+
+
+# --- what the space can reach -------------------------------------------------------------------
+
+# The names budgets are given under (``latency=…``), per metric of the cost tensor.
+_USER_NAME = {"latency_ms": "latency", "params": "params", "macs": "macs", "activation_bytes": "memory"}
+
+
+def attainable_range(expected, all_costs=None) -> dict[str, tuple[float, float]]:
+    """The lowest and highest cost, per metric, of any network derivation can produce.
+
+    ``expected`` is the search's :class:`costmodels.expected_cost.ExpectedCost`: its cost tensor
+    is the target network's, with the fixed part (stem, classifier, preprocessing) and whatever
+    overhead handling the search applies, so the figures are the ones a budget is judged by.
+    The derivation rule is its rule: darts-like spaces keep, per node, the 2 incoming edges
+    (all of them if it has 2) each with a non-``none`` op; nb201 one op (``none`` included) per
+    edge. Costs add up over the chosen (edge, op) pairs, so each metric's extreme is the sum of
+    per-node extremes (each metric on its own: one network need not reach every minimum).
+    ``all_costs`` -- ``(archs, costs [n, metrics])`` of every network of a small space in
+    ``expected.metrics`` order, e.g. an architecture-level table's measurements -- answers exactly.
+    """
+    from costmodels.expected_cost import EDGES_KEPT
+    if all_costs is not None:
+        costs = all_costs[1]
+        out = {}
+        for i, m in enumerate(expected.metrics):
+            col = costs[:, i][torch.isfinite(costs[:, i])]
+            out[m] = (float(col.min()), float(col.max())) if len(col) else (math.inf, math.inf)
+        return out
+    c, fixed = expected.c, expected.fixed                   # [cell types, edges, ops, metrics], [metrics]
+    if expected.nb201:
+        lo = fixed + c.min(dim=2).values.sum(dim=(0, 1))
+        hi = fixed + c.max(dim=2).values.sum(dim=(0, 1))
+    else:
+        allowed = c[:, :, expected.non_none]                # a derived darts edge never holds none
+        e_lo, e_hi = allowed.min(dim=2).values, allowed.max(dim=2).values   # [cell types, edges, metrics]
+        lo, hi = fixed.clone(), fixed.clone()
+        for idx in expected.groups:                          # each node's incoming edges
+            keep = min(EDGES_KEPT, len(idx))
+            lo = lo + e_lo[:, idx].sort(dim=1).values[:, :keep].sum(dim=(0, 1))
+            hi = hi + e_hi[:, idx].sort(dim=1, descending=True).values[:, :keep].sum(dim=(0, 1))
+    return {m: (float(lo[i]), float(hi[i])) for i, m in enumerate(expected.metrics)}
+
+
+def _shown(metric: str, value: float, up: bool) -> str:
+    """``value`` as a budget is written (``latency=…ms``, ``params=…M``), to 4 significant digits,
+    rounded up (a minimum: the figure shown is attainable) or down (a maximum)."""
+    unit, scale = {"latency_ms": ("ms", 1.0), "activation_bytes": ("MiB", 2**20)}.get(metric, ("", 1.0))
+    if unit == "":
+        unit, scale = next(((u, s) for u, s in (("G", 1e9), ("M", 1e6), ("k", 1e3)) if abs(value) >= s), ("", 1.0))
+    x = value / scale
+    if x > 0 and math.isfinite(x):
+        q = 10.0 ** (math.floor(math.log10(x)) - 3)
+        x = (math.ceil(x / q * (1 + 1e-12)) if up else math.floor(x / q * (1 + 1e-12))) * q
+    return f"{x:.4g}{unit}"
+
+
+def check_attainable(terms: list[ResourceTerm], ranges: dict[str, tuple[float, float]], what: str = "") -> None:
+    """A hard budget below the cheapest network the space can derive is one error, before any
+    training, giving the attainable range of every budgeted metric. (A budget inside the range
+    but missed by a search is reported as not met; one above it always holds.)"""
+    hard = [t for t in terms if t.kind == "hard" and t.metric in ranges]
+    low = [t for t in hard if t.value < ranges[t.metric][0] * (1 - 1e-9)]
+    if not low:
+        return
+    name = lambda t: _USER_NAME.get(t.metric, t.metric)  # noqa: E731
+    said = ", ".join(f"{name(t)}={_shown(t.metric, t.value, up=False)}" for t in low)
+    span = "; ".join(f"{name(t)} {_shown(t.metric, ranges[t.metric][0], up=True)} … "
+                     f"{_shown(t.metric, ranges[t.metric][1], up=False)}" for t in hard)
+    raise HwcostError(f"budget {said} {'is' if len(low) == 1 else 'are'} below the cheapest network "
+                      f"{what or 'the space'} can derive; attainable: {span} (each on its own); "
+                      f"give a budget inside that range")

@@ -49,7 +49,7 @@ from . import distributed as D
 from .costs import cached_search_cost_tensor
 from .data import load_data, search_loaders
 from .derive import constrained_derive, derived_costs
-from .objective import Objective, parse_term
+from .objective import Objective, attainable_range, check_attainable, parse_term
 from .progressive import PDARTS_MAX_SKIPS, cap_skips, keep_strongest, mask_of, plan_stages, skip_dropout_rate, \
     subsets_of
 from .schedules import SCHEDULES, lr_at
@@ -231,8 +231,6 @@ class SearchRun:
         if resume:                             # the run's settings, or one line naming what differs
             check_same_settings(self.out, "search", cfg.to_dict(), RESUME_FREE, _canonical)
         D.barrier()                            # every rank has checked --out before rank 0 writes there
-        if D.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.spec = get_strategy(cfg.strategy)
@@ -252,6 +250,14 @@ class SearchRun:
         from costmodels.expected_cost import ExpectedCost
         self.expected = ExpectedCost(self.cost_tensor, mode=cfg.cost_mode)
         self.objective = Objective(self.terms, self.cost_tensor.metrics, cfg.dual_lr, cfg.budget_floor)
+        self.attainable = None
+        if any(t.kind == "hard" for t in self.terms):   # a budget no derivable network meets: stop now
+            from .costs import enumerate_nb201_costs
+            self.attainable = attainable_range(self.expected, enumerate_nb201_costs(cfg.table, self.cost_tensor))
+            check_attainable(self.terms, self.attainable, f"the {cfg.space} space ({self.cost_notes['target']} "
+                                                          f"network{', table ' + cfg.table if cfg.table else ''})")
+        if D.is_main():                        # nothing is written before every input has been checked
+            self.out.mkdir(parents=True, exist_ok=True)
         self.epoch, self.step = 0, 0
         if resume and (self.out / "checkpoint.pt").exists():
             self._load_checkpoint()            # every rank loads it; rank 0 truncates the logs
@@ -515,6 +521,7 @@ class SearchRun:
                 str(derived["arch"]) if self.cfg.space == "nb201" else derived["arch"].to_dict()),
             "budgets": budgets, "penalties": {t.metric: t.value for t in self.terms if t.kind == "soft"},
             "derived": costs, "within_budget": {m: costs.get(m, math.inf) <= b for m, b in budgets.items()},
+            "attainable": {m: list(self.attainable[m]) for m in budgets} if self.attainable else {},
             "repaired_edges": derived["repaired"], "table": self.cfg.table, "target": self.cost_notes["target"],
             "supernet_val_accuracy": self.accuracy(val_loader), "epochs": self.epoch, "steps": self.step,
             "search_seconds": round(seconds, 2), "lr_schedule": self.cfg.lr_schedule, "max_w": self.cfg.max_w,

@@ -106,9 +106,11 @@ def test_table_of_another_space_is_refused(tmp_path):
         SearchRun(small(space="darts", budgets=["latency=5ms"], table="raspi4"), tmp_path / "r")
 
 
-def test_impossible_budget_reports_not_met(tmp_path):
-    r = run_search(small(budgets=["params=1000"]), tmp_path / "r", progress=False)
-    assert r["within_budget"] == {"params": False}
+def test_impossible_budget_is_refused_before_training(tmp_path):
+    # below the cheapest derivable network (tests/test_budget_attainable.py: the range, NOT met)
+    with pytest.raises(HwcostError, match=r"params=1k is below the cheapest .* attainable: params"):
+        run_search(small(budgets=["params=1000"]), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
 
 
 def test_optimised_mixed_op_equals_plain_weighted_sum():
