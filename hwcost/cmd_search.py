@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_search_parser(sub) -> argparse.ArgumentParser:
@@ -38,6 +39,15 @@ def add_search_parser(sub) -> argparse.ArgumentParser:
                         "expected: RAPDARTS's plain expectation")
     p.add_argument("--budget-floor", type=float,
                    help="keep each budgeted cost above this share of its budget (default 0.85; 0 = upper bound only)")
+    p.add_argument("--confidence", type=float,
+                   help="a latency budget holds on the device at this confidence: the search aims under it by the "
+                        "margin the calibrated table's residuals need (default 0.9 with a calibrated table)")
+    g = p.add_argument_group("hardware in the loop")
+    g.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure the derived network on the table's backend here; outside [floor, budget], add it "
+                        "to the table's calibration and derive again (default: on when the table was profiled on "
+                        "this machine)")
+    g.add_argument("--verify-rounds", type=int, default=None, help="re-derivations at most (default 3)")
     p.add_argument("--epochs", type=int, help="default 10")
     p.add_argument("--steps-per-epoch", type=int)
     p.add_argument("--batch-size", type=int,
@@ -98,7 +108,8 @@ def _list(text: str | None, kind, flag: str) -> list | None:
 
 
 # Options that set a SearchConfig field of the same name (the others: _given_settings).
-_SETTINGS = ("space", "strategy", "data", "network", "table", "surrogate", "cost_mode", "budget_floor", "epochs",
+_SETTINGS = ("space", "strategy", "data", "network", "table", "surrogate", "cost_mode", "budget_floor", "confidence",
+             "epochs",
              "steps_per_epoch", "batch_size", "C", "layers", "partial_k", "max_w", "seed", "threads", "lr_schedule",
              "lr_power", "weight_lr", "arch_lr", "warmup_epochs", "max_skips", "share_weights", "bottleneck",
              "derived_cells")
@@ -124,6 +135,16 @@ def cmd_search(args) -> int:
     given = _given_settings(args)
     cfg = resume_config(args.out, given) if args.resume else SearchConfig(**given)
     from search import distributed as D
+
+    from .verify import DEFAULT_ROUNDS, check_verifiable, verify_default
+    verify, why = args.verify, ""
+    if verify:
+        check_verifiable(cfg.table)            # before training: one error if this machine cannot verify
+    elif verify is None:
+        verify, why = verify_default(cfg.table)
+    if args.verify_rounds is not None and not verify:
+        raise HwcostError("--verify-rounds goes with --verify (the table must be profiled on this machine)")
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     try:
         r = run_search(cfg, args.out, resume=args.resume, progress=not args.json)
         main = D.is_main()
@@ -131,13 +152,30 @@ def cmd_search(args) -> int:
         D.shutdown()
     if not main:
         return 0
+    if r.get("latency_basis", "").startswith("uncalibrated"):
+        log(f"note: the latency budget is on the {r['latency_basis']}")
+    if verify and "latency_ms" in r["derived"]:
+        from .verify import verify_search
+        rounds = DEFAULT_ROUNDS if args.verify_rounds is None else args.verify_rounds
+        log(f"verify: measuring the derived network on {r.get('table')} 's backend ({rounds} re-derivations at most)")
+        r = verify_search(cfg, args.out, r, rounds, log=log)
+    elif args.verify is None and cfg.table is not None and not args.json:
+        print(f"(not verified on this machine: {why})")
     if args.json:
         print(json.dumps(r, indent=1))
         return 0
     print(f"derived {'arch' if 'arch' in r else 'genotype'}: {r.get('arch', r.get('genotype'))}")
+    given = r.get("budgets_given") or {}
     for m, b in r["budgets"].items():
         v = r["derived"].get(m)
-        print(f"  {m}: {v:.6g} (budget {b:.6g}, {'met' if r['within_budget'][m] else 'NOT met'})")
+        aim = (f", aimed at {b:.6g} for {r['confidence']['confidence']:.0%} confidence on the device"
+               if r.get("confidence") and m == "latency_ms" and given.get(m, b) != b else "")
+        print(f"  {m}: {v:.6g} (budget {given.get(m, b):.6g}{aim}, "
+              f"{'met' if r['within_budget'][m] else 'NOT met'})")
+    if r.get("verify"):
+        last = r["verify"]["rounds"][-1]
+        print(f"  measured on this machine: {last['measured_ms']:.6g} ms after {r['verify']['rounds_used']} "
+              f"re-derivation(s): {'inside' if r['verify']['met'] else 'OUTSIDE'} [floor, budget]")
     for m in ("latency_ms", "params", "macs"):
         if m in r["derived"] and m not in r["budgets"]:
             print(f"  {m}: {r['derived'][m]:.6g}")

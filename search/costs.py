@@ -29,10 +29,48 @@ from spaces.nb201_arch import EDGES
 ANALYTICAL = ("params", "macs", "activation_bytes")
 
 
-@functools.lru_cache(maxsize=4)
 def _table(name_or_path: str) -> DeviceTable:
-    """A table loaded once per run (the NB201 tables hold 15,625 rows)."""
-    return load_table(bundled_table_path(name_or_path))
+    """A table loaded once per run (the NB201 tables hold 15,625 rows), again when its file changed
+    (the verify loop adds to a table's calibration between derivations)."""
+    path = bundled_table_path(name_or_path)
+    return _load_once(str(path), _stamp(str(path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_once(path: str, stamp) -> DeviceTable:
+    return load_table(path)
+
+
+def confidence_margin(table_path: str | None, confidence: float | None) -> dict | None:
+    """How far a latency budget must aim under itself to hold at ``confidence`` on the device: the
+    calibrated table's one-sided bound ``u`` (P(measured <= u * predicted) = confidence). None for
+    a table without calibration (the budget is then on the uncalibrated sum of ops); asking for a
+    confidence there is an error."""
+    from costmodels.incontext import DEFAULT_CONFIDENCE, check_confidence, model_of
+    if confidence is not None:
+        check_confidence(confidence)
+    model = model_of(_table(table_path)) if table_path is not None else None
+    if model is None:
+        if confidence is not None:
+            raise HwcostError(f"--confidence needs a calibrated table; {table_path or 'no --table'} has no in-context "
+                              f"model (hwcost calibrate TABLE measures networks and fits one)")
+        return None
+    c = DEFAULT_CONFIDENCE if confidence is None else confidence
+    return {"confidence": c, "upper_factor": model.upper_factor(c), "loo_mean": model.mean, "loo_std": model.std,
+            "calibration_networks": len(model.samples)}
+
+
+def apply_margin(terms, margin: dict | None, floor: float) -> None:
+    """Aim each hard latency term at ``budget / u`` and keep its band's floor at ``floor * budget``
+    (the floor was the user's fraction of the budget: it stays where the user put it)."""
+    if margin is None:
+        return
+    u = margin["upper_factor"]
+    for t in terms:
+        if t.kind == "hard" and t.metric == "latency_ms":
+            t.given = t.value if t.given is None else t.given
+            t.value = t.given / u
+            t.floor = min(floor * u, 0.99) if floor > 0 else 0.0
 
 
 def target_config(space: str, network: str):

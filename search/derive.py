@@ -44,7 +44,9 @@ def _shortfall(objective, costs: torch.Tensor) -> float:
     v = 0.0
     for t in objective.terms:
         if t.kind == "hard":
-            v += max(0.0, 1.0 - float(costs[objective.index(t.metric)]) / (objective.floor * t.value))
+            floor = objective.floor_of(t)
+            if floor > 0:
+                v += max(0.0, 1.0 - float(costs[objective.index(t.metric)]) / (floor * t.value))
     return v
 
 
@@ -90,7 +92,8 @@ def constrained_derive(model, expected, objective, ops: tuple[str, ...], max_mov
         _, alphas, costs = best
         moves += 1
     non_none = [i for i, name in enumerate(ops) if name != "none"]
-    while objective.floor > 0 and _violation(objective, costs) == 0 and _shortfall(objective, costs) > 0 \
+    while any(objective.floor_of(t) > 0 for t in objective.terms if t.kind == "hard") \
+            and _violation(objective, costs) == 0 and _shortfall(objective, costs) > 0 \
             and moves < max_moves:                                          # up: upgrade
         best = None
         for k, e, o in expected.chosen(alphas, model.betas):
@@ -123,7 +126,7 @@ def _enumerate(model, logp: torch.Tensor, objective, ops, archs: list, costs: to
         if t.kind == "hard":
             c = costs[:, objective.index(t.metric)]
             ok &= c <= t.value
-            band &= (c <= t.value) & (c >= objective.floor * t.value)
+            band &= (c <= t.value) & (c >= objective.floor_of(t) * t.value)
     plain = derive(model, model.alphas.detach(), ops)
     finite = torch.isfinite(score)  # architectures using an op a progressive stage dropped are out
     ok &= finite

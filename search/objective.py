@@ -39,6 +39,8 @@ class ResourceTerm:
     kind: str            # "hard" or "soft"
     value: float         # budget (hard) or lambda (soft), in the metric's base unit
     multiplier: float = 0.0  # Lagrange multiplier of a hard term
+    floor: float | None = None   # this term's band floor (fraction of value); None: the objective's
+    given: float | None = None   # the budget as the user gave it, when ``value`` aims lower (a confidence margin)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +86,10 @@ class Objective:
     def index(self, metric: str) -> int:
         return self.metrics.index(metric)
 
+    def floor_of(self, t: ResourceTerm) -> float:
+        """The lower end of a hard term's band [floor B, B], as a fraction of its value."""
+        return self.floor if t.floor is None else t.floor
+
     def penalty(self, costs: torch.Tensor) -> torch.Tensor:
         """The differentiable resource part of the alpha loss."""
         total = costs.new_zeros(())
@@ -105,11 +111,12 @@ class Objective:
             if t.kind != "hard":
                 continue
             c = float(costs[self.index(t.metric)])
+            floor = self.floor_of(t)
             if c > t.value:
                 t.multiplier += self.dual_lr * (c / t.value - 1.0)
-            elif c < self.floor * t.value:
-                t.multiplier += self.dual_lr * (c / (self.floor * t.value) - 1.0)
-            if self.floor == 0.0:
+            elif c < floor * t.value:
+                t.multiplier += self.dual_lr * (c / (floor * t.value) - 1.0)
+            if floor == 0.0:
                 t.multiplier = max(0.0, t.multiplier)
 
     def report(self, costs: torch.Tensor) -> dict:

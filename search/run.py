@@ -70,6 +70,7 @@ class SearchConfig:
     penalties: list[str] = field(default_factory=list)   # e.g. ["params=1e-7"]
     cost_mode: str = "derived"           # "derived" (value = derived network's cost) | "expected"
     budget_floor: float = 0.85           # keep a hard-budgeted cost >= floor * budget (0 disables)
+    confidence: float | None = None      # latency budgets hold at this confidence (calibrated table; default 0.9)
     dual_lr: float = 0.5
     epochs: int = 10
     batch_size: int = 64
@@ -249,6 +250,10 @@ class SearchRun:
         self.cost_notes = json.loads(json.dumps(notes, default=str))   # a copy: the cached notes stay as built
         from costmodels.expected_cost import ExpectedCost
         self.expected = ExpectedCost(self.cost_tensor, mode=cfg.cost_mode)
+        from .costs import apply_margin, confidence_margin
+        self.margin = confidence_margin(cfg.table, cfg.confidence) if "latency_ms" in self.cost_tensor.metrics \
+            else None
+        apply_margin(self.terms, self.margin, cfg.budget_floor)
         self.objective = Objective(self.terms, self.cost_tensor.metrics, cfg.dual_lr, cfg.budget_floor)
         self.attainable = None
         if any(t.kind == "hard" for t in self.terms):   # a budget no derivable network meets: stop now
@@ -522,6 +527,13 @@ class SearchRun:
             "budgets": budgets, "penalties": {t.metric: t.value for t in self.terms if t.kind == "soft"},
             "derived": costs, "within_budget": {m: costs.get(m, math.inf) <= b for m, b in budgets.items()},
             "attainable": {m: list(self.attainable[m]) for m in budgets} if self.attainable else {},
+            "budgets_given": {t.metric: t.given if t.given is not None else t.value for t in self.terms
+                              if t.kind == "hard"},
+            "confidence": self.margin,
+            "latency_basis": (None if "latency_ms" not in self.cost_tensor.metrics else
+                              "in-context model of the calibrated table" if self.cost_notes.get("calibration")
+                              else "uncalibrated sum of the table's ops (hwcost calibrate TABLE for budgets that "
+                                   "hold on the device)"),
             "repaired_edges": derived["repaired"], "table": self.cfg.table, "target": self.cost_notes["target"],
             "supernet_val_accuracy": self.accuracy(val_loader), "epochs": self.epoch, "steps": self.step,
             "search_seconds": round(seconds, 2), "lr_schedule": self.cfg.lr_schedule, "max_w": self.cfg.max_w,

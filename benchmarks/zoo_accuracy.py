@@ -1,0 +1,131 @@
+"""Predicted vs measured latency of a torchvision model zoo, each model calibrated on the others only.
+
+    .venv/bin/python benchmarks/zoo_accuracy.py [--backend ort-cpu] [--models a,b,...] [--out-dir DIR]
+
+For one backend (1 thread, batch 1, 1x3x224x224):
+
+1. every layer of every model is profiled into one layer table (what
+   ``hwcost profile --model`` does, all models' keys in one interleaved run);
+2. every model is measured whole (exported to ONNX on ``ort-*``), all models
+   prepared first and timed in 10 interleaved rounds, each keeping its quietest
+   window (``profilers.profile.measure_models``);
+3. each model is predicted (a) as the sum of its layers (what the table says,
+   fusion and per-call overhead removed, nothing fitted) and (b) through the
+   in-context model (``costmodels.incontext``) fitted on the **other** models
+   only (leave one model out) -- the model scored never calibrates its own
+   prediction.  With (b), its 90 % interval.
+
+Prints a per-model table, MAPE and the shares within +-5 % / +-10 %, the
+interval's coverage, the machine and the load; writes
+``benchmarks/results/zoo_<backend>.json``.  Target (issue 11): >= 95 % within +-10 %.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from costmodels.incontext import fit_in_context, group_features  # noqa: E402
+from costmodels.predict import Overhead, predict_network  # noqa: E402
+from costmodels.surrogate import accuracy  # noqa: E402
+from hwcost.calibrate import sample_of  # noqa: E402
+from profilers.backends import get_backend  # noqa: E402
+from profilers.environment import device_info, host_label  # noqa: E402
+from profilers.measure import Settings  # noqa: E402
+from profilers.profile import measure_models, model_jobs, profile  # noqa: E402
+from profilers.shapes import resolve_model  # noqa: E402
+
+ZOO = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "squeezenet1_1",
+       "shufflenet_v2_x1_0", "mnasnet1_0", "efficientnet_b0", "regnet_x_400mf", "regnet_y_400mf", "googlenet",
+       "densenet121", "alexnet", "vgg11", "convnext_tiny")
+IMAGE = (1, 3, 224, 224)
+NET_SETTINGS = Settings(max_time_s=3.0, passes=10)
+
+
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="ort-cpu")
+    ap.add_argument("--models", default=",".join(ZOO))
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    names = [m for m in args.models.split(",") if m]
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    dev = device_info()
+    log(f"machine: {host_label()}, {dev['logical_cores']} logical cores; load {load()}")
+    log(f"command: {' '.join(['benchmarks/zoo_accuracy.py'] + sys.argv[1:])}")
+    backend = get_backend(args.backend, threads=1)
+    t0 = time.perf_counter()
+    models = {n: resolve_model(f"torchvision:{n}").eval() for n in names}
+    jobs, seen = [], set()
+    for n, m in models.items():
+        for j in model_jobs(m, IMAGE):
+            if j.key not in seen:
+                seen.add(j.key)
+                jobs.append(j)
+    with tempfile.TemporaryDirectory(prefix="hwcost-zoo-") as tmp:
+        table = profile(jobs, backend, Path(tmp) / "zoo.json", spaces=["torch"], progress=False,
+                        provenance={"models": names, "input": list(IMAGE), "by": "benchmarks/zoo_accuracy.py"})
+    log(f"layer table: {len(table)} keys of {len(names)} models profiled in {time.perf_counter() - t0:.0f} s "
+        f"(load {load()}); per-call overhead {Overhead.from_table(table).per_call_ms * 1e3:.2f} us")
+    t1 = time.perf_counter()
+    measured = measure_models([(m, IMAGE) for m in models.values()], backend, NET_SETTINGS)
+    log(f"{len(names)} models measured whole in {time.perf_counter() - t1:.0f} s (load {load()})")
+    samples = {n: sample_of(m, IMAGE, table, meas, n, {"kind": "model", "model": f"torchvision:{n}",
+                                                       "input": list(IMAGE)})
+               for (n, m), meas in zip(models.items(), measured)}
+    per_call = Overhead.from_table(table).per_call_ms
+    rows = []
+    for n, m in models.items():
+        raw = predict_network(m, IMAGE, table, incontext=None)
+        others = [s for k, s in samples.items() if k != n]
+        ic = fit_in_context(others, per_call)
+        feats, n_ops = group_features(raw.per_key)
+        cal = ic.predict(feats, n_ops)
+        lo, hi = ic.interval(cal, 0.9)
+        y = samples[n].measured_ms
+        rows.append({"model": n, "measured_ms": y, "p10_ms": samples[n].p10_ms, "p90_ms": samples[n].p90_ms,
+                     "sum_of_ops_ms": raw.latency_ms, "calibrated_ms": cal, "low90_ms": lo, "high90_ms": hi,
+                     "layers": raw.n_calls, "fused": raw.n_fused, "lambda": ic.lam})
+    log(f"\n{'model':<20} {'layers':>6} {'measured':>9} {'sum of ops':>11} {'err':>7} {'calibrated':>11} {'err':>7}"
+        f"  90% interval")
+    for r in rows:
+        log(f"{r['model']:<20} {r['layers']:>6} {r['measured_ms']:7.2f}ms {r['sum_of_ops_ms']:9.2f}ms "
+            f"{r['sum_of_ops_ms'] / r['measured_ms'] - 1:>+7.1%} {r['calibrated_ms']:9.2f}ms "
+            f"{r['calibrated_ms'] / r['measured_ms'] - 1:>+7.1%}  [{r['low90_ms']:.2f}, {r['high90_ms']:.2f}]")
+    y = np.array([r["measured_ms"] for r in rows])
+    summary = {}
+    for field, label in (("sum_of_ops_ms", "sum of ops, nothing fitted"),
+                         ("calibrated_ms", "in-context model fitted on the other models (leave one model out)")):
+        p = np.array([r[field] for r in rows])
+        s = summary[field] = {**accuracy(y, p), "mean_signed_error": float(np.mean(p / y - 1))}
+        log(f"{label}: MAPE {s['mape']:.2%}, within 5% {s['within_5']:.0%}, within 10% {s['within_10']:.0%}, "
+            f"mean signed {s['mean_signed_error']:+.2%}")
+    cover = float(np.mean([r["low90_ms"] <= r["measured_ms"] <= r["high90_ms"] for r in rows]))
+    log(f"90% interval covers {cover:.0%} of the models; total {time.perf_counter() - t0:.0f} s, load {load()}")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"zoo_{args.backend}.json"
+    path.write_text(json.dumps({"backend": args.backend, "machine": {**dev, "label": host_label()},
+                                "rows": rows, "summary": summary, "interval90_coverage": cover,
+                                "seconds": time.perf_counter() - t0}, indent=1) + "\n")
+    log(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

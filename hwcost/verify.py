@@ -1,0 +1,150 @@
+"""Hardware in the loop: measure the network a search derived, and derive again until it fits.
+
+    search --> derived network --> export + measure on the table's backend (this machine)
+       ^                                  |
+       |   outside [floor * B, B]:        v
+       +--- re-derive <-- refit the table's in-context model with this network added
+
+A pipeline that crosses layers (search, profilers, costmodels), so it lives in
+``hwcost/``.  Each round records the budget, the prediction with its interval
+and the measurement in ``result.json`` (``verify.rounds``).  The table's
+calibration grows by the measured networks (role ``verify``) and is written
+back to the table file, so a later search on it starts from what was learnt.
+A table without a calibration is calibrated first (a few random networks of its
+space), since one measured network cannot separate an op mix from noise.
+Re-deriving reuses the search's architecture weights (its last checkpoint):
+the constrained derivation picks the most probable network inside the band
+under the corrected costs -- no further training.  Params / MACs budgets need
+no loop: they are exact.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from spaces.errors import HwcostError
+
+DEFAULT_ROUNDS = 3
+FIRST_CALIBRATION = 5   # networks measured to calibrate a table that has no calibration yet
+
+
+def verify_default(table_path: str | None) -> tuple[bool, str]:
+    """Whether ``--verify`` is on by default for this table: it was profiled here (same CPU model and
+    identity), on a backend this machine runs, and it is an op-level table in a file (the loop writes
+    its calibration back)."""
+    from device_tables import bundled_table_path, load_table
+    from profilers.environment import same_host
+    if table_path is None:
+        return False, "no --table"
+    path = bundled_table_path(table_path)
+    if not Path(table_path).exists():
+        return False, f"{table_path} is a bundled table (measured elsewhere)"
+    table = load_table(path)
+    if table.kind != "op":
+        return False, "an architecture-level table (its latencies are already measured networks)"
+    from .calibrate import table_backend
+    try:
+        table_backend(table)
+    except HwcostError as e:
+        return False, str(e)
+    same, why = same_host(table.device)
+    if not same or not table.device.get("cpu_id"):
+        return False, why
+    return True, why
+
+
+def check_verifiable(table_path: str | None) -> None:
+    """``--verify`` asked for explicitly: one clear error when this machine cannot verify."""
+    from device_tables import load_table
+    from .calibrate import table_backend
+    if table_path is None:
+        raise HwcostError("--verify measures the derived network's latency: give --table (a table profiled here)")
+    if not Path(table_path).is_file():
+        raise HwcostError(f"--verify writes what it measures into the table's calibration: {table_path} is a "
+                          f"bundled table; copy it to a file (and profile this machine) first")
+    table = load_table(table_path)
+    if table.kind != "op":
+        raise HwcostError(f"--verify needs an op-level table; {table_path} is architecture-level (its latencies "
+                          f"are measurements of the networks already)")
+    table_backend(table)   # another CPU, a remote device, another backend: one error
+
+
+def _build(space: str, network: str, arch):
+    from .calibrate import build_spec, genotype_json
+    if space == "nb201":
+        spec = {"kind": "nb201", "arch": str(arch)}
+    else:
+        from spaces.genotypes import genotype_from_dict
+        g = genotype_from_dict(arch) if isinstance(arch, dict) else arch
+        spec = {"kind": "genotype", "space": space, "network": network, "genotype": genotype_json(g)}
+    model, shape = build_spec(spec)
+    return spec, model, shape
+
+
+def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUNDS, settings=None,
+                  log: Callable[[str], None] = print) -> dict:
+    """Measure the derived network; while it lies outside [floor * B, B], add it to the table's
+    calibration and re-derive (at most ``rounds`` times). Returns the final result, with
+    ``verify`` recording every round; writes it to ``out/result.json``."""
+    from costmodels.predict import predict_network
+    from device_tables import load_table, save_table
+    from profilers.profile import measure_models
+    from search.run import run_search
+
+    from .calibrate import calibrate, fit_table, network_settings, sample_of, table_backend
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise HwcostError(f"--verify-rounds must be a non-negative integer, got {rounds!r}")
+    settings = settings or network_settings()
+    out = Path(out)
+    table_path = cfg.table
+    table = load_table(table_path)
+    backend = table_backend(table)
+    budget = result.get("budgets_given", result["budgets"]).get("latency_ms")
+    floor = cfg.budget_floor * budget if budget is not None else None
+    history, seen = [], set()
+    for r in range(rounds + 1):
+        arch = result.get("arch", result.get("genotype"))
+        spec, model, shape = _build(cfg.space, cfg.network, arch)
+        p = predict_network(model, shape, table, confidence=(result.get("confidence") or {}).get("confidence"))
+        meas = measure_models([(model, shape)], backend, settings)[0]
+        ms = meas.median * 1e3
+        inside = budget is None or (floor <= ms <= budget)
+        rec = {"round": r, "predicted_ms": result["derived"]["latency_ms"], "table_predicted_ms": p.latency_ms,
+               "low_ms": p.low_ms, "high_ms": p.high_ms, "confidence": p.confidence, "measured_ms": ms,
+               "measured_p10_ms": meas.p10 * 1e3, "measured_p90_ms": meas.p90 * 1e3, "budget_ms": budget,
+               "floor_ms": floor, "in_band": inside, "arch": json.dumps(arch, sort_keys=True)
+               if isinstance(arch, dict) else str(arch), "calibrated": p.calibrated}
+        history.append(rec)
+        where = ("" if budget is None else f" ({ms / budget:.0%} of the budget {budget:.3f} ms: "
+                                           f"{'inside' if inside else 'outside'} [{floor:.3f}, {budget:.3f}])")
+        log(f"   verify round {r}: predicted {rec['predicted_ms']:.3f} ms"
+            + (f" [{p.low_ms:.3f}, {p.high_ms:.3f}]" if p.calibrated else " (uncalibrated)")
+            + f", measured {ms:.3f} ms{where}")
+        if inside or r == rounds:
+            break
+        key = rec["arch"]
+        seen.add(key)
+        if table.calibration is None:
+            log(f"   the table has no calibration: measuring {FIRST_CALIBRATION} random networks of its space first")
+            table, _ = calibrate(table, table_path, n=FIRST_CALIBRATION, seed=1000 + r, settings=settings,
+                                 exclude=[spec], log=lambda s: log("   " + s))
+        sample = sample_of(model, shape, table, meas, f"verify round {r}", spec, role="verify")
+        table, model_ic = fit_table(table, [sample], keep_previous=True)
+        save_table(table, table_path)
+        log(f"   added it to {table_path}'s calibration ({len(model_ic.samples)} networks; leave-one-out "
+            f"{model_ic.mean:+.1%} +- {model_ic.std:.1%}); deriving again")
+        result = run_search(cfg, str(out), resume=True, progress=False)
+        new_key = (json.dumps(result.get("genotype"), sort_keys=True) if "genotype" in result
+                   else str(result.get("arch")))
+        if new_key in seen:
+            # the corrected costs lead back to a network already measured: measure it once more, then stop
+            log("   the corrected costs derive a network measured already")
+    met = history[-1]["in_band"]
+    result["verify"] = {"rounds": history, "met": met, "rounds_used": len(history) - 1,
+                        "table": str(table_path), "backend": backend.name}
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+__all__ = ["DEFAULT_ROUNDS", "check_verifiable", "verify_default", "verify_search"]

@@ -1,0 +1,132 @@
+"""Hardware in the loop (hwcost.verify) and confidence budgets, on a toy backend whose networks cost
+more than the sum of their ops -- the situation that put the demo's network over budget on another host."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from costmodels.predict import predict_network
+from device_tables import DATA_DIR, load_table, save_table
+from hwcost.cli import main
+from profilers import backends as B
+from profilers.environment import device_info
+from profilers.measure import Measurement
+from search.run import SearchConfig, run_search
+
+TOY = "toy-incontext"
+SLOWDOWN, EXTRA_MS = 1.35, 0.02      # a network = 1.35 x its ops' sum + 20 us: the sum under-predicts
+FAST = dict(data="synthetic", epochs=2, steps_per_epoch=3, batch_size=16, C=4, layers=3, threads=1)
+
+
+class _Toy(B.Backend):
+    """Networks 'measured' by a known in-context law over the toy table's ops (deterministic)."""
+    name = TOY
+    table = None
+
+    def prepare(self, module, inputs):
+        ms = SLOWDOWN * predict_network(module, tuple(inputs[0].shape), self.table, incontext=None).latency_ms
+        ms += EXTRA_MS
+
+        def fn():
+            return None
+        fn.toy_ms = ms
+        return fn
+
+    def measure_interleaved(self, fns, settings):
+        return [Measurement([f.toy_ms / 1e3] * 9) for f in fns]
+
+
+@pytest.fixture
+def toy_table(tmp_path):
+    """The shipped nb201 ort-cpu entries as a table of the toy backend, profiled 'here'."""
+    t = load_table(DATA_DIR / "nb201_ort-cpu.json")
+    t = dataclasses.replace(t, device=device_info(), runtime={**t.runtime, "backend": TOY})
+    path = tmp_path / "toy.json"
+    save_table(t, path)
+    B._BACKENDS[TOY] = _Toy
+    _Toy.table = load_table(path)
+    yield path
+    B._BACKENDS.pop(TOY, None)
+
+
+def _budget(path, q=0.5) -> float:
+    """A latency budget inside the space as the uncalibrated table prices it (and as the toy runs it)."""
+    from hwcost.pipeline import random_derived_costs
+    from search.costs import search_cost_tensor
+    from spaces import NB201_OPS
+    ct, _ = search_cost_tensor("nb201", "cifar10", tuple(NB201_OPS), str(path))
+    lat = random_derived_costs(ct, 200, 0)[:, ct.index("latency_ms")].numpy()
+    return float(np.quantile(lat, q))
+
+
+def test_verify_loop_brings_the_measured_network_into_the_band(toy_table, tmp_path):
+    budget = _budget(toy_table) * 1.1
+    cfg = SearchConfig(space="nb201", table=str(toy_table), budgets=[f"latency={budget}ms"], **FAST)
+    r = run_search(cfg, str(tmp_path / "run"), progress=False)
+    # the uncalibrated sum says it fits; the device (toy) says 1.35x: over budget
+    from hwcost.verify import verify_search
+    first = SLOWDOWN * r["derived"]["latency_ms"] + EXTRA_MS
+    assert first > budget
+    r = verify_search(cfg, tmp_path / "run", r, rounds=3, log=lambda s: None)
+    rounds = r["verify"]["rounds"]
+    assert rounds[0]["measured_ms"] == pytest.approx(first, rel=1e-6)
+    assert not rounds[0]["in_band"]
+    last = rounds[-1]
+    assert r["verify"]["met"] and 0.85 * budget <= last["measured_ms"] <= budget
+    assert last["calibrated"] and last["low_ms"] <= last["measured_ms"] <= last["high_ms"]
+    # what was measured is in the table's calibration, and result.json records every round
+    cal = load_table(toy_table).calibration
+    assert sum(n["role"] == "verify" for n in cal["networks"]) == len(rounds) - 1
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["verify"]["rounds"] == rounds
+
+
+def test_confidence_budget_aims_under_the_budget_by_the_calibrated_margin(toy_table, tmp_path):
+    from hwcost.calibrate import calibrate
+    table, model = calibrate(load_table(toy_table), toy_table, n=6, log=lambda s: None)
+    budget = _budget(toy_table) * 1.3
+    cfg = SearchConfig(space="nb201", table=str(toy_table), budgets=[f"latency={budget}ms"], confidence=0.95,
+                       **FAST)
+    r = run_search(cfg, str(tmp_path / "run"), progress=False)
+    u = model.upper_factor(0.95)
+    assert r["confidence"]["upper_factor"] == pytest.approx(u)
+    assert r["budgets_given"]["latency_ms"] == pytest.approx(budget)
+    assert r["budgets"]["latency_ms"] == pytest.approx(budget / u)
+    assert r["derived"]["latency_ms"] <= budget / u
+    # the search's latency is the calibrated one: the toy law, up to the fit
+    measured = SLOWDOWN * predict_network(*_net(r["arch"]), load_table(toy_table), incontext=None).latency_ms + EXTRA_MS
+    assert r["derived"]["latency_ms"] == pytest.approx(measured, rel=0.02)
+
+
+def _net(arch):
+    from spaces import Nb201NetConfig, build_network
+    net = build_network(Nb201NetConfig(arch=arch))
+    return net, tuple(net.input_shape(1))
+
+
+def test_cli_search_confidence_without_calibration_is_one_error(toy_table, tmp_path, capsys):
+    assert main(["search", "--space", "nb201", "--data", "synthetic", "--epochs", "1", "--steps-per-epoch", "1",
+                 "--table", str(toy_table), "--budget", "latency=5ms", "--confidence", "0.9", "--no-verify",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--confidence needs a calibrated table" in err and "Traceback" not in err
+
+
+def test_cli_verify_with_a_table_of_another_device_is_one_error(tmp_path, capsys):
+    t = load_table(DATA_DIR / "nb201_ort-cpu.json")
+    t = dataclasses.replace(t, device={**t.device, "cpu": "Another CPU 1", "cpu_id": "x"})
+    save_table(t, tmp_path / "other.json")
+    assert main(["search", "--space", "nb201", "--data", "synthetic", "--epochs", "1", "--table",
+                 str(tmp_path / "other.json"), "--budget", "latency=5ms", "--verify", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "Another CPU 1" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_verify_is_on_by_default_only_for_a_table_profiled_here(toy_table, tmp_path):
+    from hwcost.verify import verify_default
+    assert verify_default(str(toy_table))[0]
+    assert not verify_default("nb201_ort-cpu")[0]          # bundled: measured elsewhere
+    assert not verify_default("raspi4")[0]
