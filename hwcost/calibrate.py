@@ -46,7 +46,8 @@ def table_backend(table: DeviceTable, backend: str | None = None):
     if backend is not None and backend != name:
         raise HwcostError(f"table {table.source} was profiled on backend {name}; calibrating it on {backend} would "
                           f"fit one runtime's networks to another's ops (profile a {backend} table first)")
-    if name in _REMOTE:
+    if name in _REMOTE or table.provenance.get("source") == "runner" or \
+            table.measurement.get("tool") == "hwcost runner":
         raise HwcostError(f"table {table.source} was measured on a remote device through a bundle; its networks "
                           f"must be measured there too (not supported yet: profile and calibrate on the device)")
     same, why = same_host(table.device)

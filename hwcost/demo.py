@@ -4,24 +4,30 @@
    of the network that will be deployed (DARTS space, CIFAR-10 eval network,
    C=36, 20 cells) -- or reuse that table if an earlier demo measured it;
 2. fit the op-level latency surrogates to it and report their held-out error;
-3. pick a latency budget inside the space's range on this CPU;
-4. search (DARTS, first order) on scikit-learn's digits under that budget,
-   the cost term being the deployed network's latency from the table;
-5. derive the network, export it to ONNX (checked against PyTorch), measure it
-   on ONNX Runtime and print budget vs predicted vs measured.
+3. calibrate the table's in-context model on 10 random networks measured
+   whole (``hwcost calibrate``), unless an earlier demo did;
+4. pick a latency budget inside the space's range on this CPU;
+5. search (DARTS, first order) on scikit-learn's digits under that budget at
+   90 % confidence, the cost term being the deployed network's calibrated latency;
+6. derive the network, export it to ONNX (checked against PyTorch), measure it
+   on ONNX Runtime; outside [85 %, 100 %] of the budget, add it to the
+   calibration and derive again (``hwcost search --verify``); print every round.
 """
 from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 
 def _cpu() -> str:
-    from profilers.environment import cpu_model
-    return cpu_model() or platform.processor() or platform.machine()
+    return host_label()
+
+
+def host_label() -> str:
+    from profilers.environment import host_label as label
+    return label()
 
 
 def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float = 0.3, seed: int = 0,
@@ -34,7 +40,7 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     from search.run import SearchConfig, run_search
     from spaces import get_space
 
-    from .pipeline import ensure_table, measure_derived, random_derived_costs
+    from .pipeline import ensure_table, random_derived_costs
 
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -59,6 +65,23 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     else:
         print(f"   fitted on {rep['keys']} keys (too few per op type to hold any out) -> {surrogate_path}")
 
+    from device_tables import load_table
+
+    from .calibrate import calibrate
+    print("\n3. In-context model: the table's ops summed vs whole networks measured on this CPU")
+    table = load_table(table_path)
+    if table.calibration is None:
+        t0 = time.perf_counter()
+        table, ic = calibrate(table, table_path, n=10, seed=seed, log=lambda line: print("   " + line))
+        how = f"10 random networks measured in {time.perf_counter() - t0:.0f} s"
+    else:
+        from costmodels.incontext import model_of
+        ic = model_of(table)
+        how = f"reused from {table_path} ({len(ic.samples)} networks, {ic.created})"
+    sm = ic.summary()
+    print(f"   {how}; leave-one-out error MAPE {sm['loo_mape']:.1%} (mean {sm['loo_mean']:+.1%}, sd "
+          f"{sm['loo_std']:.1%}); networks run {1 / sm['default_factor'] - 1:+.0%} against the sum of their ops")
+
     ops = tuple(get_space("darts").primitives)
     # the same arguments as the search below, so that it reuses this tensor
     ct, _ = cached_search_cost_tensor("darts", "cifar10", ops, str(table_path), str(surrogate_path))
@@ -66,7 +89,7 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     import numpy as np
     budget = float(np.quantile(lat, budget_quantile))
     budget = round(budget, 2)
-    print(f"\n3. The space on this CPU: 500 random derived networks predict {lat.min():.2f} - {lat.max():.2f} ms "
+    print(f"\n4. The space on this CPU: 500 random derived networks predict {lat.min():.2f} - {lat.max():.2f} ms "
           f"(median {np.median(lat):.2f}); budget = their {int(100 * budget_quantile)}th percentile: "
           f"latency <= {budget:.2f} ms")
 
@@ -74,33 +97,52 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     if run_dir.exists():
         import shutil
         shutil.rmtree(run_dir)
-    print(f"\n4. Search: DARTS (first order), digits, {epochs} epochs, budget latency={budget:.2f}ms "
-          f"(hard, dual ascent) -> {run_dir}/")
+    print(f"\n5. Search: DARTS (first order), digits, {epochs} epochs, budget latency={budget:.2f}ms at 90% "
+          f"confidence (hard, dual ascent) -> {run_dir}/")
     cfg = SearchConfig(space="darts", strategy="darts", data="digits", network="cifar10", table=str(table_path),
                        surrogate=str(surrogate_path), budgets=[f"latency={budget}ms"], epochs=epochs, seed=seed)
     t0 = time.perf_counter()
     r = run_search(cfg, str(run_dir))
+    aim = r["budgets"]["latency_ms"]
+    print(f"   aimed at {aim:.2f} ms (the calibrated 90% bound is {r['confidence']['upper_factor']:.3f} x the "
+          f"prediction)")
     g = r["genotype"]
     print(f"   {time.perf_counter() - t0:.0f} s; supernet accuracy on held-out digits "
           f"{100 * r['supernet_val_accuracy']:.1f}%")
     print(f"   normal: {g['normal']}")
     print(f"   reduce: {g['reduce']}")
 
-    print(f"\n5. Export the derived network to ONNX, check it, measure it on {backend} (1 thread)")
+    print(f"\n6. Export the derived network to ONNX, check it, measure it on {backend} (1 thread); outside "
+          f"[85%, 100%] of the budget: add it to the calibration and derive again")
     from spaces.genotypes import genotype_from_dict
-    geno = genotype_from_dict(g)
-    m = measure_derived("darts", geno, "cifar10", backend, onnx_path=out / "derived.onnx")
-    print(f"   {m['onnx']}: {m['onnx_nodes']} nodes, max |ORT - PyTorch| {m['onnx_max_abs_diff']:.1e}")
+    from profilers.export import export_onnx
 
-    pred = r["derived"]["latency_ms"]
-    meas = m["latency_ms"]
-    print("\n   budget      predicted (table)   measured (whole network, median [p10, p90])")
-    print(f"   {budget:6.2f} ms   {pred:6.2f} ms ({100 * pred / budget:3.0f}%)    "
-          f"{meas:6.2f} ms ({100 * meas / budget:3.0f}%) [{m['p10_ms']:.2f}, {m['p90_ms']:.2f}]   "
-          f"{'within budget' if meas <= budget else 'OVER budget'}")
+    from .verify import verify_search
+    from spaces import build_network, network_config
+    net = build_network(network_config("cifar10", genotype_from_dict(g), "darts"))
+    torch.manual_seed(0)
+    ex = export_onnx(net.eval(), torch.randn(*net.input_shape(1)), str(out / "derived.onnx"))
+    print(f"   {ex.path}: {ex.n_nodes} nodes, max |ORT - PyTorch| {ex.max_abs_diff:.1e}")
+    r = verify_search(cfg, run_dir, r, rounds=3, log=lambda line: None)
+    rounds = r["verify"]["rounds"]
+    print("\n   round  budget      predicted [90% interval]           measured (median [p10, p90])")
+    for v in rounds:
+        print(f"   {v['round']:>5}  {budget:6.2f} ms   {v['predicted_ms']:6.2f} ms [{v['low_ms']:.2f}, {v['high_ms']:.2f}]"
+              f"   {v['measured_ms']:6.2f} ms ({100 * v['measured_ms'] / budget:3.0f}%) "
+              f"[{v['measured_p10_ms']:.2f}, {v['measured_p90_ms']:.2f}]   "
+              f"{'in [85%, 100%]' if v['in_band'] else ('OVER budget' if v['measured_ms'] > budget else 'under 85%')}")
+    if len(rounds) > 1:
+        g = r["genotype"]
+        print(f"   final normal: {g['normal']}")
+        print(f"   final reduce: {g['reduce']}")
+    last = rounds[-1]
+    pred, meas = last["predicted_ms"], last["measured_ms"]
     print(f"   params {r['derived']['params'] / 1e6:.2f} M, MACs {r['derived']['macs'] / 1e6:.0f} M "
           f"(CIFAR-10 network, C=36, 20 cells)")
-    summary = {"budget_ms": budget, "predicted_ms": pred, "measured": m, "genotype": g,
+    m = {"latency_ms": meas, "p10_ms": last["measured_p10_ms"], "p90_ms": last["measured_p90_ms"],
+         "onnx": ex.path, "onnx_nodes": ex.n_nodes, "onnx_max_abs_diff": ex.max_abs_diff}
+    summary = {"budget_ms": budget, "predicted_ms": pred, "measured": m, "genotype": g, "verify": r["verify"],
+               "host": host_label(), "calibration": sm,
                "table": str(table_path), "seconds": round(time.perf_counter() - t_start, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\ndone in {time.perf_counter() - t_start:.0f} s; summary in {out / 'summary.json'}")
