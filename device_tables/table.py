@@ -161,6 +161,17 @@ def check_header(h: dict[str, Any], *, allow: Iterable[str] = ()) -> None:
         raise TableError(f"created: must be an ISO date such as 2025-01-31, got {created!r}") from None
 
 
+def _raw_entries(doc: Any) -> list:
+    """A parsed table document's header checked, and its list of (not yet checked) entries."""
+    if not isinstance(doc, dict):
+        raise TableError(f"not a device table: the top level is a JSON {_type_name(doc)}, not an object")
+    check_header(doc, allow=("entries",))
+    raw = doc.get("entries")
+    if not isinstance(raw, list):
+        raise TableError(f"entries: must be a list, got {_type_name(raw)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class DeviceTable:
     """Latency entries for one device and runtime; look up with ``get``/``latency_ms``."""
@@ -215,12 +226,7 @@ class DeviceTable:
     @classmethod
     def from_json(cls, doc: Any, source: str | None = None) -> "DeviceTable":
         """Build from a parsed table document; errors name the field, not the file."""
-        if not isinstance(doc, dict):
-            raise TableError(f"not a device table: the top level is a JSON {_type_name(doc)}, not an object")
-        check_header(doc, allow=("entries",))
-        raw = doc.get("entries")
-        if not isinstance(raw, list):
-            raise TableError(f"entries: must be a list, got {_type_name(raw)}")
+        raw = _raw_entries(doc)
         entries, first_at = [], {}
         for i, d in enumerate(raw):
             try:
@@ -310,12 +316,7 @@ def load_table_for_viewing(path: str | Path) -> tuple[DeviceTable, list[dict[str
     path = Path(path)
     try:
         doc = read_json(path)
-        if not isinstance(doc, dict):
-            raise TableError(f"not a device table: the top level is a JSON {_type_name(doc)}, not an object")
-        check_header(doc, allow=("entries",))
-        raw = doc.get("entries")
-        if not isinstance(raw, list):
-            raise TableError(f"entries: must be a list, got {_type_name(raw)}")
+        raw = _raw_entries(doc)
         good, bad, first_at = [], [], {}
         for i, d in enumerate(raw):
             named = d["key"] if isinstance(d, dict) and isinstance(d.get("key"), str) else None

@@ -199,15 +199,17 @@ def measure_specs(table: DeviceTable, specs: Sequence[dict], backend, settings=N
                   log: Callable[[str], None] = lambda s: None, role: str = "calibration"):
     """Measure the networks of ``specs`` whole on ``backend`` (interleaved); returns
     (table, samples) -- the table gains missing layers when it is a layer table."""
-    from profilers.profile import measure_models
+    from profilers.profile import measure_models_with_reference
     settings = settings or network_settings()
     built = [build_spec(s) for s in specs]
     if table.spaces == ["torch"]:
         table = _profile_missing_layers(table, built, backend, log)
     log(f"measuring {len(built)} networks whole on {backend.name} ({settings.passes} interleaved rounds)")
-    measured = measure_models(list(built), backend, settings)
+    measured, ref = measure_models_with_reference(list(built), backend, settings)
     samples = [sample_of(m, shape, table, meas, spec_name(s), s, role)
                for (m, shape), meas, s in zip(built, measured, specs)]
+    for smp in samples:
+        smp.spec = {**smp.spec, "reference_ms": ref.median * 1e3}
     return table, samples
 
 

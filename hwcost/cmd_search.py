@@ -152,12 +152,13 @@ def cmd_search(args) -> int:
         D.shutdown()
     if not main:
         return 0
-    if r.get("latency_basis", "").startswith("uncalibrated"):
+    if (r.get("latency_basis") or "").startswith("uncalibrated"):
         log(f"note: the latency budget is on the {r['latency_basis']}")
     if verify and "latency_ms" in r["derived"]:
         from .verify import verify_search
         rounds = DEFAULT_ROUNDS if args.verify_rounds is None else args.verify_rounds
-        log(f"verify: measuring the derived network on {r.get('table')} 's backend ({rounds} re-derivations at most)")
+        log(f"verify: measuring the derived network on the backend of {r.get('table')} ({rounds} re-derivations "
+            f"at most)")
         r = verify_search(cfg, args.out, r, rounds, log=log)
     elif args.verify is None and cfg.table is not None and not args.json:
         print(f"(not verified on this machine: {why})")

@@ -39,6 +39,22 @@ def _raw(value: Any) -> str:
     return "-" if value is None else str(value) if isinstance(value, (int, str)) else json.dumps(value)
 
 
+def _calibration_line(table) -> str:
+    c = table.calibration
+    if c is None:
+        return "none: predictions are the sum of isolated ops (hwcost calibrate TABLE)"
+    r = c["residuals"]
+    verify = sum(n.get("role") == "verify" for n in c["networks"])
+    refs = [n["spec"].get("reference_ms") for n in c["networks"] if isinstance(n.get("spec"), dict)]
+    refs = [x for x in refs if isinstance(x, (int, float))]
+    slow = ""
+    if len(refs) > 1 and max(refs) / min(refs) > 1.05:
+        slow = f"; host reference kernel varied {max(refs) / min(refs) - 1:.0%} across them (a phase not quiet)"
+    return (f"{len(c['networks'])} networks ({verify} from verify rounds) measured {c['created']} on "
+            f"{c['host'].get('cpu', '?')}; leave-one-out {r['mean']:+.1%} +- {r['std']:.1%}; factors "
+            + ", ".join(f"{g} {f:.3g}" for g, f in sorted(c["factors"].items())) + slow)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from device_tables.table import load_table_for_viewing
     table, bad = load_table_for_viewing(bundled_table_path(args.table))
@@ -51,6 +67,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ["measurement", _fmt_dict(table.measurement)],
         ["created", table.created],
         ["provenance", _fmt_dict(table.provenance)],
+        ["calibration", _calibration_line(table)],
         ["entries", f"{len(table)}" + (f" (median {min(medians):.4g} .. {max(medians):.4g} ms)" if medians else "")
          + (f", and {len(bad)} BAD (marked !)" if bad else "")],
     ]

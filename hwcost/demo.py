@@ -31,7 +31,7 @@ def host_label() -> str:
 
 
 def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float = 0.3, seed: int = 0,
-             backend: str = "ort-cpu") -> int:
+             backend: str = "ort-cpu", calibration_networks: int = 10, network_time_s: float = 3.0) -> int:
     import onnxruntime
     import torch
 
@@ -67,13 +67,14 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
 
     from device_tables import load_table
 
-    from .calibrate import calibrate
+    from .calibrate import calibrate, network_settings
     print("\n3. In-context model: the table's ops summed vs whole networks measured on this CPU")
     table = load_table(table_path)
     if table.calibration is None:
         t0 = time.perf_counter()
-        table, ic = calibrate(table, table_path, n=10, seed=seed, log=lambda line: print("   " + line))
-        how = f"10 random networks measured in {time.perf_counter() - t0:.0f} s"
+        table, ic = calibrate(table, table_path, n=calibration_networks, seed=seed,
+                              settings=network_settings(network_time_s), log=lambda line: print("   " + line))
+        how = f"{calibration_networks} random networks measured in {time.perf_counter() - t0:.0f} s"
     else:
         from costmodels.incontext import model_of
         ic = model_of(table)
@@ -123,7 +124,7 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     torch.manual_seed(0)
     ex = export_onnx(net.eval(), torch.randn(*net.input_shape(1)), str(out / "derived.onnx"))
     print(f"   {ex.path}: {ex.n_nodes} nodes, max |ORT - PyTorch| {ex.max_abs_diff:.1e}")
-    r = verify_search(cfg, run_dir, r, rounds=3, log=lambda line: None)
+    r = verify_search(cfg, run_dir, r, rounds=3, settings=network_settings(network_time_s), log=lambda line: None)
     rounds = r["verify"]["rounds"]
     print("\n   round  budget      predicted [90% interval]           measured (median [p10, p90])")
     for v in rounds:
@@ -139,7 +140,7 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     pred, meas = last["predicted_ms"], last["measured_ms"]
     print(f"   params {r['derived']['params'] / 1e6:.2f} M, MACs {r['derived']['macs'] / 1e6:.0f} M "
           f"(CIFAR-10 network, C=36, 20 cells)")
-    m = {"latency_ms": meas, "p10_ms": last["measured_p10_ms"], "p90_ms": last["measured_p90_ms"],
+    m = {"latency_ms": meas, "p10_ms": last["measured_p10_ms"], "p90_ms": last["measured_p90_ms"], "n": len(rounds),
          "onnx": ex.path, "onnx_nodes": ex.n_nodes, "onnx_max_abs_diff": ex.max_abs_diff}
     summary = {"budget_ms": budget, "predicted_ms": pred, "measured": m, "genotype": g, "verify": r["verify"],
                "host": host_label(), "calibration": sm,

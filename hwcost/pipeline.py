@@ -20,20 +20,23 @@ def ensure_table(path: str | Path, space: str = "darts", networks: str = "cifar1
     profile it now; an interrupted profile is resumed from its journal."""
     from device_tables import load_table
     from profilers.backends import get_backend
-    from profilers.environment import device_info
+    from profilers.environment import same_host
     from profilers.profile import journal_path, profile, space_jobs
     path = Path(path)
     if path.exists():
         table = load_table(path)
-        here = device_info(None).get("cpu")
         if table.runtime.get("backend") != backend or table.runtime.get("threads") != threads:
             raise HwcostError(f"{path} was measured on {table.runtime.get('backend')} with "
                               f"{table.runtime.get('threads')} thread(s), not {backend} with {threads}; "
                               f"remove it or choose another path")
-        if table.device.get("cpu") != here:
-            log(f"   note: {path} was measured on {table.device.get('cpu')!r}, this CPU is {here!r}")
-        log(f"   reusing {path} ({len(table)} keys, measured {table.created})")
-        return table, False
+        same, why = same_host(table.device)
+        if same:
+            log(f"   reusing {path} ({len(table)} keys, measured {table.created})")
+            return table, False
+        # another CPU's table prices another machine: keep it aside and measure this one
+        aside = path.with_name(path.name.replace(".json", "") + ".other-cpu.json")
+        path.replace(aside)
+        log(f"   {path}: {why}; kept as {aside}, profiling this CPU")
     path.parent.mkdir(parents=True, exist_ok=True)
     resume = journal_path(path).exists()
     be = get_backend(backend, threads=threads, batch=1)

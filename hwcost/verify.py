@@ -29,6 +29,19 @@ DEFAULT_ROUNDS = 3
 FIRST_CALIBRATION = 5   # networks measured to calibrate a table that has no calibration yet
 
 
+HOST_SLOW = 1.05        # reference kernel this much slower than at calibration: the quiet phase did not come
+
+
+def _calibration_reference(table) -> float | None:
+    """Median reference-kernel time over the table's calibration measurements (None if unrecorded)."""
+    import statistics
+    if table.calibration is None:
+        return None
+    refs = [n["spec"].get("reference_ms") for n in table.calibration["networks"]]
+    refs = [r for r in refs if isinstance(r, (int, float)) and r > 0]
+    return statistics.median(refs) if refs else None
+
+
 def verify_default(table_path: str | None) -> tuple[bool, str]:
     """Whether ``--verify`` is on by default for this table: it was profiled here (same CPU model and
     identity), on a backend this machine runs, and it is an op-level table in a file (the loop writes
@@ -89,7 +102,7 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     ``verify`` recording every round; writes it to ``out/result.json``."""
     from costmodels.predict import predict_network
     from device_tables import load_table, save_table
-    from profilers.profile import measure_models
+    from profilers.profile import measure_models_with_reference
     from search.run import run_search
 
     from .calibrate import calibrate, fit_table, network_settings, sample_of, table_backend
@@ -102,18 +115,20 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     backend = table_backend(table)
     budget = result.get("budgets_given", result["budgets"]).get("latency_ms")
     floor = cfg.budget_floor * budget if budget is not None else None
-    history, seen = [], set()
+    history, seen, stopped = [], set(), None
     for r in range(rounds + 1):
         arch = result.get("arch", result.get("genotype"))
         spec, model, shape = _build(cfg.space, cfg.network, arch)
         p = predict_network(model, shape, table, confidence=(result.get("confidence") or {}).get("confidence"))
-        meas = measure_models([(model, shape)], backend, settings)[0]
+        (meas,), ref = measure_models_with_reference([(model, shape)], backend, settings)
         ms = meas.median * 1e3
+        ref_ms, ref_cal = ref.median * 1e3, _calibration_reference(table)
         inside = budget is None or (floor <= ms <= budget)
         rec = {"round": r, "predicted_ms": result["derived"]["latency_ms"], "table_predicted_ms": p.latency_ms,
                "low_ms": p.low_ms, "high_ms": p.high_ms, "confidence": p.confidence, "measured_ms": ms,
                "measured_p10_ms": meas.p10 * 1e3, "measured_p90_ms": meas.p90 * 1e3, "budget_ms": budget,
-               "floor_ms": floor, "in_band": inside, "arch": json.dumps(arch, sort_keys=True)
+               "floor_ms": floor, "in_band": inside, "reference_ms": ref_ms,
+               "host_vs_calibration": (ref_ms / ref_cal) if ref_cal else None, "arch": json.dumps(arch, sort_keys=True)
                if isinstance(arch, dict) else str(arch), "calibrated": p.calibrated}
         history.append(rec)
         where = ("" if budget is None else f" ({ms / budget:.0%} of the budget {budget:.3f} ms: "
@@ -121,6 +136,9 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
         log(f"   verify round {r}: predicted {rec['predicted_ms']:.3f} ms"
             + (f" [{p.low_ms:.3f}, {p.high_ms:.3f}]" if p.calibrated else " (uncalibrated)")
             + f", measured {ms:.3f} ms{where}")
+        if ref_cal and ref_ms / ref_cal > HOST_SLOW:
+            log(f"   note: the host runs a reference kernel {ref_ms / ref_cal - 1:+.0%} slower than when the table was "
+                f"calibrated: this measurement did not meet the host's quiet phase")
         if inside or r == rounds:
             break
         key = rec["arch"]
@@ -129,7 +147,8 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
             log(f"   the table has no calibration: measuring {FIRST_CALIBRATION} random networks of its space first")
             table, _ = calibrate(table, table_path, n=FIRST_CALIBRATION, seed=1000 + r, settings=settings,
                                  exclude=[spec], log=lambda s: log("   " + s))
-        sample = sample_of(model, shape, table, meas, f"verify round {r}", spec, role="verify")
+        sample = sample_of(model, shape, table, meas, f"verify round {r}", {**spec, "reference_ms": ref_ms},
+                           role="verify")
         table, model_ic = fit_table(table, [sample], keep_previous=True)
         save_table(table, table_path)
         log(f"   added it to {table_path}'s calibration ({len(model_ic.samples)} networks; leave-one-out "
@@ -138,10 +157,13 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
         new_key = (json.dumps(result.get("genotype"), sort_keys=True) if "genotype" in result
                    else str(result.get("arch")))
         if new_key in seen:
-            # the corrected costs lead back to a network already measured: measure it once more, then stop
-            log("   the corrected costs derive a network measured already")
+            # the corrected costs lead back to a network measured already: nothing new to learn
+            log("   the corrected costs derive a network measured already; stopping (a longer search or another "
+                "budget may be needed)")
+            stopped = "re-derived a network measured already"
+            break
     met = history[-1]["in_band"]
-    result["verify"] = {"rounds": history, "met": met, "rounds_used": len(history) - 1,
+    result["verify"] = {"rounds": history, "met": met, "rounds_used": len(history) - 1, "stopped": stopped,
                         "table": str(table_path), "backend": backend.name}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result

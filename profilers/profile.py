@@ -198,6 +198,22 @@ def measure_models(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Bac
         return backend.measure_interleaved(fns, settings)
 
 
+def reference_module() -> tuple[nn.Module, tuple[int, ...]]:
+    """A fixed kernel timed beside the networks (a 3x3 conv, 64 channels at 32x32, BN, ReLU: ~0.4 ms on
+    one core): how fast the host runs *now*. Its quietest window, compared with the one recorded when a
+    table was calibrated, says whether a measurement met the host's quiet phase."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()), (1, 64, 32, 32)
+
+
+def measure_models_with_reference(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Backend,
+                                  settings: Settings = Settings(max_time_s=10.0)):
+    """:func:`measure_models` with :func:`reference_module` interleaved as one more network;
+    returns (the networks' measurements, the reference's)."""
+    out = measure_models(list(models) + [reference_module()], backend, settings)
+    return out[:-1], out[-1]
+
+
 def measure_model(model: nn.Module, input_shape: tuple[int, ...], backend: Backend,
                   settings: Settings = Settings(max_time_s=10.0)) -> Measurement:
     """End-to-end latency of one network: the quietest of ``settings.passes`` consecutive

@@ -27,8 +27,11 @@ class _Toy(B.Backend):
     table = None
 
     def prepare(self, module, inputs):
-        ms = SLOWDOWN * predict_network(module, tuple(inputs[0].shape), self.table, incontext=None).latency_ms
-        ms += EXTRA_MS
+        if not any(hasattr(m, "hw_op") for m in module.modules()):
+            ms = 0.4                        # the host's reference kernel: a steady host
+        else:
+            ms = SLOWDOWN * predict_network(module, tuple(inputs[0].shape), self.table, incontext=None).latency_ms
+            ms += EXTRA_MS
 
         def fn():
             return None
@@ -77,6 +80,7 @@ def test_verify_loop_brings_the_measured_network_into_the_band(toy_table, tmp_pa
     last = rounds[-1]
     assert r["verify"]["met"] and 0.85 * budget <= last["measured_ms"] <= budget
     assert last["calibrated"] and last["low_ms"] <= last["measured_ms"] <= last["high_ms"]
+    assert last["host_vs_calibration"] == pytest.approx(1.0)   # the reference kernel ran as at calibration
     # what was measured is in the table's calibration, and result.json records every round
     cal = load_table(toy_table).calibration
     assert sum(n["role"] == "verify" for n in cal["networks"]) == len(rounds) - 1

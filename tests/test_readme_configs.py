@@ -1,0 +1,34 @@
+"""The README's tiny configuration of each strategy runs as written (issue 14, item 9)."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from hwcost.cli import main
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _tiny_lines() -> list[str]:
+    text = README.read_text()
+    block = text.split("<!-- tiny-configs -->", 1)[1]
+    body = re.search(r"```\n(.*?)```", block, re.S).group(1)
+    return [line for line in body.splitlines() if line.startswith("hwcost search")]
+
+
+def test_the_readme_lists_every_strategy():
+    from search.strategies import STRATEGIES
+    named = {shlex.split(line)[shlex.split(line).index("--strategy") + 1] for line in _tiny_lines()}
+    assert set(STRATEGIES) <= named
+
+
+@pytest.mark.parametrize("line", _tiny_lines())
+def test_tiny_configuration_runs(line, tmp_path):
+    argv = shlex.split(line)[1:]
+    i = argv.index("--out")
+    argv[i + 1] = str(tmp_path / argv[i + 1])
+    assert main(argv + ["--threads", "1", "--json"]) == 0
+    assert (tmp_path / shlex.split(line)[-1] / "result.json").exists()
