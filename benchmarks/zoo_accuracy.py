@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -77,9 +76,13 @@ def main() -> int:
             if j.key not in seen:
                 seen.add(j.key)
                 jobs.append(j)
-    with tempfile.TemporaryDirectory(prefix="hwcost-zoo-") as tmp:
-        table = profile(jobs, backend, Path(tmp) / "zoo.json", spaces=["torch"], progress=False,
-                        provenance={"models": names, "input": list(IMAGE), "by": "benchmarks/zoo_accuracy.py"})
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # the layer table is kept (results/zoo_<backend>_table.json.gz): other groupings of the in-context
+    # model can be fitted on these models later without measuring again
+    (out / f"zoo_{args.backend}_table.json.gz").unlink(missing_ok=True)
+    table = profile(jobs, backend, out / f"zoo_{args.backend}_table.json.gz", spaces=["torch"], progress=False,
+                    provenance={"models": names, "input": list(IMAGE), "by": "benchmarks/zoo_accuracy.py"})
     log(f"layer table: {len(table)} keys of {len(names)} models profiled in {time.perf_counter() - t0:.0f} s "
         f"(load {load()}); per-call overhead {Overhead.from_table(table).per_call_ms * 1e3:.2f} us")
     t1 = time.perf_counter()
@@ -99,6 +102,8 @@ def main() -> int:
         lo, hi = ic.interval(cal, 0.9)
         y = samples[n].measured_ms
         rows.append({"model": n, "measured_ms": y, "p10_ms": samples[n].p10_ms, "p90_ms": samples[n].p90_ms,
+                     "windows_ms": [w * 1e3 for w in (measured[list(models).index(n)].pass_medians or [])],
+                     "per_key": [[k.to_str(), c, a, ms] for k, c, a, ms, _ in raw.per_key],
                      "sum_of_ops_ms": raw.latency_ms, "calibrated_ms": cal, "low90_ms": lo, "high90_ms": hi,
                      "layers": raw.n_calls, "fused": raw.n_fused, "lambda": ic.lam})
     log(f"\n{'model':<20} {'layers':>6} {'measured':>9} {'sum of ops':>11} {'err':>7} {'calibrated':>11} {'err':>7}"
@@ -117,8 +122,6 @@ def main() -> int:
             f"mean signed {s['mean_signed_error']:+.2%}")
     cover = float(np.mean([r["low90_ms"] <= r["measured_ms"] <= r["high90_ms"] for r in rows]))
     log(f"90% interval covers {cover:.0%} of the models; total {time.perf_counter() - t0:.0f} s, load {load()}")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"zoo_{args.backend}.json"
     path.write_text(json.dumps({"backend": args.backend, "machine": {**dev, "label": host_label()},
                                 "rows": rows, "summary": summary, "interval90_coverage": cover,

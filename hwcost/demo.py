@@ -103,7 +103,8 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     cfg = SearchConfig(space="darts", strategy="darts", data="digits", network="cifar10", table=str(table_path),
                        surrogate=str(surrogate_path), budgets=[f"latency={budget}ms"], epochs=epochs, seed=seed)
     t0 = time.perf_counter()
-    r = run_search(cfg, str(run_dir))
+    from .pipeline import progress_default
+    r = run_search(cfg, str(run_dir), progress=progress_default())   # a bar on a terminal only
     aim = r["budgets"]["latency_ms"]
     print(f"   aimed at {aim:.2f} ms (the calibrated 90% bound is {r['confidence']['upper_factor']:.3f} x the "
           f"prediction)")

@@ -514,9 +514,11 @@ class SearchRun:
                                               self.model.betas)
             skip_cap = {"max_skips": self.cfg.max_skips, "removed_edges": removed, "held": held}
         view = SimpleNamespace(alphas=logits, betas=self.model.betas, config=self.model.config)
+        u = self.margin["upper_factor"] if self.margin else 1.0   # a measured network's latency, aimed as a prediction
         derived = constrained_derive(view, self.expected, self.objective, self.ops,
-                                     exact_cost=exact_cost_fn(self.cfg.space, self.cfg.table, self.cost_tensor),
-                                     all_costs=enumerate_nb201_costs(self.cfg.table, self.cost_tensor))
+                                     exact_cost=exact_cost_fn(self.cfg.space, self.cfg.table, self.cost_tensor,
+                                                              self.cfg.network, u),
+                                     all_costs=enumerate_nb201_costs(self.cfg.table, self.cost_tensor, u))
         costs = derived_costs(self.cfg.space, self.cfg.network, derived["arch"], self.cost_tensor, self.expected,
                               view, self.cfg.table)
         budgets = {t.metric: t.value for t in self.terms if t.kind == "hard"}

@@ -134,3 +134,25 @@ def test_verify_is_on_by_default_only_for_a_table_profiled_here(toy_table, tmp_p
     assert verify_default(str(toy_table))[0]
     assert not verify_default("nb201_ort-cpu")[0]          # bundled: measured elsewhere
     assert not verify_default("raspi4")[0]
+
+
+def test_a_network_measured_on_the_device_is_priced_by_its_measurement(toy_table, tmp_path):
+    """Hardware in the loop: once the calibration holds a network's measurement, derivation uses it
+    (scaled by the budget margin) instead of the model's prediction."""
+    from costmodels.incontext import Sample, fit_in_context
+    from device_tables.table import now_iso
+    from search.costs import enumerate_nb201_costs, exact_cost_fn, search_cost_tensor
+    from spaces import NB201_OPS
+    arch = "|nor_conv_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|none~0|nor_conv_1x1~1|skip_connect~2|"
+    samples = [Sample("a", {"nor_conv_3x3": 1.0}, 50, 1.2, {"kind": "nb201", "arch": arch}),
+               Sample("b", {"nor_conv_3x3": 2.0}, 60, 2.3, {"kind": "nb201", "arch": "other"})]
+    m = fit_in_context(samples, 0.0, backend=TOY, host={"cpu": "x"}, created=now_iso())
+    t = load_table(toy_table)
+    save_table(dataclasses.replace(t, calibration=m.to_json()), toy_table)
+    ct, _ = search_cost_tensor("nb201", "cifar10", tuple(NB201_OPS), str(toy_table))
+    archs, costs = enumerate_nb201_costs(str(toy_table), ct, upper_factor=1.5)
+    i = ct.index("latency_ms")
+    assert costs[archs.index(arch), i].item() == pytest.approx(1.2 * 1.5)
+    other = archs.index("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")
+    assert costs[other, i].item() != pytest.approx(1.2 * 1.5)
+    assert exact_cost_fn("nb201", str(toy_table), ct)(arch, ct.fixed.clone())[i].item() == pytest.approx(1.2)
