@@ -44,6 +44,9 @@ from device_tables.errors import TableError
 
 LAMBDAS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
 DEFAULT_CONFIDENCE = 0.9
+# A network measured by the verify loop is the one the search is deciding about: its neighbourhood of the
+# space matters more than random networks', so it counts this many times in the fit.
+VERIFY_WEIGHT = 5.0
 
 _NORMS = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm2d",
           "LocalResponseNorm", "batch_norm", "layer_norm", "group_norm"}
@@ -224,8 +227,9 @@ def _solve(samples: Sequence[Sample], groups: list[str], per_call_ms: float, lam
     n = np.array([s.n_ops for s in samples], float)
     y = np.array([s.measured_ms for s in samples], float)
     target = (y + np.maximum(n - 1, 0) * per_call_ms) / y
-    A = np.hstack([X / y[:, None], (n / y)[:, None]])
-    rows, rhs = [A], [target]
+    w = np.sqrt([VERIFY_WEIGHT if s.role == "verify" else 1.0 for s in samples])
+    A = np.hstack([X / y[:, None], (n / y)[:, None]]) * w[:, None]
+    rows, rhs = [A], [target * w]
     if lam > 0:
         # Shrink the factors towards their mean, each group weighted by its share of the time,
         # and the per-op term towards 0 (in units of its share of the latency).

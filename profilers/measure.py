@@ -129,6 +129,7 @@ class Measurement:
     elapsed_s: float = 0.0    # wall time spent on this key (warm-up included)
     attempts: int = 1         # measurement windows taken (noisy ones are retried)
     pass_medians: list[float] | None = None  # every window's median when this is the quietest of passes
+    session_medians: list[float] | None = None  # every session's median when this is the median session
 
     def __post_init__(self):
         self._sorted = sorted(self.samples)

@@ -14,6 +14,8 @@ continues in the pass and at the key where the run stopped.
 """
 from __future__ import annotations
 
+import copy
+
 import math
 import sys
 from dataclasses import dataclass, field
@@ -176,7 +178,7 @@ def _same(a, b) -> bool:
 
 
 def measure_models(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Backend,
-                   settings: Settings = Settings(max_time_s=10.0)) -> list[Measurement]:
+                   settings: Settings = Settings(max_time_s=10.0), sessions: int = 1) -> list[Measurement]:
     """End-to-end latency of whole networks (exported to ONNX on the ort backends), interleaved.
 
     Every network is prepared first, then measured by
@@ -184,18 +186,37 @@ def measure_models(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Bac
     window per network, each keeping its quietest. Measuring networks that are
     to be compared in one call puts them through the same machine conditions;
     with one network the windows simply follow each other over ``max_time_s``.
+
+    ``sessions`` > 1 prepares each network that many times (a new ONNX Runtime
+    session, a new module copy: new memory placement) and keeps the session
+    with the median time: on a 2-vCPU VM one DARTS network's quietest window
+    differed by up to 10% between sessions prepared a minute apart (and its
+    windows within a session by 3%), so one session's figure is one draw of
+    the placement. The returned measurement records every session's median
+    (``session_medians``).
     """
+    if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
+        raise HwcostError(f"sessions must be a positive integer, got {sessions!r}")
     fns = []
     with backend.active():
         for model, shape in models:
-            torch.manual_seed(0)
-            x = torch.randn(*shape)
-            try:
-                fns.append(backend.prepare(model.eval(), (x,)))
-            except RuntimeError as e:
-                raise HwcostError(f"{type(model).__name__} cannot run at input "
-                                  f"{'x'.join(map(str, shape))}: {str(e).splitlines()[0]}") from None
-        return backend.measure_interleaved(fns, settings)
+            for _ in range(sessions):
+                torch.manual_seed(0)
+                x = torch.randn(*shape)
+                try:
+                    fns.append(backend.prepare(model.eval() if sessions == 1 else copy.deepcopy(model).eval(), (x,)))
+                except RuntimeError as e:
+                    raise HwcostError(f"{type(model).__name__} cannot run at input "
+                                      f"{'x'.join(map(str, shape))}: {str(e).splitlines()[0]}") from None
+        measured = backend.measure_interleaved(fns, settings)
+    out = []
+    for i in range(len(models)):
+        mine = measured[i * sessions:(i + 1) * sessions]
+        order = sorted(range(sessions), key=lambda j: mine[j].median)
+        chosen = mine[order[(sessions - 1) // 2]]
+        chosen.session_medians = [m.median for m in mine]
+        out.append(chosen)
+    return out
 
 
 def reference_module() -> tuple[nn.Module, tuple[int, ...]]:
@@ -207,10 +228,10 @@ def reference_module() -> tuple[nn.Module, tuple[int, ...]]:
 
 
 def measure_models_with_reference(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Backend,
-                                  settings: Settings = Settings(max_time_s=10.0)):
+                                  settings: Settings = Settings(max_time_s=10.0), sessions: int = 1):
     """:func:`measure_models` with :func:`reference_module` interleaved as one more network;
     returns (the networks' measurements, the reference's)."""
-    out = measure_models(list(models) + [reference_module()], backend, settings)
+    out = measure_models(list(models) + [reference_module()], backend, settings, sessions)
     return out[:-1], out[-1]
 
 

@@ -1,11 +1,12 @@
 """`make demo`'s chain end to end, on a reused table and one search epoch."""
+import dataclasses
 import json
-import shutil
 
 import pytest
 
 from costmodels.predict import predict_genotype
-from device_tables import load_table
+from device_tables import load_table, save_table
+from profilers.environment import device_info
 
 
 @pytest.mark.slow
@@ -14,8 +15,10 @@ def test_demo_chain_reuses_the_table_and_reports_budget_predicted_measured(tmp_p
     out = tmp_path / "demo"
     out.mkdir()
     # the bundled ort-cpu table holds every key of the CIFAR-10 eval network (and more)
-    shutil.copy("device_tables/data/darts_ort-cpu.json", out / "darts-cifar10_ort-cpu.json")
-    assert run_demo(str(out), epochs=1, seed=0) == 0
+    # as if profiled here (the demo measures a table of another CPU anew)
+    t = load_table("device_tables/data/darts_ort-cpu.json")
+    save_table(dataclasses.replace(t, device=device_info()), out / "darts-cifar10_ort-cpu.json")
+    assert run_demo(str(out), epochs=1, seed=0, calibration_networks=3, network_time_s=0.5) == 0
     text = capsys.readouterr().out
     assert "reusing" in text
     s = json.loads((out / "summary.json").read_text())
@@ -30,3 +33,8 @@ def test_demo_chain_reuses_the_table_and_reports_budget_predicted_measured(tmp_p
     r = json.loads((out / "search" / "result.json").read_text())
     assert s["predicted_ms"] == pytest.approx(r["derived"]["latency_ms"])
     assert r["derived"]["latency_ms"] <= s["budget_ms"] * 1.0001
+    # the table was calibrated, the search aimed under the budget by its margin, and verified
+    assert load_table(out / "darts-cifar10_ort-cpu.json").calibration is not None
+    assert r["budgets"]["latency_ms"] == pytest.approx(s["budget_ms"] / r["confidence"]["upper_factor"])
+    assert s["verify"]["rounds"] and s["measured"]["latency_ms"] == s["verify"]["rounds"][-1]["measured_ms"]
+    assert "round  budget" in text

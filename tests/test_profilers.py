@@ -598,3 +598,33 @@ def test_shipped_tables_cover_their_space(space, networks, backend):
     rt = table.runtime
     assert (rt["backend"], rt["threads"], rt["batch"], rt["dtype"]) == (backend, 1, 1, "float32")
     assert table.device["cpu"] and table.measurement["rel_ci"] == 0.02
+
+
+def test_measure_models_keeps_the_median_session():
+    """Each network prepared in several sessions; the one with the median time is kept, all recorded."""
+    import torch.nn as nn
+
+    from profilers.measure import Measurement
+    from profilers.profile import measure_models
+
+    class Sessions(B.TorchCPU):
+        def __init__(self):
+            super().__init__()
+            self.made = 0
+
+        def prepare(self, module, inputs):
+            self.made += 1
+            fn = lambda: None  # noqa: E731
+            fn.ms = [3.0, 1.0, 2.0, 7.0, 5.0, 6.0][self.made - 1]   # network 0: 3, 1, 2; network 1: 7, 5, 6
+            return fn
+
+        def measure_interleaved(self, fns, settings):
+            return [Measurement([f.ms / 1e3] * 5) for f in fns]
+
+    be = Sessions()
+    a, b = measure_models([(nn.ReLU(), (1, 2)), (nn.Tanh(), (1, 2))], be, sessions=3)
+    assert be.made == 6
+    assert a.median == pytest.approx(2e-3) and b.median == pytest.approx(6e-3)
+    assert a.session_medians == pytest.approx([3e-3, 1e-3, 2e-3])
+    with pytest.raises(Exception, match="sessions"):
+        measure_models([(nn.ReLU(), (1, 2))], be, sessions=0)
