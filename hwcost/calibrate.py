@@ -121,15 +121,10 @@ def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, 
     net = _table_network(table, network)
     for _ in range(100 * n):
         g = random_genotype(rng, space)
-        add({"kind": "genotype", "space": space, "network": net, "genotype": genotype_json(g)})
+        add({"kind": "genotype", "space": space, "network": net, "genotype": g.to_dict()})
         if len(specs) == n:
             break
     return specs
-
-
-def genotype_json(g) -> dict:
-    return {"normal": [list(e) for e in g.normal], "normal_concat": list(g.normal_concat),
-            "reduce": [list(e) for e in g.reduce], "reduce_concat": list(g.reduce_concat)}
 
 
 def spec_name(spec: dict) -> str:
@@ -246,5 +241,5 @@ def calibrate(table: DeviceTable, out: str | Path, n: int = DEFAULT_NETWORKS, se
     return table, model
 
 
-__all__ = ["DEFAULT_MODELS", "DEFAULT_NETWORKS", "build_spec", "genotype_json", "calibrate", "fit_table", "measure_specs",
+__all__ = ["DEFAULT_MODELS", "DEFAULT_NETWORKS", "build_spec", "calibrate", "fit_table", "measure_specs",
            "network_settings", "network_specs", "sample_of", "spec_name", "table_backend"]

@@ -87,13 +87,13 @@ def check_verifiable(table_path: str | None) -> None:
 
 
 def _build(space: str, network: str, arch):
-    from .calibrate import build_spec, genotype_json
+    from .calibrate import build_spec
     if space == "nb201":
         spec = {"kind": "nb201", "arch": str(arch)}
     else:
         from spaces.genotypes import genotype_from_dict
         g = genotype_from_dict(arch) if isinstance(arch, dict) else arch
-        spec = {"kind": "genotype", "space": space, "network": network, "genotype": genotype_json(g)}
+        spec = {"kind": "genotype", "space": space, "network": network, "genotype": g.to_dict()}
     model, shape = build_spec(spec)
     return spec, model, shape
 

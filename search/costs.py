@@ -220,16 +220,12 @@ def derived_latency(space: str, arch, cost_tensor: CostTensor, table_path: str |
 
 
 def _arch_key(arch) -> str:
-    """One spelling of an architecture: an NB201 string, or a genotype's edges and concats as JSON."""
+    """One spelling of an architecture: an NB201 string, or a genotype (or its dict) as sorted JSON."""
     if isinstance(arch, str):
         return arch
-    if isinstance(arch, dict):
-        d = arch
-    else:
-        d = {"normal": arch.normal, "normal_concat": arch.normal_concat, "reduce": arch.reduce,
-             "reduce_concat": arch.reduce_concat}
-    return json.dumps({k: [list(e) if isinstance(e, (list, tuple)) else e for e in d[k]]
-                       for k in ("normal", "normal_concat", "reduce", "reduce_concat")}, sort_keys=True)
+    from spaces.genotypes import genotype_from_dict
+    g = genotype_from_dict(arch) if isinstance(arch, dict) else arch
+    return json.dumps(g.to_dict(), sort_keys=True)
 
 
 def measured_latencies(table: DeviceTable, space: str, network: str) -> dict[str, float]:
