@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from spaces.errors import HwcostError
+
 
 def add_search_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -99,7 +101,6 @@ def _list(text: str | None, kind, flag: str) -> list | None:
     """``"5,11,17"`` -> [5, 11, 17]; a bad list is one clear error."""
     if text is None:
         return None
-    from spaces.errors import HwcostError
     try:
         return [kind(x) for x in text.split(",")]
     except ValueError:

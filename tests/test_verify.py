@@ -156,3 +156,11 @@ def test_a_network_measured_on_the_device_is_priced_by_its_measurement(toy_table
     other = archs.index("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")
     assert costs[other, i].item() != pytest.approx(1.2 * 1.5)
     assert exact_cost_fn("nb201", str(toy_table), ct)(arch, ct.fixed.clone())[i].item() == pytest.approx(1.2)
+
+
+def test_cli_verify_rounds_without_verify_is_one_error(tmp_path, capsys):
+    assert main(["search", "--space", "nb201", "--data", "synthetic", "--epochs", "1", "--table", "raspi4",
+                 "--budget", "latency=20ms", "--verify-rounds", "2", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--verify-rounds goes with --verify" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
