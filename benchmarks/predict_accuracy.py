@@ -37,6 +37,7 @@ Writes ``benchmarks/results/predict_vs_measured_<backend>.png`` and ``.json``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -54,8 +55,8 @@ sys.path.insert(0, str(ROOT))
 
 from costmodels.predict import (Overhead, measure_call_overhead, predict_genotype,  # noqa: E402
                                 predict_network)
-from hwcost.calibrate import (build_spec, fit_table, measure_specs, network_specs,  # noqa: E402
-                              sample_of)
+from costmodels.incontext import group_features  # noqa: E402
+from hwcost.calibrate import build_spec, fit_table, measure_specs, network_specs  # noqa: E402
 from costmodels.surrogate import accuracy  # noqa: E402
 from device_tables import DATA_DIR, load_table  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
@@ -141,7 +142,7 @@ def run_backend(name: str, args, log) -> dict:
             _, measured_cal = measure_specs(tables["now"], specs, backend, NET_SETTINGS)
             for label, t in tables.items():
                 # the same measured networks, priced by each table's ops
-                cal = [sample_of(*build_spec(smp.spec), t, _Ms(smp), smp.name, smp.spec) for smp in measured_cal]
+                cal = [_repriced(smp, t) for smp in measured_cal]
                 _, models[label] = fit_table(t, cal)
                 sm = models[label].summary()
                 log(f"calibrated the {label} table on {len(cal)} other genotypes ({time.perf_counter() - t0:.0f} s): "
@@ -197,11 +198,11 @@ def run_backend(name: str, args, log) -> dict:
             "chain": chain, "calibration": {k: m.to_json() for k, m in models.items()}, "rows": rows}
 
 
-class _Ms:
-    """A calibration sample's measurement in the shape ``sample_of`` reads (seconds)."""
-
-    def __init__(self, smp):
-        self.median, self.p10, self.p90 = smp.measured_ms / 1e3, smp.p10_ms / 1e3, smp.p90_ms / 1e3
+def _repriced(smp, table):
+    """A measured calibration network with its op-group times read from ``table``."""
+    model, shape = build_spec(smp.spec)
+    feats, n_ops = group_features(predict_network(model, shape, table, incontext=None).per_key)
+    return dataclasses.replace(smp, features=feats, n_ops=n_ops)
 
 
 def _measured(m) -> dict:

@@ -107,18 +107,21 @@ class Sample:
     p10_ms: float | None = None
     p90_ms: float | None = None
     role: str = "calibration"
+    reference_ms: float | None = None   # the host reference kernel timed beside it (profilers.profile)
 
     def to_json(self) -> dict:
         d = {"name": self.name, "spec": self.spec, "measured_ms": self.measured_ms,
              "features": dict(sorted(self.features.items())), "n_ops": int(self.n_ops), "role": self.role}
         if self.p10_ms is not None:
             d.update(p10_ms=self.p10_ms, p90_ms=self.p90_ms)
+        if self.reference_ms is not None:
+            d["reference_ms"] = self.reference_ms
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Sample":
         return cls(d["name"], dict(d["features"]), int(d["n_ops"]), float(d["measured_ms"]), dict(d["spec"]),
-                   d.get("p10_ms"), d.get("p90_ms"), d.get("role", "calibration"))
+                   d.get("p10_ms"), d.get("p90_ms"), d.get("role", "calibration"), d.get("reference_ms"))
 
 
 def _t_quantile(q: float, dof: int) -> float:
@@ -150,6 +153,18 @@ class InContextModel:
     def predict(self, features: Mapping[str, float], n_ops: int) -> float:
         s = sum(self.factor(g) * x for g, x in features.items())
         return s - max(n_ops - 1, 0) * self.per_call_ms + self.per_op_ms * n_ops
+
+    @property
+    def reference_ms(self) -> float | None:
+        """Median reference-kernel time over the calibration measurements (None if none recorded)."""
+        refs = [s.reference_ms for s in self.samples if s.reference_ms is not None]
+        return float(np.median(refs)) if refs else None
+
+    @property
+    def reference_spread(self) -> float:
+        """Slowest / fastest reference-kernel time across the calibration measurements (1: steady)."""
+        refs = [s.reference_ms for s in self.samples if s.reference_ms is not None]
+        return max(refs) / min(refs) if len(refs) > 1 else 1.0
 
     @property
     def mean(self) -> float:

@@ -20,7 +20,7 @@ Layout::
       "per_op_ms": 0.0004,              # fitted per-op-call term (either sign)
       "lambda": 0.1,                    # shrinkage of the factors towards their mean
       "networks": [{"name", "spec", "measured_ms", "p10_ms", "p90_ms", "features": {group: ms},
-                    "n_ops", "fit_ms", "loo_ms", "role"}],
+                    "n_ops", "fit_ms", "loo_ms", "role", "reference_ms"}],
       "residuals": {"n", "mean", "std", "loo": [...]}   # leave-one-out measured/predicted - 1
     }
 """
@@ -100,7 +100,7 @@ def check_calibration(c: Any) -> None:
         _groups(f"{where}.features", n["features"])
         if isinstance(n["n_ops"], bool) or not isinstance(n["n_ops"], int) or n["n_ops"] < 1:
             raise TableError(f"{where}.n_ops: must be a positive integer, got {n['n_ops']!r}")
-        for f in ("p10_ms", "p90_ms", "fit_ms", "loo_ms"):
+        for f in ("p10_ms", "p90_ms", "fit_ms", "loo_ms", "reference_ms"):
             if n.get(f) is not None:
                 _num(f"{where}.{f}", n[f], positive=True)
         if n.get("role", "calibration") not in ROLES:

@@ -156,15 +156,18 @@ def build_spec(spec: dict):
 # Measuring and fitting
 
 
-def sample_of(model, shape, table: DeviceTable, measurement, name: str, spec: dict, role: str = "calibration"):
+def sample_of(model, shape, table: DeviceTable, measurement, name: str, spec: dict, role: str = "calibration",
+              reference=None, prediction=None):
     """A :class:`~costmodels.incontext.Sample`: the network's op-group times from ``table`` and its
-    measured latency (a ``Measurement`` in seconds)."""
+    measured latency (``Measurement``s in seconds: the network's and the host reference kernel's).
+    ``prediction``: the network's ``predict_network`` on ``table`` when the caller has it already
+    (its per-key rows do not depend on the calibration)."""
     from costmodels.incontext import Sample, group_features
     from costmodels.predict import predict_network
-    p = predict_network(model, shape, table, incontext=None)
+    p = prediction or predict_network(model, shape, table, incontext=None)
     feats, n_ops = group_features(p.per_key)
     return Sample(name, feats, n_ops, measurement.median * 1e3, spec, measurement.p10 * 1e3,
-                  measurement.p90 * 1e3, role)
+                  measurement.p90 * 1e3, role, reference.median * 1e3 if reference is not None else None)
 
 
 def _profile_missing_layers(table: DeviceTable, built, backend, log) -> DeviceTable:
@@ -201,10 +204,8 @@ def measure_specs(table: DeviceTable, specs: Sequence[dict], backend, settings=N
         table = _profile_missing_layers(table, built, backend, log)
     log(f"measuring {len(built)} networks whole on {backend.name} ({settings.passes} interleaved rounds)")
     measured, ref = measure_models_with_reference(list(built), backend, settings)
-    samples = [sample_of(m, shape, table, meas, spec_name(s), s, role)
+    samples = [sample_of(m, shape, table, meas, spec_name(s), s, role, ref)
                for (m, shape), meas, s in zip(built, measured, specs)]
-    for smp in samples:
-        smp.spec = {**smp.spec, "reference_ms": ref.median * 1e3}
     return table, samples
 
 

@@ -65,7 +65,7 @@ def cmd_calibrate(args) -> int:
           f"sd {s['loo_std']:.1%}")
     print("in-context factors: " + ", ".join(f"{g} {f:.3f}" for g, f in s["factors"].items())
           + f"; per op {s['per_op_us']:+.2f} us; shrinkage lambda {s['lambda']:g}")
-    ref = model.samples[0].spec.get("reference_ms")
+    ref = model.reference_ms
     if ref:
         print(f"host reference kernel (3x3 conv, 64 ch, 32x32) timed beside them: {ref * 1e3:.1f} us "
               f"(search --verify compares its own with it)")

@@ -40,19 +40,17 @@ def _raw(value: Any) -> str:
 
 
 def _calibration_line(table) -> str:
-    c = table.calibration
-    if c is None:
+    from costmodels.incontext import model_of
+    m = model_of(table)
+    if m is None:
         return "none: predictions are the sum of isolated ops (hwcost calibrate TABLE)"
-    r = c["residuals"]
-    verify = sum(n.get("role") == "verify" for n in c["networks"])
-    refs = [n["spec"].get("reference_ms") for n in c["networks"] if isinstance(n.get("spec"), dict)]
-    refs = [x for x in refs if isinstance(x, (int, float))]
+    verify = sum(smp.role == "verify" for smp in m.samples)
     slow = ""
-    if len(refs) > 1 and max(refs) / min(refs) > 1.05:
-        slow = f"; host reference kernel varied {max(refs) / min(refs) - 1:.0%} across them (a phase not quiet)"
-    return (f"{len(c['networks'])} networks ({verify} from verify rounds) measured {c['created']} on "
-            f"{c['host'].get('cpu', '?')}; leave-one-out {r['mean']:+.1%} +- {r['std']:.1%}; factors "
-            + ", ".join(f"{g} {f:.3g}" for g, f in sorted(c["factors"].items())) + slow)
+    if m.reference_spread > 1.05:
+        slow = f"; host reference kernel varied {m.reference_spread - 1:.0%} across them (a phase not quiet)"
+    return (f"{len(m.samples)} networks ({verify} from verify rounds) measured {m.created} on "
+            f"{m.host.get('cpu', '?')}; leave-one-out {m.mean:+.1%} +- {m.std:.1%}; factors "
+            + ", ".join(f"{g} {f:.3g}" for g, f in sorted(m.factors.items())) + slow)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

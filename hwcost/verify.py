@@ -35,16 +35,6 @@ SESSIONS = 3
 HOST_SLOW = 1.05        # reference kernel this much slower than at calibration: the quiet phase did not come
 
 
-def _calibration_reference(table) -> float | None:
-    """Median reference-kernel time over the table's calibration measurements (None if unrecorded)."""
-    import statistics
-    if table.calibration is None:
-        return None
-    refs = [n["spec"].get("reference_ms") for n in table.calibration["networks"]]
-    refs = [r for r in refs if isinstance(r, (int, float)) and r > 0]
-    return statistics.median(refs) if refs else None
-
-
 def verify_default(table_path: str | None) -> tuple[bool, str]:
     """Whether ``--verify`` is on by default for this table: it was profiled here (same CPU model and
     identity), on a backend this machine runs, and it is an op-level table in a file (the loop writes
@@ -103,6 +93,7 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     """Measure the derived network; while it lies outside [floor * B, B], add it to the table's
     calibration and re-derive (at most ``rounds`` times). Returns the final result, with
     ``verify`` recording every round; writes it to ``out/result.json``."""
+    from costmodels.incontext import model_of
     from costmodels.predict import predict_network
     from device_tables import load_table, save_table
     from profilers.profile import measure_models_with_reference
@@ -125,7 +116,7 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
         p = predict_network(model, shape, table, confidence=(result.get("confidence") or {}).get("confidence"))
         (meas,), ref = measure_models_with_reference([(model, shape)], backend, settings, SESSIONS)
         ms = meas.median * 1e3
-        ref_ms, ref_cal = ref.median * 1e3, _calibration_reference(table)
+        ref_ms, ref_cal = ref.median * 1e3, (model_of(table).reference_ms if table.calibration is not None else None)
         inside = budget is None or (floor <= ms <= budget)
         rec = {"round": r, "predicted_ms": result["derived"]["latency_ms"], "table_predicted_ms": p.latency_ms,
                "low_ms": p.low_ms, "high_ms": p.high_ms, "confidence": p.confidence, "measured_ms": ms,
@@ -151,8 +142,7 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
             log(f"   the table has no calibration: measuring {FIRST_CALIBRATION} random networks of its space first")
             table, _ = calibrate(table, table_path, n=FIRST_CALIBRATION, seed=1000 + r, settings=settings,
                                  exclude=[spec], log=lambda s: log("   " + s))
-        sample = sample_of(model, shape, table, meas, f"verify round {r}", {**spec, "reference_ms": ref_ms},
-                           role="verify")
+        sample = sample_of(model, shape, table, meas, f"verify round {r}", spec, "verify", ref, prediction=p)
         table, model_ic = fit_table(table, [sample], keep_previous=True)
         save_table(table, table_path)
         log(f"   added it to {table_path}'s calibration ({len(model_ic.samples)} networks; leave-one-out "
