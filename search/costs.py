@@ -136,12 +136,10 @@ def search_cost_tensor(space: str, network: str, ops: tuple[str, ...], table_pat
     model = CostModel(table, surrogate)
     from costmodels.incontext import model_of, op_group
     incontext = model_of(table)
-    latency_fn = model.latency_ms
-    if incontext is not None:
-        # The in-context model is linear in the ops' isolated times: each op's entry is scaled
-        # by its group's factor, and the per-op term joins the fixed part (below).
-        def latency_fn(key, _answer=model.latency_ms):
-            return incontext.factor(op_group(key)) * _answer(key)
+    # The in-context model is linear in the ops' isolated times: each op's entry is scaled by its
+    # group's factor, and the per-op term joins the fixed part (below).
+    latency_fn = model.latency_ms if incontext is None else \
+        (lambda key: incontext.factor(op_group(key)) * model.latency_ms(key))
     ct = build_cost_tensor(space, target, metrics=("latency_ms",) + ANALYTICAL, latency_fn=latency_fn,
                            primitives=ops)
     notes["latency_sources"] = dict(model.sources)
@@ -281,7 +279,6 @@ def enumerate_nb201_costs(table_path: str | None, cost_tensor: CostTensor, upper
     from an architecture-level table -- so derivation can choose by enumeration; None otherwise."""
     if cost_tensor.space != "nb201":
         return None
-    from costmodels.expected_cost import arch_weights
     from spaces.nb201_arch import all_archs
     archs = [a.to_str() for a in all_archs()]
     idx = torch.tensor([[cost_tensor.ops.index(op) for op in a.ops] for a in all_archs()])
