@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 from costmodels.predict import (Overhead, measure_call_overhead, predict_genotype,  # noqa: E402
                                 predict_network)
 from costmodels.incontext import group_features  # noqa: E402
-from hwcost.calibrate import build_spec, fit_table, measure_specs, network_specs  # noqa: E402
+from hwcost.calibrate import arch_spec, build_spec, fit_table, measure_specs, network_specs  # noqa: E402
 from costmodels.surrogate import accuracy  # noqa: E402
 from device_tables import DATA_DIR, load_table  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
@@ -131,8 +131,7 @@ def run_backend(name: str, args, log) -> dict:
 
         rng = random.Random(args.seed)
         tests = [random_genotype(rng) for _ in range(args.n)]
-        test_specs = [{"kind": "genotype", "space": "darts", "network": "cifar10", "genotype": g.to_dict()}
-                      for g in tests]
+        test_specs = [arch_spec("darts", "cifar10", g) for g in tests]
         # Calibration (what `hwcost calibrate TABLE --networks K` does): K other random genotypes
         # (another seed; none of the test ones), measured on their own before the test networks.
         models = {}

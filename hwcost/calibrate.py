@@ -113,7 +113,7 @@ def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, 
         from spaces.nb201_arch import all_archs
         archs = all_archs()
         for _ in range(100 * n):
-            add({"kind": "nb201", "arch": rng.choice(archs).to_str()})
+            add(arch_spec("nb201", "cifar10", rng.choice(archs).to_str()))
             if len(specs) == n:
                 break
         return specs
@@ -121,10 +121,19 @@ def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, 
     net = _table_network(table, network)
     for _ in range(100 * n):
         g = random_genotype(rng, space)
-        add({"kind": "genotype", "space": space, "network": net, "genotype": g.to_dict()})
+        add(arch_spec(space, net, g))
         if len(specs) == n:
             break
     return specs
+
+
+def arch_spec(space: str, network: str, arch) -> dict:
+    """The spec of a derived network of ``space`` (an NB201 string; a ``Genotype`` or its dict)."""
+    if space == "nb201":
+        return {"kind": "nb201", "arch": str(arch)}
+    from spaces.genotypes import genotype_from_dict
+    g = genotype_from_dict(arch) if isinstance(arch, dict) else arch
+    return {"kind": "genotype", "space": space, "network": network, "genotype": g.to_dict()}
 
 
 def spec_name(spec: dict) -> str:
@@ -242,5 +251,5 @@ def calibrate(table: DeviceTable, out: str | Path, n: int = DEFAULT_NETWORKS, se
     return table, model
 
 
-__all__ = ["DEFAULT_MODELS", "DEFAULT_NETWORKS", "build_spec", "calibrate", "fit_table", "measure_specs",
+__all__ = ["DEFAULT_MODELS", "DEFAULT_NETWORKS", "arch_spec", "build_spec", "calibrate", "fit_table", "measure_specs",
            "network_settings", "network_specs", "sample_of", "spec_name", "table_backend"]

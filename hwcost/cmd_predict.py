@@ -134,7 +134,7 @@ def predict_op_level(args) -> dict:
         if table.calibration is None:
             raise HwcostError(f"--confidence needs a calibrated table; {table.source} has no in-context model "
                               f"(hwcost calibrate {table.source})")
-    if table.kind == "op" and str(table.runtime.get("backend", "")).split(":")[0] in ("ort-cpu", "torch-cpu"):
+    if table.kind == "op" and table.runtime.get("backend") in ("ort-cpu", "torch-cpu"):   # CPU tables only
         from profilers.environment import same_host
         same, why = same_host(table.device)
         if not same:

@@ -77,13 +77,8 @@ def check_verifiable(table_path: str | None) -> None:
 
 
 def _build(space: str, network: str, arch):
-    from .calibrate import build_spec
-    if space == "nb201":
-        spec = {"kind": "nb201", "arch": str(arch)}
-    else:
-        from spaces.genotypes import genotype_from_dict
-        g = genotype_from_dict(arch) if isinstance(arch, dict) else arch
-        spec = {"kind": "genotype", "space": space, "network": network, "genotype": g.to_dict()}
+    from .calibrate import arch_spec, build_spec
+    spec = arch_spec(space, network, arch)
     model, shape = build_spec(spec)
     return spec, model, shape
 
