@@ -142,15 +142,17 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
         save_table(table, table_path)
         log(f"   added it to {table_path}'s calibration ({len(model_ic.samples)} networks; leave-one-out "
             f"{model_ic.mean:+.1%} +- {model_ic.std:.1%}); deriving again")
-        result = run_search(cfg, str(out), resume=True, progress=False)
-        new_key = (json.dumps(result.get("genotype"), sort_keys=True) if "genotype" in result
-                   else str(result.get("arch")))
+        again = run_search(cfg, str(out), resume=True, progress=False)
+        new_key = (json.dumps(again.get("genotype"), sort_keys=True) if "genotype" in again
+                   else str(again.get("arch")))
         if new_key in seen:
-            # the corrected costs lead back to a network measured already: nothing new to learn
+            # the corrected costs lead back to a network measured already: nothing new to learn. The
+            # result stays the network of the last round, so result.json and verify.rounds agree.
             log("   the corrected costs derive a network measured already; stopping (a longer search or another "
                 "budget may be needed)")
             stopped = "re-derived a network measured already"
             break
+        result = again
     met = history[-1]["in_band"]
     result["verify"] = {"rounds": history, "met": met, "rounds_used": len(history) - 1, "stopped": stopped,
                         "table": str(table_path), "backend": backend.name}

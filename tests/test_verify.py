@@ -164,3 +164,22 @@ def test_cli_verify_rounds_without_verify_is_one_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--verify-rounds goes with --verify" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_verify_stopping_on_a_measured_network_keeps_result_and_rounds_in_agreement(toy_table, tmp_path,
+                                                                                    monkeypatch):
+    """When re-derivation leads back to a network measured already, the loop stops and the result
+    stays the last measured network's (result.json's derived latency is the last round's)."""
+    import search.run
+    from hwcost.verify import verify_search
+    budget = _budget(toy_table) * 1.1
+    cfg = SearchConfig(space="nb201", table=str(toy_table), budgets=[f"latency={budget}ms"], **FAST)
+    r = run_search(cfg, str(tmp_path / "run"), progress=False)
+    same = {**r, "derived": {**r["derived"], "latency_ms": 999.0}}     # the same arch, other costs
+    monkeypatch.setattr(search.run, "run_search", lambda *a, **k: same)
+    out = verify_search(cfg, tmp_path / "run", r, rounds=3, log=lambda s: None)
+    assert out["verify"]["stopped"] == "re-derived a network measured already"
+    assert len(out["verify"]["rounds"]) == 1
+    assert out["derived"]["latency_ms"] == out["verify"]["rounds"][-1]["predicted_ms"] != 999.0
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["derived"]["latency_ms"] == out["verify"]["rounds"][-1]["predicted_ms"]
