@@ -48,7 +48,6 @@ def machine() -> str:
 
 
 def darts_part(args, out: Path, backend: str) -> list[dict]:
-    from device_tables import load_table
     from hwcost.calibrate import calibrate
     from hwcost.pipeline import budget_ladder, ensure_table, random_derived_costs
     from hwcost.verify import verify_search

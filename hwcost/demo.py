@@ -21,13 +21,6 @@ import time
 from pathlib import Path
 
 
-def _cpu() -> str:
-    return host_label()
-
-
-def host_label() -> str:
-    from profilers.environment import host_label as label
-    return label()
 
 
 def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float = 0.3, seed: int = 0,
@@ -36,6 +29,7 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     import torch
 
     from costmodels.surrogate import fit_op_table
+    from profilers.environment import host_label
     from search.costs import cached_search_cost_tensor
     from search.run import SearchConfig, run_search
     from spaces import get_space
@@ -45,7 +39,7 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"hwcost demo: {_cpu()}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
+    print(f"hwcost demo: {host_label()}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}; results in {out}/\n")
 
     table_path = out / f"darts-cifar10_{backend}.json"

@@ -8,11 +8,11 @@ import random
 import numpy as np
 import pytest
 
-from costmodels.incontext import InContextModel, Sample, fit_in_context, model_of, op_group
+from costmodels.incontext import Sample, fit_in_context, model_of, op_group
 from device_tables import DeviceTable, OpKey, TableError, load_table, save_table
 from device_tables.calibration import check_calibration
 from device_tables.table import now_iso
-from hwcost.calibrate import fit_table, network_specs
+from hwcost.calibrate import network_specs
 from hwcost.cli import main
 from profilers.environment import device_info
 from spaces.errors import HwcostError
