@@ -127,6 +127,8 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
               f"   {v['measured_ms']:6.2f} ms ({100 * v['measured_ms'] / budget:3.0f}%) "
               f"[{v['measured_p10_ms']:.2f}, {v['measured_p90_ms']:.2f}]   "
               f"{'in [85%, 100%]' if v['in_band'] else ('OVER budget' if v['measured_ms'] > budget else 'under 85%')}")
+    if r["verify"].get("stopped"):
+        print(f"   verify stopped: {r['verify']['stopped']} (the corrected costs found no other network in the band)")
     if len(rounds) > 1:
         g = r["genotype"]
         print(f"   final normal: {g['normal']}")
