@@ -14,8 +14,12 @@ A table without a calibration is calibrated first (a few random networks of its
 space), since one measured network cannot separate an op mix from noise.
 Re-deriving reuses the search's architecture weights (its last checkpoint):
 the constrained derivation picks the most probable network inside the band
-under the corrected costs -- no further training.  Params / MACs budgets need
-no loop: they are exact.
+under the corrected costs -- no further training.  The correction is local:
+the refitted model is scaled by measured / predicted of the network measured
+last (its neighbours share most of its error), measured networks are priced
+by their measurement, and the derivation aims inside [floor B, B] by the
+measurement's spread (``search.costs.local_correction``).  Params / MACs
+budgets need no loop: they are exact.
 """
 from __future__ import annotations
 
@@ -76,6 +80,19 @@ def check_verifiable(table_path: str | None) -> None:
     table_backend(table)   # another CPU, a remote device, another backend: one error
 
 
+MARGIN_MIN, MARGIN_MAX = 0.02, 0.06
+
+
+def local_margin(session_ms: list[float]) -> float:
+    """How far inside [floor B, B] a re-derivation aims: the spread of the measurement's sessions
+    (relative to their median), at least 2% (what a re-measurement of the same network moved between
+    runs here) and at most 6% (the band is 15% wide)."""
+    import statistics
+    med = statistics.median(session_ms)
+    spread = (max(session_ms) - min(session_ms)) / med if med > 0 else 0.0
+    return min(max(spread, MARGIN_MIN), MARGIN_MAX)
+
+
 def _build(space: str, network: str, arch):
     from .calibrate import arch_spec, build_spec
     spec = arch_spec(space, network, arch)
@@ -105,10 +122,11 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     budget = result.get("budgets_given", result["budgets"]).get("latency_ms")
     floor = cfg.budget_floor * budget if budget is not None else None
     history, seen, stopped = [], set(), None
+    confidence = (result.get("confidence") or {}).get("confidence")
     for r in range(rounds + 1):
         arch = result.get("arch", result.get("genotype"))
         spec, model, shape = _build(cfg.space, cfg.network, arch)
-        p = predict_network(model, shape, table, confidence=(result.get("confidence") or {}).get("confidence"))
+        p = predict_network(model, shape, table, confidence=confidence)
         (meas,), ref = measure_models_with_reference([(model, shape)], backend, settings, SESSIONS)
         ms = meas.median * 1e3
         ref_ms, ref_cal = ref.median * 1e3, (model_of(table).reference_ms if table.calibration is not None else None)
@@ -140,9 +158,21 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
         sample = sample_of(model, shape, table, meas, f"verify round {r}", spec, "verify", ref, prediction=p)
         table, model_ic = fit_table(table, [sample], keep_previous=True)
         save_table(table, table_path)
+        # Neighbours of this network share most of its error: scale the refitted model to its measurement
+        # and aim inside the band by the measurement's own spread (search.costs.local_correction).
+        refit_ms = predict_network(model, shape, table).latency_ms
+        correction = {"scale": ms / refit_ms, "margin": local_margin(rec["session_medians_ms"] or [ms])}
+        rec["correction"] = correction
         log(f"   added it to {table_path}'s calibration ({len(model_ic.samples)} networks; leave-one-out "
-            f"{model_ic.mean:+.1%} +- {model_ic.std:.1%}); deriving again")
-        again = run_search(cfg, str(out), resume=True, progress=False)
+            f"{model_ic.mean:+.1%} +- {model_ic.std:.1%}); the refitted model predicts it at {refit_ms:.3f} ms: "
+            f"deriving again with the model scaled by {correction['scale']:.3f}, aiming "
+            f"{correction['margin']:.0%} inside the band")
+        try:
+            again = run_search(cfg, str(out), resume=True, progress=False, correction=correction)
+        except HwcostError as e:     # e.g. the narrowed band holds no network of the space
+            log(f"   re-derivation refused: {e}; stopping")
+            stopped = f"re-derivation refused: {e}"
+            break
         new_key = (json.dumps(again.get("genotype"), sort_keys=True) if "genotype" in again
                    else str(again.get("arch")))
         if new_key in seen:
@@ -160,4 +190,4 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     return result
 
 
-__all__ = ["DEFAULT_ROUNDS", "check_verifiable", "verify_default", "verify_search"]
+__all__ = ["DEFAULT_ROUNDS", "check_verifiable", "local_margin", "verify_default", "verify_search"]

@@ -74,6 +74,33 @@ def apply_margin(terms, margin: dict | None, floor: float) -> None:
             t.floor = min(floor * u, 0.99) if floor > 0 else 0.0
 
 
+def local_correction(cost_tensor: CostTensor, terms, correction: dict, floor: float) -> tuple[CostTensor, dict]:
+    """Hardware in the loop, after a derived network was measured: re-derive around it.
+
+    ``correction = {"scale": rho, "margin": delta}``: rho = measured / predicted for the network
+    measured last (after the refit), so the model's latency is scaled by rho -- the networks a
+    re-derivation moves to differ from the measured one by a few ops and share most of its error --
+    and each hard latency band [floor B, B] narrows by ``delta`` at both ends (re-measurement noise):
+    the derivation aims at [floor B (1 + delta), B (1 - delta)]. The global confidence margin is
+    not applied on top: rho replaces what the interval stood for. Networks measured already keep
+    their measurement (``upper_factor`` 1)."""
+    rho, delta = float(correction["scale"]), float(correction["margin"])
+    if not (rho > 0 and 0 <= delta < 0.5):
+        raise HwcostError(f"a verify correction needs scale > 0 and 0 <= margin < 0.5, got {correction!r}")
+    i = cost_tensor.index("latency_ms")
+    c, fixed = cost_tensor.c.clone(), cost_tensor.fixed.clone()
+    c[..., i] *= rho
+    fixed[i] *= rho
+    for t in terms:
+        if t.kind == "hard" and t.metric == "latency_ms":
+            t.given = t.value if t.given is None else t.given
+            t.value = t.given * (1 - delta)
+            t.floor = min(floor * (1 + delta) / (1 - delta), 0.99) if floor > 0 else 0.0
+    margin = {"confidence": None, "upper_factor": 1.0, "local_scale": rho, "local_margin": delta,
+              "basis": "verify: the model scaled to the network measured last"}
+    return dataclasses.replace(cost_tensor, c=c, fixed=fixed), margin
+
+
 def target_config(space: str, network: str):
     """The deployed network whose costs the search optimises."""
     if space == "nb201":

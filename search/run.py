@@ -218,7 +218,8 @@ def _entropy(alphas: torch.Tensor) -> float:
 
 
 class SearchRun:
-    def __init__(self, cfg: SearchConfig, out: str | os.PathLike, resume: bool = False):
+    def __init__(self, cfg: SearchConfig, out: str | os.PathLike, resume: bool = False,
+                 correction: dict | None = None):
         check_config(cfg)
         self.cfg, self.out = cfg, Path(out)
         self.dist = D.init(device="cpu")       # no-op without torchrun; the search runs on CPU (gloo)
@@ -253,7 +254,13 @@ class SearchRun:
         from .costs import apply_margin, confidence_margin
         self.margin = confidence_margin(cfg.table, cfg.confidence) if "latency_ms" in self.cost_tensor.metrics \
             else None
-        apply_margin(self.terms, self.margin, cfg.budget_floor)
+        if correction is not None and "latency_ms" in self.cost_tensor.metrics:
+            from .costs import local_correction     # hardware in the loop: re-derive around a measured network
+            self.cost_tensor, self.margin = local_correction(self.cost_tensor, self.terms, correction,
+                                                             cfg.budget_floor)
+            self.expected = ExpectedCost(self.cost_tensor, mode=cfg.cost_mode)
+        else:
+            apply_margin(self.terms, self.margin, cfg.budget_floor)
         self.objective = Objective(self.terms, self.cost_tensor.metrics, cfg.dual_lr, cfg.budget_floor)
         self.attainable = None
         if any(t.kind == "hard" for t in self.terms):   # a budget no derivable network meets: stop now
@@ -563,5 +570,8 @@ class SearchRun:
         return result
 
 
-def run_search(cfg: SearchConfig, out: str, resume: bool = False, progress: bool = True) -> dict:
-    return SearchRun(cfg, out, resume).run(progress)
+def run_search(cfg: SearchConfig, out: str, resume: bool = False, progress: bool = True,
+               correction: dict | None = None) -> dict:
+    """Run (or resume) a search; ``correction`` (hardware in the loop, see
+    :func:`search.costs.local_correction`) re-derives with the latency model scaled to a measured network."""
+    return SearchRun(cfg, out, resume, correction).run(progress)

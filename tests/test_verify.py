@@ -25,13 +25,14 @@ class _Toy(B.Backend):
     """Networks 'measured' by a known in-context law over the toy table's ops (deterministic)."""
     name = TOY
     table = None
+    phase = 1.0                             # the host's speed for networks (a slow phase: > 1)
 
     def prepare(self, module, inputs):
         if not any(hasattr(m, "hw_op") for m in module.modules()):
             ms = 0.4                        # the host's reference kernel: a steady host
         else:
             ms = SLOWDOWN * predict_network(module, tuple(inputs[0].shape), self.table, incontext=None).latency_ms
-            ms += EXTRA_MS
+            ms = ms * self.phase + EXTRA_MS
 
         def fn():
             return None
@@ -53,6 +54,7 @@ def toy_table(tmp_path):
     _Toy.table = load_table(path)
     yield path
     B._BACKENDS.pop(TOY, None)
+    _Toy.phase = 1.0
 
 
 def _budget(path, q=0.5) -> float:
@@ -183,3 +185,44 @@ def test_verify_stopping_on_a_measured_network_keeps_result_and_rounds_in_agreem
     assert out["derived"]["latency_ms"] == out["verify"]["rounds"][-1]["predicted_ms"] != 999.0
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["derived"]["latency_ms"] == out["verify"]["rounds"][-1]["predicted_ms"]
+
+
+def test_local_correction_scales_latency_and_narrows_the_band(toy_table):
+    from search.costs import local_correction, search_cost_tensor
+    from search.objective import parse_term
+    from spaces import NB201_OPS
+    ct, _ = search_cost_tensor("nb201", "cifar10", tuple(NB201_OPS), str(toy_table))
+    terms = [parse_term("latency=2ms", "hard"), parse_term("params=1M", "hard")]
+    scaled, margin = local_correction(ct, terms, {"scale": 0.8, "margin": 0.03}, floor=0.85)
+    i = ct.index("latency_ms")
+    assert np.allclose(scaled.c[..., i].numpy(), 0.8 * ct.c[..., i].numpy())
+    assert scaled.fixed[i].item() == pytest.approx(0.8 * ct.fixed[i].item())
+    j = ct.index("params")                                # exact counts are untouched
+    assert np.array_equal(scaled.c[..., j].numpy(), ct.c[..., j].numpy())
+    lat = terms[0]
+    assert lat.given == 2.0 and lat.value == pytest.approx(2.0 * 0.97)
+    assert lat.floor * lat.value == pytest.approx(0.85 * 2.0 * 1.03)   # aims at [0.85 B (1 + d), B (1 - d)]
+    assert terms[1].value == 1e6 and terms[1].given is None
+    assert margin["upper_factor"] == 1.0 and margin["local_scale"] == 0.8
+    with pytest.raises(Exception, match="scale > 0"):
+        local_correction(ct, terms, {"scale": 0.0, "margin": 0.03}, floor=0.85)
+
+
+def test_verify_recovers_from_a_calibration_measured_in_a_slow_phase(toy_table, tmp_path):
+    """The calibration was measured while the host ran networks 25% slower (a neighbour's load): the
+    model over-predicts, so the derived network lands under the band's floor. The loop scales the
+    model to the measured network and re-derives into [floor B, B]."""
+    from hwcost.calibrate import calibrate
+    from hwcost.verify import verify_search
+    _Toy.phase = 1.25
+    calibrate(load_table(toy_table), toy_table, n=6, log=lambda s: None)
+    _Toy.phase = 1.0
+    budget = _budget(toy_table, 0.4) * 1.35
+    cfg = SearchConfig(space="nb201", table=str(toy_table), budgets=[f"latency={budget}ms"], **FAST)
+    r = run_search(cfg, str(tmp_path / "run"), progress=False)
+    r = verify_search(cfg, tmp_path / "run", r, rounds=3, log=lambda s: None)
+    rounds = r["verify"]["rounds"]
+    assert rounds[0]["measured_ms"] < 0.85 * budget          # the slow-phase model over-predicts
+    assert r["verify"]["met"] and 0.85 * budget <= rounds[-1]["measured_ms"] <= budget
+    assert rounds[0]["correction"]["scale"] < 1.0
+    assert r["confidence"]["local_scale"] == rounds[-2]["correction"]["scale"]
