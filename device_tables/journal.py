@@ -165,11 +165,14 @@ class Journal:
         return len(self._entries)
 
     def finalize(self, out_path: str | Path,
-                 combine: Callable[[list[Entry]], Entry] | None = None) -> DeviceTable:
+                 combine: Callable[[list[Entry]], Entry] | None = None,
+                 measurement: dict | None = None) -> DeviceTable:
         """Write the table atomically, then remove the journal (in that order: no window without data).
 
         ``combine`` turns one key's rows (in pass order) into its entry; without
-        it every key must have exactly one row.
+        it every key must have exactly one row. ``measurement`` adds fields to the
+        header's ``measurement`` record (what was learnt while measuring, e.g. the
+        host's reference kernel).
         """
         if Path(out_path).resolve() == self.path.resolve():
             raise TableError(f"the table cannot be written over its own journal {self.path}")
@@ -186,7 +189,9 @@ class Journal:
             else:
                 raise TableError(f"journal {self.path} has {len(group)} passes of {key}; finalize it with "
                                  f"the profile that wrote it (it combines the passes)")
-        table = DeviceTable.from_header(self.header, entries, source=str(out_path))
+        header = self.header if not measurement else \
+            {**self.header, "measurement": {**self.header.get("measurement", {}), **measurement}}
+        table = DeviceTable.from_header(header, entries, source=str(out_path))
         save_table(table, out_path)
         self.close()
         self.path.unlink()

@@ -74,6 +74,10 @@ def cmd_profile(args) -> int:
         print(f"hwcost: {e}", file=sys.stderr)
         return 130
     print(f"wrote {args.out}: {len(table)} entries ({summarize(table)}) in {time.perf_counter() - t0:.0f} s")
+    ref = table.measurement.get("host_reference")
+    if isinstance(ref, dict) and ref.get("quiet") is False:
+        print(f"note: the host's reference kernel moved {ref['spread'] - 1:+.0%} between the passes: the host was "
+              f"not in one quiet phase while profiling (hwcost table show {args.out})")
     return 0
 
 

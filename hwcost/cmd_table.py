@@ -53,6 +53,19 @@ def _calibration_line(table) -> str:
             + ", ".join(f"{g} {f:.3g}" for g, f in sorted(m.factors.items())) + slow)
 
 
+def _host_phases_line(table) -> str | None:
+    """The host's reference kernel as timed beside the profile's passes (hwcost profile)."""
+    ref = table.measurement.get("host_reference")
+    if not isinstance(ref, dict) or not ref.get("median_ms"):
+        return None
+    ms = ref["median_ms"]
+    verdict = ("steady: one quiet phase" if ref.get("quiet") else
+               "VARIED: the host's quiet phase did not hold while the keys were measured (profile again, "
+               "or compare with another profile)")
+    return (f"reference kernel {min(ms):.4g} .. {max(ms):.4g} ms over {len(ms)} timings "
+            f"({ref.get('spread', max(ms) / min(ms)) - 1:+.1%}): {verdict}")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from device_tables.table import load_table_for_viewing
     table, bad = load_table_for_viewing(bundled_table_path(args.table))
@@ -62,9 +75,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         ["kind", f"{table.kind}-level, spaces: {', '.join(table.spaces)}"],
         ["device", _fmt_dict(table.device)],
         ["runtime", _fmt_dict(table.runtime)],
-        ["measurement", _fmt_dict(table.measurement)],
+        ["measurement", _fmt_dict({k: v for k, v in table.measurement.items() if k != "host_reference"})],
         ["created", table.created],
         ["provenance", _fmt_dict(table.provenance)],
+        *([["host phases", line]] if (line := _host_phases_line(table)) else []),
         ["calibration", _calibration_line(table)],
         ["entries", f"{len(table)}" + (f" (median {min(medians):.4g} .. {max(medians):.4g} ms)" if medians else "")
          + (f", and {len(bad)} BAD (marked !)" if bad else "")],

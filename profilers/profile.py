@@ -91,14 +91,17 @@ def check_out_path(out: str | Path, resume: bool) -> Path:
 def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: list[str],
             settings: Settings = Settings(), resume: bool = False, device_name: str | None = None,
             provenance: dict | None = None, progress: bool | None = None,
-            on_entry: Callable | None = None, announce: Callable[[str], None] | None = None) -> DeviceTable:
+            on_entry: Callable | None = None, announce: Callable[[str], None] | None = None,
+            reference: bool = True) -> DeviceTable:
     """Measure every job on ``backend`` and write the table to ``out``.
 
     ``resume`` continues the journal ``out + ".journal"`` left by an
     interrupted run (same backend, threads, batch and settings, else an
     error). ``progress`` (default: when stderr is a terminal) shows a tqdm bar;
     ``announce`` gets one line saying what will run, once the inputs are checked;
-    ``on_entry`` gets each entry once it is saved.
+    ``on_entry`` gets each entry once it is saved. ``reference`` times the
+    host's reference kernel beside the passes (:class:`HostPhases`; recorded in
+    the table's ``measurement.host_reference``).
     """
     from tqdm import tqdm
     jobs = list(jobs)
@@ -132,9 +135,14 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
         window = settings.window()
         last_pass = {job.key: number for number, job in todo}  # todo runs pass by pass
         prepared: dict[OpKey, Callable] = {}  # built once, reused by every pass
+        phases = HostPhases(backend, window) if reference and todo else None
         try:
             with backend.active():
-                for number, job in todo:
+                if phases is not None:
+                    phases.time("start")
+                for i, (number, job) in enumerate(todo):
+                    if phases is not None and i and number != todo[i - 1][0]:
+                        phases.time(f"after pass {todo[i - 1][0]}")
                     bar.set_postfix_str(f"pass {number}/{passes} {job.key.op}" if passes > 1 else job.key.op,
                                         refresh=False)
                     if job.key not in prepared:
@@ -148,6 +156,8 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
                     if on_entry is not None:
                         on_entry(entry)
                     bar.update(1)
+                if phases is not None:
+                    phases.time("end")
         finally:
             bar.close()
     except KeyboardInterrupt:
@@ -158,7 +168,34 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
     except BaseException:
         journal.close()
         raise
-    return journal.finalize(out, combine_passes)
+    return journal.finalize(out, combine_passes, {"host_reference": phases.record()} if phases else None)
+
+
+class HostPhases:
+    """The reference kernel (:func:`reference_module`) timed at the start of a profile, after each
+    pass and at the end, with the profile's own window: if its quietest window moved by more than
+    ``QUIET`` between timings, the host did not stay in one quiet phase while the keys were measured
+    (a neighbour's load, frequency changes) and the table says so (``hwcost table show``)."""
+
+    QUIET = 1.05
+
+    def __init__(self, backend: Backend, window):
+        module, shape = reference_module()
+        torch.manual_seed(0)
+        self.fn = backend.prepare(module.eval(), (torch.randn(*shape),))
+        self.backend, self.window = backend, window
+        self.when: list[str] = []
+        self.ms: list[float] = []
+
+    def time(self, when: str) -> None:
+        self.ms.append(self.backend.timer(self.fn, self.window).measure().median * 1e3)
+        self.when.append(when)
+
+    def record(self) -> dict:
+        spread = max(self.ms) / min(self.ms) if self.ms and min(self.ms) > 0 else 1.0
+        return {"kernel": "conv 3x3, 64 -> 64 channels at 32x32, BN, ReLU (profilers.profile.reference_module)",
+                "median_ms": [round(v, 6) for v in self.ms], "when": self.when, "spread": round(spread, 4),
+                "quiet": spread <= self.QUIET}
 
 
 def _check_same_settings(journal: Journal, settings: Settings) -> None:
