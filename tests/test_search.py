@@ -4,7 +4,7 @@ import math
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,31 +129,43 @@ def test_optimised_mixed_op_equals_plain_weighted_sum():
             torch.testing.assert_close(u, v)
 
 
-def test_resume_after_kill_gives_the_same_alphas(tmp_path):
-    args = ["--space", "nb201", "--data", "synthetic", "--epochs", "4", "--steps-per-epoch", "4",
-            "--batch-size", "16", "--C", "4", "--layers", "3", "--threads", "1", "--seed", "3", "--json"]
-    full = tmp_path / "full"
-    subprocess.run([sys.executable, "-m", "hwcost.cli", "search", *args, "--out", str(full)],
+RESUME_ARGS = ["--space", "nb201", "--data", "synthetic", "--epochs", "4", "--steps-per-epoch", "4",
+               "--batch-size", "16", "--C", "4", "--layers", "3", "--threads", "1", "--seed", "3", "--json"]
+KILLER = Path(__file__).with_name("search_killed_at_checkpoint.py")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_search(tmp_path_factory):
+    full = tmp_path_factory.mktemp("search") / "full"
+    subprocess.run([sys.executable, "-m", "hwcost.cli", "search", *RESUME_ARGS, "--out", str(full)],
                    check=True, capture_output=True, timeout=300)
-    cut = tmp_path / "cut"
-    p = subprocess.Popen([sys.executable, "-m", "hwcost.cli", "search", *args, "--out", str(cut)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and not (cut / "checkpoint.pt").exists():
-        time.sleep(0.05)
-    time.sleep(0.3)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert not (cut / "result.json").exists(), "the run finished before the kill; make it longer"
-    subprocess.run([sys.executable, "-m", "hwcost.cli", "search", *args, "--out", str(cut), "--resume"],
+    return full
+
+
+# The kill is an event inside the search process (tests/search_killed_at_checkpoint.py), not a
+# timer in this one: right after the 2nd of 4 epoch checkpoints, or 2 steps into the 3rd epoch
+# (log lines past the checkpoint, which the resume must drop and run again).
+@pytest.mark.parametrize("steps_after", [0, 2], ids=["at-checkpoint", "mid-epoch"])
+def test_resume_after_kill_gives_the_same_alphas(uninterrupted_search, steps_after, tmp_path):
+    full, cut = uninterrupted_search, tmp_path / "cut"
+    killed = subprocess.run([sys.executable, str(KILLER), "2", str(steps_after), *RESUME_ARGS, "--out", str(cut)],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (cut / "result.json").exists()
+    assert torch.load(cut / "checkpoint.pt", weights_only=True)["step"] == 8   # 2 epochs x 4 steps
+    logged = [json.loads(x)["step"] for x in (cut / "log.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 9 + steps_after))
+    subprocess.run([sys.executable, "-m", "hwcost.cli", "search", *RESUME_ARGS, "--out", str(cut), "--resume"],
                    check=True, capture_output=True, timeout=300)
     a = torch.load(full / "checkpoint.pt", weights_only=True)["model"]["alphas"]
     b = torch.load(cut / "checkpoint.pt", weights_only=True)["model"]["alphas"]
-    torch.testing.assert_close(a, b)
+    assert torch.equal(a, b), (a - b).abs().max()   # bit for bit
     ra, rb = (json.loads((d / "result.json").read_text()) for d in (full, cut))
     assert ra["arch"] == rb["arch"]
     n_steps = [json.loads(x)["step"] for x in (cut / "log.jsonl").read_text().splitlines()]
     assert n_steps == list(range(1, 17))  # every step logged once
+    epochs = [json.loads(x)["epoch"] for x in (cut / "alphas.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
 
 
 def test_nonempty_run_directory_needs_resume(tmp_path):
