@@ -7,9 +7,8 @@ latency, from a device table:
 * an op-level table answers each (op, shape) key through the cost model
   (table, else surrogate, else an error naming the key);
 * an architecture-level table (NB201 on a Raspberry Pi, a phone ...) has no
-  per-op rows, so its latencies are decomposed additively by least squares
-  over the table's architectures: latency(arch) ~ b + sum_e theta[e, op_e]. The
-  coefficients are the per-(edge, op) latencies, b the fixed part.
+  per-op rows, so its latencies are decomposed additively
+  (:mod:`costmodels.arch_additive`): per-(edge, op) latencies and a fixed part.
 """
 from __future__ import annotations
 
@@ -18,14 +17,13 @@ import functools
 import json
 import os
 
-import numpy as np
 import torch
 
+from costmodels.arch_additive import additive_arch_latency
 from costmodels.cost_tensor import CostTensor, build_cost_tensor
 from device_tables import DeviceTable, bundled_table_path, load_table
-from spaces import BUILTIN_GENOTYPES, Nb201Arch, Nb201NetConfig, network_config
+from spaces import BUILTIN_GENOTYPES, Nb201NetConfig, network_config
 from spaces.errors import HwcostError
-from spaces.nb201_arch import EDGES
 
 ANALYTICAL = ("params", "macs", "activation_bytes")
 
@@ -107,30 +105,6 @@ def target_config(space: str, network: str):
         return Nb201NetConfig(arch="|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|")
     probe = BUILTIN_GENOTYPES["DARTS_V2"][1] if space == "darts" else BUILTIN_GENOTYPES["SHARPSEPCONV_DARTS"][1]
     return network_config(network, probe, space)
-
-
-def additive_arch_latency(table: DeviceTable, ops: tuple[str, ...]) -> tuple[np.ndarray, float, dict]:
-    """Least-squares theta[edge, op] and b with latency ~ b + sum_e theta[e, op_e] over the table."""
-    rows, ys = [], []
-    for key in table.keys():
-        arch = Nb201Arch.parse(key.arch)
-        x = np.zeros(len(EDGES) * len(ops))
-        for e, op in enumerate(arch.ops):
-            x[e * len(ops) + ops.index(op)] = 1.0
-        rows.append(x)
-        ys.append(table.get(key).median_ms)
-    X, y = np.asarray(rows), np.asarray(ys)
-    X1 = np.hstack([X, np.ones((len(X), 1))])
-    coef, *_ = np.linalg.lstsq(X1, y, rcond=None)
-    theta = coef[:-1].reshape(len(EDGES), len(ops))
-    # Identifiability: shift each edge so its cheapest op costs 0 and move the shift to b.
-    shift = theta.min(axis=1, keepdims=True)
-    theta, b = theta - shift, float(coef[-1] + shift.sum())
-    pred = X1 @ coef
-    from scipy.stats import spearmanr
-    fit = {"n_archs": len(y), "spearman": float(spearmanr(pred, y)[0]),
-           "mape": float(np.mean(np.abs(pred - y) / y))}
-    return theta, b, fit
 
 
 def search_cost_tensor(space: str, network: str, ops: tuple[str, ...], table_path: str | None = None,
