@@ -60,11 +60,18 @@ def import_nb201_csv(csv_path: str | Path, device_column: str, out_path: str | P
         raise TableError(f"NB201 CSV {path} has no device column {device_column!r}; "
                          f"columns: {', '.join(devices)}")
     col = 2 + devices.index(device_column)
-    entries = []
+    entries, seen = [], {}
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
-        next(reader)
+        width = len(next(reader))
         for row in reader:
+            if len(row) != width:
+                raise TableError(f"NB201 CSV {path} line {reader.line_num}: {len(row)} fields, the header has "
+                                 f"{width} (missing or extra columns)")
+            if row[1] in seen:
+                raise TableError(f"NB201 CSV {path} line {reader.line_num}: duplicate architecture {row[1]!r} "
+                                 f"(first on line {seen[row[1]]})")
+            seen[row[1]] = reader.line_num
             try:
                 key = ArchKey(space="nb201", arch=row[1], network="cifar10")
                 entries.append(Entry.imported(key, float(row[col]), nb201_index=int(row[0])))

@@ -420,15 +420,12 @@ def test_nb201_import_refuses_a_missing_or_empty_file(tmp_path):
         import_nb201_csv(tmp_path / "latin1.csv", "pixel3")
 
 
-# What the import does not yet say clearly (strict: each one fails loudly once it does).
-@pytest.mark.xfail(strict=True, reason="a short row reports 'list index out of range', not which field is missing")
 def test_nb201_import_names_the_missing_field_of_a_short_row(tmp_path):
     path = _malformed(tmp_path, lambda h, rows: rows[1].__delitem__(slice(h.index("pixel3"), None)))
     with pytest.raises(TableError, match=r"bad\.csv line 3: .*(missing|fields|columns)"):
         import_nb201_csv(path, "pixel3")
 
 
-@pytest.mark.xfail(strict=True, reason="a repeated architecture is reported as 'entries[15]', without the file or line")
 def test_nb201_import_names_the_file_and_line_of_a_repeated_architecture(tmp_path):
     path = _malformed(tmp_path, lambda h, rows: rows.append(list(rows[0])))
     with pytest.raises(TableError, match=r"bad\.csv line 17: .*duplicate"):
