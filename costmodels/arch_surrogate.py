@@ -9,21 +9,18 @@ With ``model="auto"`` the training rows decide, by cross-validated squared
 error over a fixed list of recipes (feature set, regressor); nothing outside
 the training rows is looked at.
 
-A fitted surrogate is saved as data -- hyper-parameters, the training rows,
-library versions and the table's provenance -- and loading refits from the
-rows, which is deterministic: no pickle, nothing executed from the file.
+A fitted surrogate is saved as data (:mod:`costmodels.persistence`) --
+hyper-parameters, the training rows, library versions and the table's
+provenance -- and loading refits from the rows, which is deterministic: no
+pickle, nothing executed from the file.
 """
 from __future__ import annotations
 
-import json
-import platform
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-import scipy
-import sklearn
 from scipy.optimize import nnls
 from scipy.stats import kendalltau, spearmanr
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -34,8 +31,10 @@ from sklearn.preprocessing import StandardScaler
 
 from spaces.errors import HwcostError
 
+from . import persistence
 from .arch_features import (FEATURE_SETS, FREE_SIGN_COLUMNS, OpCost, canonical, feature_names,
                             featurize, op_cost_table)
+from .persistence import SurrogateVersionWarning, library_versions
 
 FORMAT = "hwcost-arch-surrogate"
 SCHEMA_VERSION = 1
@@ -43,10 +42,6 @@ MODELS = ("auto", "nnls", "ridge")
 RIDGE_ALPHAS = np.logspace(-3, 3, 13)
 MIN_ROWS = 3
 LOO_MAX_ROWS = 50      # leave-one-out up to this many rows, 10-fold above
-
-
-class SurrogateVersionWarning(UserWarning):
-    """A saved surrogate was written with other numpy/scikit-learn/scipy versions."""
 
 
 class NonNegativeLinear(RegressorMixin, BaseEstimator):
@@ -159,15 +154,6 @@ def _op_cost_to_json(op_cost: OpCost | None) -> list | None:
     return [[op, c, hw, v] for (op, c, hw), v in sorted(op_cost_table(op_cost).items())]
 
 
-def _major_minor(v: str) -> str:
-    return ".".join(v.split(".")[:2])
-
-
-def library_versions() -> dict[str, str]:
-    return {"numpy": np.__version__, "scikit-learn": sklearn.__version__, "scipy": scipy.__version__,
-            "python": platform.python_version()}
-
-
 class ArchLatencySurrogate(RegressorMixin, BaseEstimator):
     """Predict the latency of NB201 architectures from a few measured ones.
 
@@ -257,89 +243,64 @@ class ArchLatencySurrogate(RegressorMixin, BaseEstimator):
     # ------------------------------------------------------------- save/load
     def to_json(self) -> str:
         """Everything needed to rebuild the fitted surrogate, as JSON text (no pickle)."""
+        return persistence.dumps(self._document())
+
+    def save(self, path: str | Path) -> None:
+        """Write the surrogate to ``path`` atomically (an interrupted save leaves the old file)."""
+        persistence.save(path, self._document())
+
+    def _document(self) -> dict:
         if not hasattr(self, "estimator_"):
             raise HwcostError("fit the surrogate before saving it; an unfitted one has no rows to store")
-        doc = {
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
-            "params": {"features": self.features, "model": self.model,
-                       "op_cost": _op_cost_to_json(self._op_cost())},
-            "table": self.table_,
-            "train": {"archs": self.train_archs_, "latency_ms": self.train_latency_ms_.tolist()},
-            "versions": library_versions(),
+        return persistence.document(
+            FORMAT, SCHEMA_VERSION,
+            params={"features": self.features, "model": self.model, "op_cost": _op_cost_to_json(self._op_cost())},
+            table=self.table_,
+            train={"archs": self.train_archs_, "latency_ms": self.train_latency_ms_.tolist()},
             # informative, and checked on load: a refit must reproduce these
-            "fitted": {"selected": self.selected_, "cv_mse": self.cv_mse_,
-                       "train_predictions_ms": self.predict(self.train_archs_).tolist()},
-        }
-        return json.dumps(doc, indent=1, default=str)  # provenance values become text
+            fitted={"selected": self.selected_, "cv_mse": self.cv_mse_,
+                    "train_predictions_ms": self.predict(self.train_archs_).tolist()})
 
     @classmethod
     def from_json(cls, text: str, source: str = "<string>") -> "ArchLatencySurrogate":
-        """Rebuild by refitting on the stored rows; warns if library versions differ."""
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise HwcostError(f"{source}: not a JSON surrogate file ({e})") from None
+        """Rebuild by refitting on the stored rows (library versions checked: see :mod:`costmodels.persistence`)."""
+        return cls._from_doc(persistence.parse(text, source, FORMAT, SCHEMA_VERSION), source)
 
-        def field(d, key: str, kind: type, where: str):
-            if not isinstance(d, dict) or key not in d:
-                raise HwcostError(f"{source}: missing field {where}{key!r}")
-            if not isinstance(d[key], kind):
-                raise HwcostError(f"{source}: field {where}{key!r} should be a {kind.__name__}, "
-                                  f"got {type(d[key]).__name__}")
-            return d[key]
+    @classmethod
+    def load(cls, path: str | Path) -> "ArchLatencySurrogate":
+        return cls._from_doc(persistence.read(path, FORMAT, SCHEMA_VERSION), str(path))
 
-        if field(doc, "format", str, "") != FORMAT:
-            raise HwcostError(f"{source}: format is {doc['format']!r}, expected {FORMAT!r}")
-        if field(doc, "schema_version", int, "") > SCHEMA_VERSION:
-            raise HwcostError(f"{source}: schema_version {doc['schema_version']} is newer than this "
-                              f"hwcost reads ({SCHEMA_VERSION}); upgrade hwcost")
-        params = field(doc, "params", dict, "")
-        train = field(doc, "train", dict, "")
-        archs = field(train, "archs", list, "train.")
-        lat = field(train, "latency_ms", list, "train.")
-        versions = field(doc, "versions", dict, "")
+    @classmethod
+    def _from_doc(cls, doc: dict, source: str) -> "ArchLatencySurrogate":
+        params = persistence.field(doc, "params", dict, source)
+        train = persistence.field(doc, "train", dict, source)
+        archs = persistence.field(train, "archs", list, source, "train.")
+        lat = persistence.numbers(persistence.field(train, "latency_ms", list, source, "train."), source,
+                                  "train.latency_ms")
         op_cost = params.get("op_cost")
         if op_cost is not None:
             try:
                 op_cost = {(str(op), int(c), int(hw)): float(v) for op, c, hw, v in op_cost}
             except (TypeError, ValueError):
-                raise HwcostError(f"{source}: field params.op_cost must be a list of "
+                raise HwcostError(f"surrogate {source}: field params.op_cost must be a list of "
                                   f"[op, C, H, cost]") from None
-        for lib, mine in library_versions().items():
-            if lib != "python" and _major_minor(str(versions.get(lib, "?"))) != _major_minor(mine):
-                warnings.warn(f"{source}: saved with {lib} {versions.get(lib, '?')}, running {mine}; "
-                              f"refitting from the stored rows may not reproduce the saved predictions "
-                              f"exactly", SurrogateVersionWarning, stacklevel=2)
-        est = cls(features=field(params, "features", str, "params."),
-                  model=field(params, "model", str, "params."), op_cost=op_cost)
+        table = doc.get("table") or {}
+        if not isinstance(table, dict):
+            raise HwcostError(f"surrogate {source}: field 'table' must be an object")
+        est = cls(features=persistence.field(params, "features", str, source, "params."),
+                  model=persistence.field(params, "model", str, source, "params."), op_cost=op_cost)
         try:
-            est.fit(archs, lat, table=doc.get("table") or {})
+            est.fit(archs, lat, table=table)
         except HwcostError as e:
-            raise HwcostError(f"{source}: {e}") from None
+            raise HwcostError(f"surrogate {source}: {e}") from None
         fitted = doc.get("fitted") if isinstance(doc.get("fitted"), dict) else {}
-        saved, saved_pred = fitted.get("selected"), fitted.get("train_predictions_ms")
+        saved = fitted.get("selected")
         if saved is not None and saved != est.selected_:
-            warnings.warn(f"{source}: refitting chose {est.selected_}, the saved surrogate used {saved}",
-                          SurrogateVersionWarning, stacklevel=2)
-        elif saved_pred is not None and not np.allclose(est.predict(est.train_archs_), saved_pred,
-                                                        rtol=1e-6, atol=1e-9):
-            warnings.warn(f"{source}: the refitted surrogate does not reproduce the saved predictions "
-                          f"on its training rows (different library versions?)",
-                          SurrogateVersionWarning, stacklevel=2)
+            warnings.warn(f"surrogate {source}: refitting chose {est.selected_}, the saved surrogate used {saved}",
+                          SurrogateVersionWarning, stacklevel=3)
+        else:
+            persistence.check_refit(source, fitted.get("train_predictions_ms"), est.predict(est.train_archs_))
         return est
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ArchLatencySurrogate":
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise HwcostError(f"cannot read surrogate file {path}: {e.strerror}") from None
-        return cls.from_json(text, source=str(path))
 
 
 # ------------------------------------------------------------------ evaluation
@@ -347,15 +308,6 @@ class ArchLatencySurrogate(RegressorMixin, BaseEstimator):
 def _rank_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {"spearman": float(spearmanr(y_pred, y_true)[0]),
             "kendall": float(kendalltau(y_pred, y_true)[0])}
-
-
-def holdout_split(n_rows: int, n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, held-out): ``n_samples`` rows drawn without replacement, the rest held out."""
-    if not MIN_ROWS <= n_samples <= n_rows - 2:
-        raise HwcostError(f"--samples must be between {MIN_ROWS} and {n_rows - 2} for a table of "
-                          f"{n_rows} architectures, got {n_samples}")
-    perm = np.random.default_rng(seed).permutation(n_rows)
-    return np.sort(perm[:n_samples]), np.sort(perm[n_samples:])
 
 
 def fit_holdout(all_archs: Sequence[str], all_latency, n_samples: int, seed: int, *,
@@ -371,7 +323,10 @@ def fit_holdout(all_archs: Sequence[str], all_latency, n_samples: int, seed: int
     y = np.asarray(all_latency, dtype=float).ravel()
     if len(archs) != len(y):
         raise HwcostError(f"got {len(archs)} architectures but {len(y)} latencies")
-    tr, te = holdout_split(len(y), n_samples, seed)
+    if not MIN_ROWS <= n_samples <= len(y) - 2:
+        raise HwcostError(f"--samples must be between {MIN_ROWS} and {len(y) - 2} for a table of "
+                          f"{len(y)} architectures, got {n_samples}")
+    tr, te = persistence.holdout_split([0] * len(y), lambda n: n - n_samples, seed)   # n_samples random rows
     est = ArchLatencySurrogate(features=features, model=model, op_cost=op_cost)
     est.fit([archs[i] for i in tr], y[tr], table=table)
     scores = _rank_scores(y[te], est.predict([archs[i] for i in te]))
@@ -388,4 +343,4 @@ def evaluate_holdout(all_archs: Sequence[str], all_latency, n_samples: int, seed
 
 
 __all__ = ["ArchLatencySurrogate", "NonNegativeLinear", "SurrogateVersionWarning", "candidate_recipes",
-           "evaluate_holdout", "fit_holdout", "holdout_split", "library_versions"]
+           "evaluate_holdout", "fit_holdout", "library_versions"]

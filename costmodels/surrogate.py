@@ -10,10 +10,12 @@ log(latency).  Which family (``linear``, ``loglinear``, ``forest``,
 ``boosting``) serves an op type is chosen by cross-validated MAPE on the
 training rows only.
 
-A fitted surrogate is saved as data -- hyper-parameters, the training rows
-(key, latency, features), the chosen families, library versions and the table
-it came from -- and loading refits from the rows (deterministic: fixed seeds,
-one thread): no pickle, nothing executed from the file.  Loading refuses a
+A fitted surrogate is saved as data (:mod:`costmodels.persistence`) --
+hyper-parameters, the training rows (key, latency, features), the chosen
+families, library versions and the table it came from -- and loading refits
+from the rows (deterministic: fixed seeds, one thread): no pickle, nothing
+executed from the file.  The stored features are validated and kept on the
+loaded surrogate, never put into the process-wide cache.  Loading refuses a
 file fitted on another device, backend or space.
 
 ``predict_key`` raises :class:`KeyError` (a :class:`MissingKeyError`) for an
@@ -23,17 +25,13 @@ under-count).
 """
 from __future__ import annotations
 
-import json
 import math
-import platform
 import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-import scipy
-import sklearn
 from scipy.optimize import nnls
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
@@ -43,6 +41,9 @@ from sklearn.model_selection import KFold
 from device_tables import DeviceTable, OpKey, parse_key
 from device_tables.errors import KeyFormatError, MissingKeyError, TableError
 from spaces.errors import HwcostError
+
+from . import persistence
+from .persistence import SurrogateVersionWarning
 
 FORMAT = "hwcost-op-surrogate"
 SCHEMA_VERSION = 1
@@ -57,15 +58,11 @@ MIN_CV_ROWS = 4          # fewer rows of an op type: no CV, the linear family
 RUNTIME_IDENTITY = ("backend", "execution_provider", "threads", "dtype", "batch")
 
 
-class SurrogateVersionWarning(UserWarning):
-    """A saved surrogate was written with other library versions, or was refitted on another table."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Features
 
 
-# Derived features of the keys seen in this process, or read from a saved surrogate.
+# Derived features of the keys counted in this process (a saved surrogate's are kept on it, not here).
 _FEATURES: dict[OpKey, tuple[float, ...]] = {}
 
 
@@ -141,11 +138,11 @@ def _numeric_extras(key: OpKey) -> dict[str, float]:
     return out
 
 
-def feature_row(key: OpKey, extra_names: Sequence[str]) -> list[float]:
-    """The feature vector of one key: shape args, numeric extras, derived costs."""
+def feature_row(key: OpKey, extra_names: Sequence[str], derived: Sequence[float] | None = None) -> list[float]:
+    """The feature vector of one key: shape args, numeric extras, derived costs (``derived``, else counted)."""
     extras = _numeric_extras(key)
     return ([float(getattr(key, f)) for f in SHAPE_FEATURES] + [extras.get(n, 0.0) for n in extra_names]
-            + list(derived_features(key)))
+            + list(derived_features(key) if derived is None else derived))
 
 
 def feature_names(extra_names: Sequence[str]) -> list[str]:
@@ -309,7 +306,7 @@ class OpLatencySurrogate(RegressorMixin, BaseEstimator):
             idx = groups[t]
             names = sorted({n for i in idx for n in _numeric_extras(keys[i])})
             self.extra_names_[t] = names
-            F = np.array([feature_row(keys[i], names) for i in idx])
+            F = np.array([feature_row(keys[i], names, self._derived(keys[i])) for i in idx])
             family = self._family_for(t, F, y[idx])
             self.selected_[t] = family
             self.regressors_[t] = self._regressor(family, names).fit(F, y[idx])
@@ -317,6 +314,10 @@ class OpLatencySurrogate(RegressorMixin, BaseEstimator):
         self.train_latency_ms_ = y.copy()
         self.table_ = table_identity(table)
         return self
+
+    def _derived(self, key: OpKey) -> tuple[float, ...] | None:
+        """The derived features a loaded file stored for ``key`` (validated, kept on this object), if any."""
+        return getattr(self, "stored_features_", {}).get(key)
 
     def _regressor(self, family: str, extra_names: Sequence[str]) -> LatencyRegressor:
         names = feature_names(extra_names)
@@ -363,7 +364,7 @@ class OpLatencySurrogate(RegressorMixin, BaseEstimator):
         if t not in self.regressors_:
             raise MissingKeyError(f"the surrogate has no model for op type {t} (key {key.to_str()}); it was "
                                   f"fitted on {', '.join(self.regressors_)}")
-        row = np.array([feature_row(key, self.extra_names_[t])])
+        row = np.array([feature_row(key, self.extra_names_[t], self._derived(key))])
         return float(max(self.regressors_[t].predict(row)[0], 1e-6))
 
     def predict(self, X: Iterable) -> np.ndarray:
@@ -373,100 +374,78 @@ class OpLatencySurrogate(RegressorMixin, BaseEstimator):
     # ------------------------------------------------------------ save/load
     def to_json(self) -> str:
         """Everything needed to rebuild the fitted surrogate, as JSON text (no pickle)."""
-        self._check_fitted()
-        doc = {
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
-            "params": {"families": list(self.families), "cv": self.cv, "n_estimators": self.n_estimators,
-                       "random_state": self.random_state, "family": self.family},
-            "table": self.table_,
-            "spaces": sorted({k.space for k in self.train_keys_}),
-            "train": [{"key": k.to_str(), "latency_ms": float(v),
-                       "features": dict(zip(DERIVED_FEATURES, derived_features(k)))}
-                      for k, v in zip(self.train_keys_, self.train_latency_ms_)],
-            "versions": library_versions(),
-            # checked on load: a refit must reproduce these
-            "fitted": {"selected": self.selected_, "cv_mape": self.cv_mape_,
-                       "train_predictions_ms": self.predict(self.train_keys_).tolist()},
-        }
-        return json.dumps(doc, indent=1, default=str)
+        return persistence.dumps(self._document())
 
     def save(self, path: str | Path) -> None:
-        from device_tables._io import atomic_write
-        atomic_write(Path(path), (self.to_json() + "\n").encode("utf-8"))
+        """Write the surrogate to ``path`` atomically (an interrupted save leaves the old file)."""
+        persistence.save(path, self._document())
+
+    def _document(self) -> dict:
+        self._check_fitted()
+        return persistence.document(
+            FORMAT, SCHEMA_VERSION,
+            params={"families": list(self.families), "cv": self.cv, "n_estimators": self.n_estimators,
+                    "random_state": self.random_state, "family": self.family},
+            table=self.table_,
+            spaces=sorted({k.space for k in self.train_keys_}),
+            train=[{"key": k.to_str(), "latency_ms": float(v),
+                    "features": dict(zip(DERIVED_FEATURES, self._derived(k) or derived_features(k)))}
+                   for k, v in zip(self.train_keys_, self.train_latency_ms_)],
+            # checked on load: a refit must reproduce these
+            fitted={"selected": self.selected_, "cv_mape": self.cv_mape_,
+                    "train_predictions_ms": self.predict(self.train_keys_).tolist()})
 
     @classmethod
     def from_json(cls, text: str, source: str = "<string>") -> "OpLatencySurrogate":
         """Rebuild by refitting on the stored rows with the stored families (no CV)."""
+        return cls._from_doc(persistence.parse(text, source, FORMAT, SCHEMA_VERSION), source)
+
+    @classmethod
+    def _from_doc(cls, doc: dict, source: str) -> "OpLatencySurrogate":
+        def field(d, name, kind, where=""):
+            return persistence.field(d, name, kind, source, where)
+
+        params, fitted = field(doc, "params", dict), field(doc, "fitted", dict)
+        rows = field(doc, "train", list)
+        keys, lat, features = [], [], {}
+        for i, r in enumerate(rows):
+            where = f"train[{i}]."
+            try:
+                key = _as_key(field(r, "key", str, where))
+            except HwcostError as e:
+                raise HwcostError(f"surrogate {source}: {where}key: {e}") from None
+            lat.append(field(r, "latency_ms", (int, float), where))
+            stored = field(r, "features", dict, where)
+            unknown = sorted(set(stored) - set(DERIVED_FEATURES))
+            if unknown:
+                raise HwcostError(f"surrogate {source}: {where}features: unknown feature(s) {', '.join(unknown)}; "
+                                  f"known: {', '.join(DERIVED_FEATURES)}")
+            values = [field(stored, f, (int, float), f"{where}features.") for f in DERIVED_FEATURES]
+            if any(v < 0 for v in values):
+                raise HwcostError(f"surrogate {source}: {where}features: a cost feature is negative ({values})")
+            keys.append(key)
+            features[key] = tuple(float(v) for v in values)
+        selected = field(fitted, "selected", dict, "fitted.")
+        est = cls(family=dict(selected), families=tuple(field(params, "families", list, "params.")),
+                  cv=field(params, "cv", int, "params."), n_estimators=field(params, "n_estimators", int, "params."),
+                  random_state=field(params, "random_state", int, "params."))
+        est.stored_features_ = features   # features are a function of the key: reuse, don't recount
+        table = doc.get("table") or {}
+        if not isinstance(table, dict):
+            raise HwcostError(f"surrogate {source}: field 'table' must be an object")
         try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise HwcostError(f"surrogate {source}: not a JSON surrogate file ({e.msg} at line {e.lineno})") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-            hint = (" (an architecture surrogate: use costmodels.arch_surrogate)"
-                    if got == "hwcost-arch-surrogate" else "")
-            raise HwcostError(f"surrogate {source}: format is {got!r}, expected {FORMAT!r}{hint}")
-        version = doc.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise HwcostError(f"surrogate {source}: schema_version {version!r} is not supported (this hwcost reads "
-                              f"up to {SCHEMA_VERSION}); upgrade hwcost or refit with hwcost fit")
-        _check_versions(doc.get("versions"), source)
-        try:
-            params, fitted = doc["params"], doc["fitted"]
-            keys = [_as_key(r["key"]) for r in doc["train"]]
-            lat = [float(r["latency_ms"]) for r in doc["train"]]
-            for k, r in zip(keys, doc["train"]):   # features are a function of the key: reuse, don't recount
-                _FEATURES.setdefault(k, tuple(float(r["features"][f]) for f in DERIVED_FEATURES))
-            est = cls(family=dict(fitted["selected"]), families=tuple(params["families"]), cv=int(params["cv"]),
-                      n_estimators=int(params["n_estimators"]), random_state=int(params["random_state"]))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise HwcostError(f"surrogate {source}: malformed ({type(e).__name__}: {e})") from None
-        try:
-            est.fit(keys, lat, table=doc.get("table") or {})
+            est.fit(keys, lat, table=table)
         except HwcostError as e:
             raise HwcostError(f"surrogate {source}: {e}") from None
-        est.cv_mape_ = fitted.get("cv_mape", {})
+        cv_mape = fitted.get("cv_mape", {})
+        est.cv_mape_ = cv_mape if isinstance(cv_mape, dict) else {}
         est.family = params.get("family", "auto")   # the hyper-parameter the user chose
-        saved = fitted.get("train_predictions_ms")
-        if saved is not None:
-            now = est.predict(keys)
-            rel = float(np.max(np.abs(now - np.asarray(saved)) / np.asarray(saved))) if len(saved) else 0.0
-            if not np.isfinite(rel) or rel > 1e-6:
-                warnings.warn(f"surrogate {source}: the refit differs from the saved predictions by up to "
-                              f"{rel:.2%} (other library versions?)", SurrogateVersionWarning, stacklevel=2)
+        persistence.check_refit(source, fitted.get("train_predictions_ms"), est.predict(keys))
         return est
 
 
 # ---------------------------------------------------------------------------------------------
-# Versions, loading, checking against a table
-
-
-def _major_minor(v: str) -> tuple[str, str]:
-    parts = (str(v).split(".") + ["?", "?"])[:2]
-    return parts[0], parts[1]
-
-
-def library_versions() -> dict[str, str]:
-    return {"numpy": np.__version__, "scikit-learn": sklearn.__version__, "scipy": scipy.__version__,
-            "python": platform.python_version()}
-
-
-def _check_versions(saved: Any, source: str) -> None:
-    """Another major version of a fitting library is an error; another minor one a warning."""
-    if not isinstance(saved, dict):
-        raise HwcostError(f"surrogate {source}: missing field 'versions'")
-    for lib, mine in library_versions().items():
-        if lib == "python":
-            continue
-        theirs = str(saved.get(lib, "?"))
-        (M1, m1), (M2, m2) = _major_minor(theirs), _major_minor(mine)
-        if M1 != M2:
-            raise HwcostError(f"surrogate {source} was fitted with {lib} {theirs}, this is {lib} {mine}: another "
-                              f"major version may fit differently; refit it (hwcost fit TABLE --out FILE)")
-        if m1 != m2:
-            warnings.warn(f"surrogate {source}: fitted with {lib} {theirs}, running {mine}; refitted from its "
-                          f"stored rows", SurrogateVersionWarning, stacklevel=3)
+# Loading, checking against a table
 
 
 def check_table(surrogate: OpLatencySurrogate, table: DeviceTable, source: str = "surrogate") -> None:
@@ -494,11 +473,7 @@ def load_surrogate(path: str | Path, table: DeviceTable | None = None,
                    space: str | None = None) -> OpLatencySurrogate:
     """Load an op-level surrogate file; with ``table``/``space``, check it was fitted on them."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise HwcostError(f"cannot read surrogate file {path}: {getattr(e, 'strerror', None) or e}") from None
-    est = OpLatencySurrogate.from_json(text, source=str(path))
+    est = OpLatencySurrogate._from_doc(persistence.read(path, FORMAT, SCHEMA_VERSION), str(path))
     if table is not None:
         check_table(est, table, source=f"surrogate {path}")
     if space is not None and space not in {k.space for k in est.train_keys_}:
@@ -509,23 +484,6 @@ def load_surrogate(path: str | Path, table: DeviceTable | None = None,
 
 # ---------------------------------------------------------------------------------------------
 # hwcost fit for op-level tables
-
-
-def holdout_split(keys: Sequence[OpKey], fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
-    """(train, held-out) indices, stratified by op type: ``fraction`` of each op type with
-    at least 5 keys is held out (at least one key); smaller op types stay in training."""
-    rng = np.random.default_rng(seed)
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, k in enumerate(keys):
-        groups[op_type(k)].append(i)
-    train, test = [], []
-    for t in sorted(groups):
-        idx = np.array(groups[t])
-        n_test = max(1, round(fraction * len(idx))) if len(idx) >= 5 else 0
-        perm = rng.permutation(len(idx))
-        test.extend(idx[perm[:n_test]].tolist())
-        train.extend(idx[perm[n_test:]].tolist())
-    return sorted(train), sorted(test)
 
 
 def accuracy(y_true, y_pred) -> dict[str, float]:
@@ -552,7 +510,8 @@ def fit_op_table(table: DeviceTable, out: str | Path, seed: int = 0, fraction: f
     y = np.array([e.median_ms for e in table.entries])
     if len(keys) < 2:
         raise HwcostError(f"table {table.source} has {len(keys)} entries; a surrogate needs at least 2")
-    tr, te = holdout_split(keys, fraction, seed)
+    tr, te = persistence.holdout_split([op_type(k) for k in keys],   # stratified: op types of >= 5 keys
+                                       lambda n: max(1, round(fraction * n)) if n >= 5 else 0, seed)
     est = OpLatencySurrogate(random_state=seed).fit([keys[i] for i in tr], y[tr], table=table)
     report: dict[str, Any] = {"surrogate": str(out), "device": table.device.get("name"),
                               "backend": table.runtime.get("backend"), "keys": len(keys),
@@ -582,5 +541,5 @@ def fit_op_table(table: DeviceTable, out: str | Path, seed: int = 0, fraction: f
 
 
 __all__ = ["OpLatencySurrogate", "LatencyRegressor", "SurrogateVersionWarning", "FAMILIES", "accuracy",
-           "check_table", "derived_features", "feature_row", "fit_op_table", "holdout_split", "library_versions",
-           "load_surrogate", "op_type", "table_identity"]
+           "check_table", "derived_features", "feature_row", "fit_op_table", "load_surrogate", "op_type",
+           "table_identity"]

@@ -48,6 +48,21 @@ def loads_strict(text: str) -> Any:
         raise TableError(f"not valid JSON: {e.args[0]} is not a number JSON allows{where}") from None
 
 
+def typed_field(d: Any, name: str, kind: type | tuple[type, ...], where: str = "", label: str | None = None) -> Any:
+    """``d[name]`` if it is a ``kind`` (a bool counts as no number); otherwise one TableError naming the
+    field -- ``label``, by default ``where + name`` -- as missing or as of the wrong type."""
+    label = f"{where}{name}" if label is None else label
+    if not isinstance(d, dict):
+        raise TableError(f"{label}: expected a field of an object, got {type(d).__name__}")
+    if name not in d:
+        raise TableError(f"missing field {label}")
+    value = d[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise TableError(f"{label}: expected {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+    return value
+
+
 def read_json(path: Path) -> Any:
     """Read a JSON file (plain or gzip-compressed, detected by content)."""
     try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from device_tables._io import read_json
+from device_tables._io import read_json, typed_field as _field
 from device_tables.errors import TableError
 from device_tables.keys import OpKey
 from device_tables.table import DeviceTable, Entry, now_iso
@@ -156,13 +156,6 @@ def write_bundle(keys: Iterable[OpKey], out_zip: str | os.PathLike, opset: int =
 
 
 # ---------------------------------------------------------------- results -> table
-
-def _field(d: dict, name: str, typ, where: str):
-    value = d.get(name)
-    if not isinstance(value, typ) or isinstance(value, bool):
-        raise TableError(f"{where}{name}: expected {getattr(typ, '__name__', 'a value')}, got {value!r}")
-    return value
-
 
 def import_results(results_json: str | os.PathLike, allow_failed: bool = False,
                    device_name: str | None = None) -> DeviceTable:

@@ -9,6 +9,11 @@
   that runs ``fn`` k times and returns the elapsed seconds (``perf_counter``
   on a CPU, CUDA events on a GPU).
 
+The statistics (quantiles, the median's CI) and the measurement loop are not
+written here: they are the remote runner's (:mod:`profilers.runner`, a single
+stdlib + numpy file), so a table measured on a board and one measured here
+come from the same loop.
+
 Why these choices:
 
 * The **median**, not the mean: latency noise is one-sided (interrupts, other
@@ -35,8 +40,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property
 from typing import Callable
+
+from .runner import (cpu_block_timer, median_ci_ranks, retry_noisy, sample_window, summarize,  # noqa: F401
+                     window_settings)  # median_ci_ranks and cpu_block_timer are re-exported
 
 BlockTimer = Callable[[Callable[[], object], int], float]
 
@@ -72,50 +80,10 @@ class Settings:
     def window(self) -> "Settings":
         """The settings of one pass's window: ``max_time_s`` is the cap over all passes of a key,
         and with several passes a noisy window is not retried (the other passes are the retries)."""
-        if self.passes == 1:
-            return self
-        return replace(self, max_time_s=self.max_time_s / self.passes, noisy_retries=0, passes=1)
+        return replace(self, **window_settings(self.to_dict()))
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@lru_cache(maxsize=4096)
-def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int] | None:
-    """0-based ranks (lo, hi) with P(x_(lo) <= true median <= x_(hi)) >= confidence.
-
-    Distribution-free: the number of samples below the median is
-    Binomial(n, 1/2), so [x_(r), x_(n-r+1)] (1-based) covers the median with
-    probability 1 - 2 P(B <= r - 1). None when n is too small for any r.
-    """
-    alpha = 1.0 - confidence
-    if n > 1000:  # normal approximation of the binomial, accurate to a rank here
-        r = math.floor(n / 2 - _z(confidence) * math.sqrt(n) / 2)
-        return (r - 1, n - r) if r >= 1 else None
-    total, cdf, r = 2 ** n, 0, 0
-    term = 1  # C(n, i)
-    for i in range(n):
-        cdf += term  # now P(B <= i) * 2**n
-        if 2 * cdf > alpha * total:
-            break
-        r = i + 1
-        term = term * (n - i) // (i + 1)
-    return (r - 1, n - r) if r >= 1 else None
-
-
-def _z(confidence: float) -> float:
-    from statistics import NormalDist
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
-
-
-def _quantile(sorted_xs: list[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default) of sorted data."""
-    if len(sorted_xs) == 1:
-        return sorted_xs[0]
-    pos = q * (len(sorted_xs) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
 
 
 @dataclass
@@ -131,8 +99,9 @@ class Measurement:
     pass_medians: list[float] | None = None  # every window's median when this is the quietest of passes
     session_medians: list[float] | None = None  # every session's median when this is the median session
 
-    def __post_init__(self):
-        self._sorted = sorted(self.samples)
+    @cached_property
+    def _stats(self) -> dict:
+        return summarize(self.samples, self.settings.to_dict())
 
     @property
     def n(self) -> int:
@@ -140,48 +109,41 @@ class Measurement:
 
     @property
     def median(self) -> float:
-        return _quantile(self._sorted, 0.5)
+        return self._stats["median"]
 
     @property
     def p10(self) -> float:
-        return _quantile(self._sorted, 0.1)
+        return self._stats["p10"]
 
     @property
     def p90(self) -> float:
-        return _quantile(self._sorted, 0.9)
+        return self._stats["p90"]
 
     @property
     def iqr(self) -> float:
-        return _quantile(self._sorted, 0.75) - _quantile(self._sorted, 0.25)
+        return self._stats["iqr"]
 
     def median_ci(self) -> tuple[float, float] | None:
-        ranks = median_ci_ranks(self.n, self.settings.confidence)
-        return None if ranks is None else (self._sorted[ranks[0]], self._sorted[ranks[1]])
+        return self._stats["ci"]
 
     @property
     def rel_ci(self) -> float:
         """Half-width of the median's confidence interval / median (inf if unknown)."""
-        ci, med = self.median_ci(), self.median
-        if ci is None or med <= 0:
-            return math.inf
-        return (ci[1] - ci[0]) / 2 / med
+        return self._stats["rel_ci"]
 
     @property
     def converged(self) -> bool:
-        return self.n >= self.settings.min_samples and self.rel_ci <= self.settings.rel_ci
+        return self._stats["converged"]
 
     @property
     def spread(self) -> float:
         """IQR / median: how disturbed the window was."""
-        med = self.median
-        return self.iqr / med if med > 0 else math.inf
+        return self._stats["spread"]
 
     @property
     def quality(self) -> str:
         """"noisy" (IQR/median above the limit) > "capped" (CI not reached) > "ok"."""
-        if self.spread > self.settings.noisy_iqr:
-            return "noisy"
-        return "ok" if self.converged else "capped"
+        return self._stats["quality"]
 
     def summary(self) -> dict:
         """Milliseconds, for reports and ``hwcost measure --json``."""
@@ -240,22 +202,6 @@ def _sig(x: float, digits: int = 6) -> float:
     return float(f"{x:.{digits}g}")
 
 
-def cpu_block_timer(clock: Callable[[], float] = time.perf_counter) -> BlockTimer:
-    """Elapsed ``clock`` seconds of k back-to-back calls (the CPU backends' timer)."""
-
-    def time_block(fn, k: int) -> float:
-        t0 = clock()
-        for _ in range(k):
-            fn()
-        return clock() - t0
-
-    return time_block
-
-
-def _noop() -> None:
-    return None
-
-
 class Timer:
     """Measure ``fn`` (one run of the op, synchronised) with adaptive stopping.
 
@@ -272,52 +218,20 @@ class Timer:
         self.block_timer = block_timer or cpu_block_timer(wall_clock)
         self.wall_clock = wall_clock
 
-    def overhead(self, k: int, reps: int = 7) -> float:
-        """Seconds a block of k empty calls takes: the timer's and the loop's own cost."""
-        return sorted(self.block_timer(_noop, k) for _ in range(reps))[reps // 2]
-
-    def warmup(self) -> float:
-        """Run until ``warmup_s`` has passed (at least twice); return the fastest run (s)."""
-        s, start = self.settings, self.wall_clock()
-        times = []
-        while len(times) < 2 or (self.wall_clock() - start < s.warmup_s and len(times) < 10_000):
-            times.append(self.block_timer(self.fn, 1))
-            if self.wall_clock() - start >= s.max_time_s and len(times) >= 2:
-                break
-        return max(min(times[1:]), 1e-9)
-
     def measure(self) -> Measurement:
         """Measure; a noisy window (another process, a host neighbour) is retried
         ``noisy_retries`` times and the quietest window (lowest IQR/median) kept --
         the number a dedicated device would show."""
         start = self.wall_clock()
-        best = self.measure_once()
-        for attempt in range(2, self.settings.noisy_retries + 2):
-            if best.quality != "noisy":
-                break
-            m = self.measure_once()
-            best = m if m.spread < best.spread else best
-            best.attempts = attempt
+        best, attempts = retry_noisy(self.measure_once, self.settings.noisy_retries,
+                                     lambda m: m.quality == "noisy", lambda m: m.spread)
+        best.attempts = attempts
         best.elapsed_s = self.wall_clock() - start
         return best
 
     def measure_once(self) -> Measurement:
-        """One window: warm-up, block sizing, overhead, samples until the CI or the cap."""
-        s, start = self.settings, self.wall_clock()
-        t_run = self.warmup()
-        k = max(1, math.ceil(s.min_sample_s / t_run))
-        overhead = self.overhead(k)
-        samples: list[float] = []
-        capped = False
-        round_size = s.min_samples
-        while True:
-            for _ in range(round_size):
-                samples.append(max(self.block_timer(self.fn, k) - overhead, 0.0) / k)
-                if self.wall_clock() - start >= s.max_time_s and len(samples) >= 3:
-                    capped = True
-                    break
-            m = Measurement(samples, k, overhead, capped, s, self.wall_clock() - start)
-            if capped or (m.converged and not self.run_to_cap):
-                m.capped = capped and not m.converged
-                return m
-            round_size = max(s.min_samples // 2, len(samples) // 4)  # geometric growth: few CI checks
+        """One window: :func:`profilers.runner.sample_window` -- warm-up, block sizing, overhead,
+        samples until the CI or the cap."""
+        w = sample_window(self.fn, self.settings.to_dict(), self.block_timer, self.wall_clock, self.run_to_cap)
+        return Measurement(w["samples"], w["runs_per_sample"], w["overhead_s"], w["capped"], self.settings,
+                           w["elapsed_s"])

@@ -169,9 +169,15 @@ def test_op_cost_callable_is_saved_as_its_values():
 
 
 def test_other_library_versions_warn(fitted):
+    # one version policy for every surrogate (costmodels.persistence): another minor version warns,
+    # another major one (scikit-learn 0.24.2 against 1.x) is refused -- refit the file
     doc = json.loads(fitted.to_json())
+    other_minor = doc["versions"]["scikit-learn"].split(".")[0] + ".9999.1"
+    doc["versions"]["scikit-learn"] = other_minor
+    with pytest.warns(SurrogateVersionWarning, match=f"scikit-learn {other_minor}"):
+        ArchLatencySurrogate.from_json(json.dumps(doc))
     doc["versions"]["scikit-learn"] = "0.24.2"
-    with pytest.warns(SurrogateVersionWarning, match="scikit-learn 0.24.2"):
+    with pytest.raises(HwcostError, match="scikit-learn 0.24.2.*another major version"):
         ArchLatencySurrogate.from_json(json.dumps(doc))
 
 

@@ -9,12 +9,14 @@ import math
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from device_tables import Entry, Journal, OpKey, TableError, load_table
 from profilers import backends as B
+from profilers import runner
 from profilers.measure import Measurement, Settings, Timer, cpu_block_timer, median_ci_ranks
 from profilers.profile import Job, ProfileInterrupted, journal_path, profile, space_jobs
 from profilers.shapes import (key_module, model_layer_keys, parse_input_shape, resolve_configs,
@@ -372,6 +374,55 @@ def test_cpu_block_timer_reads_the_clock_around_k_calls():
         clock.t += 0.25
 
     assert timer(fn, 4) == pytest.approx(1.0) and len(calls) == 4
+
+
+# The remote runner (profilers.runner) and the local Timer are one loop: fed the same run times through a
+# fake clock, they agree on the median, the CI, the samples, the quality and when they stopped.
+def _noisy_then_quiet():
+    return itertools.chain(itertools.islice(itertools.cycle([1e-3, 2e-3]), 300), itertools.repeat(1.2e-3))
+
+
+ONE_LOOP = {  # name: (run times, settings of both paths, timer overhead per block)
+    "converges": (lambda: itertools.repeat(1e-4), dict(rel_ci=0.02, max_time_s=2.0, min_sample_s=5e-4,
+                                                       warmup_s=0.01, min_samples=10), 2e-6),
+    "capped and noisy": (lambda: itertools.cycle([1e-3, 2e-3]), dict(rel_ci=0.02, max_time_s=0.5, min_sample_s=1e-4,
+                                                                     warmup_s=0.01, noisy_retries=0), 0.0),
+    "retried": (_noisy_then_quiet, dict(rel_ci=0.02, max_time_s=0.5, min_sample_s=1e-4, warmup_s=0.01,
+                                        noisy_retries=2), 1e-6),
+    "CI met after several checks": (
+        lambda: iter(np.random.default_rng(0).lognormal(math.log(1e-3), 0.02, 10**6).tolist()),
+        dict(rel_ci=0.002, max_time_s=3.0, min_sample_s=1e-3, warmup_s=0.05, min_samples=12), 3e-7),
+    "warm-up past half the cap": (lambda: itertools.repeat(2e-3), dict(rel_ci=0.05, max_time_s=0.02,
+                                                                       min_sample_s=1e-3, warmup_s=1.0), 0.0),
+}
+
+
+@pytest.mark.parametrize("case", ONE_LOOP)
+def test_runner_and_local_timer_give_the_same_measurement(case):
+    times, shared, overhead = ONE_LOOP[case]
+    remote_timer, remote_clock = _fake_timer(times(), Settings(**shared), overhead)  # its fn, block timer, clock
+    row = runner.measure(remote_timer.fn, runner.check_settings(shared, "test"), remote_timer.block_timer,
+                         remote_clock)
+    local_timer, local_clock = _fake_timer(times(), Settings(**shared), overhead)
+    m = local_timer.measure()
+    assert remote_clock.t == local_clock.t   # the same stop decision, at the same moment
+    assert row["n"] == m.n and row["runs_per_sample"] == m.runs_per_sample
+    assert row["median_ms"] == m.median * 1e3 and row["p10_ms"] == m.p10 * 1e3 and row["p90_ms"] == m.p90 * 1e3
+    assert row["iqr_ms"] == m.iqr * 1e3 and row["quality"] == m.quality
+    assert row["rel_ci"] == (m.rel_ci if math.isfinite(m.rel_ci) else None)
+    assert row["overhead_ms"] == m.overhead_s * 1e3 == pytest.approx(overhead * 1e3)
+    assert row.get("attempts", 1) == m.attempts
+
+
+def test_each_statistic_has_one_copy():
+    from profilers import measure
+    assert measure.median_ci_ranks is runner.median_ci_ranks and measure.cpu_block_timer is runner.cpu_block_timer
+    m = Measurement([3.0, 1.0, 2.0, 5.0, 4.0, 6.0, 8.0, 7.0])
+    assert m.median == runner.quantile(sorted(m.samples), 0.5) == 4.5
+    timer, clock = _fake_timer(itertools.repeat(1e-3), Settings())   # the runner's max_samples also stops
+    w = runner.sample_window(timer.fn, dict(runner.DEFAULT_SETTINGS, max_samples=4, rel_ci=1e-9),
+                             timer.block_timer, clock)
+    assert len(w["samples"]) == 4 and w["capped"]
 
 
 # ---------------------------------------------------------------- backends
