@@ -65,14 +65,43 @@ def table_backend(table: DeviceTable, backend: str | None = None):
 # Which networks
 
 
-def _table_network(table: DeviceTable, network: str | None) -> str:
+def eval_network(space: str, networks: Sequence[str], network: str | None = None) -> str:
+    """The network configuration calibration networks are built in: ``network`` if given, else the
+    deployed one among those a table was profiled for (cifar10, else the last that is not a search
+    proxy), else the space's default."""
     if network is not None:
         return network
-    nets = table.provenance.get("networks") or []
-    if "cifar10" in nets:
+    if "cifar10" in networks:
         return "cifar10"
-    evals = [n for n in nets if not str(n).endswith("-search")]
-    return str(evals[-1]) if evals else _SPACE_NETWORK.get(table.spaces[0], "cifar10")
+    evals = [n for n in networks if not str(n).endswith("-search")]
+    return str(evals[-1]) if evals else _SPACE_NETWORK.get(space, "cifar10")
+
+
+def _unique(specs: list[dict], spec: dict, exclude: set[str]) -> None:
+    key = json.dumps(spec, sort_keys=True)
+    if key not in exclude and key not in {json.dumps(s, sort_keys=True) for s in specs}:
+        specs.append(spec)
+
+
+def space_specs(space: str, network: str, n: int, seed: int = 0, exclude: Sequence[dict] = ()) -> list[dict]:
+    """``n`` distinct random derived networks of ``space`` (never one of ``exclude``)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise HwcostError(f"--networks must be at least 2 (a fit and a held-out residual), got {n!r}")
+    rng = random.Random(seed)
+    excluded = {json.dumps(e, sort_keys=True) for e in exclude}
+    specs: list[dict] = []
+    if space == "nb201":
+        from spaces.nb201_arch import all_archs
+        archs = all_archs()
+        draw = lambda: arch_spec("nb201", "cifar10", rng.choice(archs).to_str())  # noqa: E731
+    else:
+        from spaces import random_genotype
+        draw = lambda: arch_spec(space, network, random_genotype(rng, space))  # noqa: E731
+    for _ in range(100 * n):
+        _unique(specs, draw(), excluded)
+        if len(specs) == n:
+            break
+    return specs
 
 
 def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, network: str | None = None,
@@ -85,21 +114,15 @@ def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, 
         raise HwcostError(f"table {table.source} is architecture-level: its entries are whole networks already; "
                           f"calibration is for op-level tables")
     space = table.spaces[0]
-    excluded = {json.dumps(e, sort_keys=True) for e in exclude}
-    specs: list[dict] = []
-
-    def add(spec):
-        key = json.dumps(spec, sort_keys=True)
-        if key not in excluded and key not in {json.dumps(s, sort_keys=True) for s in specs}:
-            specs.append(spec)
-
     if space == "torch":
+        excluded = {json.dumps(e, sort_keys=True) for e in exclude}
+        specs: list[dict] = []
         own = str(table.provenance.get("model", ""))
         names = list(models) if models else [f"torchvision:{m}" for m in DEFAULT_MODELS]
         shape = table.provenance.get("input") or [int(table.runtime.get("batch") or 1), 3, 224, 224]
         for m in names:
             if m != own:
-                add({"kind": "model", "model": m, "input": list(shape)})
+                _unique(specs, {"kind": "model", "model": m, "input": list(shape)}, excluded)
             if len(specs) == n:
                 break
         if len(specs) < 2:
@@ -108,23 +131,8 @@ def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, 
     if models:
         raise HwcostError("--models calibrates a layer table of a model; a space's table is calibrated on random "
                           "networks of its space")
-    rng = random.Random(seed)
-    if space == "nb201":
-        from spaces.nb201_arch import all_archs
-        archs = all_archs()
-        for _ in range(100 * n):
-            add(arch_spec("nb201", "cifar10", rng.choice(archs).to_str()))
-            if len(specs) == n:
-                break
-        return specs
-    from spaces import random_genotype
-    net = _table_network(table, network)
-    for _ in range(100 * n):
-        g = random_genotype(rng, space)
-        add(arch_spec(space, net, g))
-        if len(specs) == n:
-            break
-    return specs
+    net = eval_network(space, table.provenance.get("networks") or [], network)
+    return space_specs(space, net, n, seed, exclude)
 
 
 def arch_spec(space: str, network: str, arch) -> dict:
@@ -231,9 +239,48 @@ def fit_table(table: DeviceTable, samples, keep_previous: bool = False) -> tuple
         if old is not None:
             samples = list(old.samples) + samples
     per_call = Overhead.from_table(table).per_call_ms
-    model = fit_in_context(samples, per_call, backend=str(table.runtime.get("backend")),
-                           host={"cpu": cpu_model(), "cpu_id": cpu_id()}, created=now_iso())
+    # a remote device's networks were measured there: the host is the table's device, not this machine
+    host = ({"cpu": table.device.get("cpu") or table.device.get("name"), "device": table.device.get("name")}
+            if table.provenance.get("source") == "runner" else {"cpu": cpu_model(), "cpu_id": cpu_id()})
+    model = fit_in_context(samples, per_call, backend=str(table.runtime.get("backend")), host=host,
+                           created=now_iso())
     return dataclasses.replace(table, calibration=model.to_json()), model
+
+
+def bundle_networks(space: str, networks: Sequence[str], n: int, seed: int = 0,
+                    network: str | None = None, batch: int = 1) -> list[tuple]:
+    """(name, spec, module, input shape) of ``n`` random networks of ``space`` for a bundle to carry
+    (``hwcost bundle --calibration-networks``): the device measures them whole after the keys."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise HwcostError(f"--calibration-networks must be 0 (none) or at least 2 (a fit and a held-out "
+                          f"residual), got {n!r}")
+    if network is not None and network not in networks and space != "nb201":
+        raise HwcostError(f"--calibrate-on {network}: the bundle measures the ops of {', '.join(networks)} only")
+    specs = space_specs(space, eval_network(space, networks, network), n, seed)
+    out = []
+    for s in specs:
+        model, shape = build_spec(s)
+        out.append((spec_name(s), s, model, (batch, *shape[1:])))
+    return out
+
+
+def fit_remote(table: DeviceTable, rows: Sequence[dict]) -> tuple[DeviceTable, object]:
+    """The imported table of a remote device with its in-context model, fitted on the whole networks
+    the runner measured there (``profilers.bundle.calibration_rows``)."""
+    from types import SimpleNamespace
+    if len(rows) < 2:
+        raise HwcostError(f"the runner measured {len(rows)} calibration network(s); at least 2 are needed to fit "
+                          f"and hold one out")
+    samples = []
+    for r in rows:
+        model, shape = build_spec(r["spec"])
+        meas = SimpleNamespace(median=r["median_ms"] / 1e3, p10=r["p10_ms"] / 1e3, p90=r["p90_ms"] / 1e3)
+        try:
+            samples.append(sample_of(model, shape, table, meas, r["name"], r["spec"]))
+        except KeyError as e:
+            raise HwcostError(f"calibration network {r['name']}: the table lacks its op {e}; was the bundle made "
+                              f"for the same networks?") from None
+    return fit_table(table, samples)
 
 
 def calibrate(table: DeviceTable, out: str | Path, n: int = DEFAULT_NETWORKS, seed: int = 0,

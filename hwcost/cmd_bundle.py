@@ -16,6 +16,8 @@ from typing import Any
 
 from spaces.errors import HwcostError
 
+DEFAULT_CALIBRATION_NETWORKS = 10
+
 
 def _ops_filter(keys: list, ops: str | None) -> list:
     if not ops:
@@ -52,14 +54,26 @@ def cmd_bundle(args: argparse.Namespace) -> int:
                                                 ("max_time_s", args.max_time), ("passes", args.passes))
                 if value is not None}
 
+    calibration = []
+    n_nets = args.calibration_networks
+    if n_nets and args.ops:
+        raise HwcostError("--calibration-networks: with --ops the table lacks ops the calibration networks run; "
+                          "leave one of them out")
+    if n_nets is None and not args.ops:
+        n_nets = DEFAULT_CALIBRATION_NETWORKS
+    if n_nets:
+        from .calibrate import bundle_networks
+        calibration = bundle_networks(args.space, networks, n_nets, args.seed, args.calibrate_on, args.batch)
+
     def progress(i: int, n: int, key) -> None:
         print(f"\rexporting {i + 1}/{n} {key.op:<24}", end="", file=sys.stderr, flush=True)
 
     info = write_bundle(keys, args.out, opset=args.opset, settings=settings, networks=networks,
-                        progress=None if args.quiet else progress)
+                        progress=None if args.quiet else progress, calibration=calibration)
     if not args.quiet:
         print(file=sys.stderr)
-    print(f"wrote {info.path}: {info.n_keys} op models ({args.space}; {', '.join(networks)}), "
+    nets = f" + {len(calibration)} calibration networks" if calibration else ""
+    print(f"wrote {info.path}: {info.n_keys} op models ({args.space}; {', '.join(networks)}){nets}, "
           f"{info.bytes / 2**20:.2f} MiB")
     if not args.ssh:
         print(f"on the device: python3 {info.path.rsplit('/', 1)[-1]} --out results.json "
@@ -71,7 +85,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     run_over_ssh(info.path, args.ssh, results, remote_dir=args.remote_dir, python=args.python, port=args.port)
     print(f"fetched {results} from {args.ssh}")
     if args.table:
-        table = import_results(results, allow_failed=args.allow_failed)
+        table = with_calibration(import_results(results, allow_failed=args.allow_failed), results)
         from device_tables.table import save_table
         save_table(table, args.table)
         print(f"wrote {args.table}: {len(table)} entries, device {table.device['name']}")
@@ -80,11 +94,26 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_calibration(table, results: str):
+    """The imported table with its in-context model, when the runner measured calibration networks."""
+    from profilers.bundle import read_calibration
+    rows = read_calibration(results)
+    if not rows:
+        return table
+    from .calibrate import fit_remote
+    table, model = fit_remote(table, rows)
+    s = model.summary()
+    print(f"calibrated on {s['networks']} networks measured on the device: leave-one-out MAPE "
+          f"{s['loo_mape']:.1%} (mean {s['loo_mean']:+.1%}, sd {s['loo_std']:.1%})")
+    return table
+
+
 def cmd_table_import(args: argparse.Namespace) -> int:
     from device_tables.table import save_table
     from profilers.bundle import import_results
 
     table = import_results(args.results, allow_failed=args.allow_failed, device_name=args.device_name)
+    table = with_calibration(table, args.results)
     save_table(table, args.out)
     qualities = {q: sum(e.quality == q for e in table) for q in sorted({e.quality for e in table})}
     failed = len(table.provenance.get("failed", []))
@@ -104,6 +133,14 @@ def add_bundle_parsers(subparsers: Any) -> argparse.ArgumentParser:
                         "cifar10, imagenet (darts, sharpdarts) or nb201 (default: cifar10-search,cifar10; "
                         "nb201 for nb201)")
     p.add_argument("--ops", help="only these ops, comma-separated (default all, fixed parts included)")
+    p.add_argument("--calibration-networks", type=int, metavar="N",
+                   help="random networks of the space the device also measures whole, so that `table import` "
+                        f"fits the table's in-context model (default {DEFAULT_CALIBRATION_NETWORKS}, none with "
+                        "--ops; 0 for none)")
+    p.add_argument("--calibrate-on", metavar="NETWORK",
+                   help="network configuration of the calibration networks (default: cifar10 when bundled, "
+                        "else the last of --networks that is not a search proxy)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration networks (default 0)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--out", required=True, help="bundle .zip to write")

@@ -79,11 +79,14 @@ def _model_inputs(proto) -> list[dict]:
 
 def write_bundle(keys: Iterable[OpKey], out_zip: str | os.PathLike, opset: int = DEFAULT_OPSET,
                  settings: dict | None = None, networks: Sequence[str] = (), atol: float = 1e-3,
-                 progress: Callable[[int, int, OpKey], None] | None = None) -> BundleInfo:
+                 progress: Callable[[int, int, OpKey], None] | None = None,
+                 calibration: Sequence[tuple] = ()) -> BundleInfo:
     """Export every key's op module to ONNX, check it, and zip models + manifest + runner.
 
     ``settings`` are the runner's defaults (threads, rel_ci, max_time_s, ...;
     see ``runner.DEFAULT_SETTINGS``); the command line on the device overrides them.
+    ``calibration``: (name, spec, module, input shape) of whole networks the runner
+    times after the keys, for the table's in-context model (``hwcost table import``).
     The zip is written atomically: an interrupted export leaves no half bundle.
     """
     import onnx
@@ -124,6 +127,16 @@ def write_bundle(keys: Iterable[OpKey], out_zip: str | os.PathLike, opset: int =
                 zf.write(path, name)
                 entries.append({"key": key.to_str(), "model": name, "inputs": _model_inputs(onnx.load(path)),
                                 "nodes": res.n_nodes, "max_abs_diff": res.max_abs_diff})
+            nets = []
+            for i, (name, spec, module, shape) in enumerate(calibration):
+                path = os.path.join(tmp, f"net{i}.onnx")
+                try:
+                    export_onnx(module.eval(), (torch.randn(*shape),), path, opset=opset, check=True, atol=atol)
+                except HwcostError as e:
+                    raise HwcostError(f"calibration network {name}: {e}") from None
+                zf.write(path, f"networks/{i:03d}.onnx")
+                nets.append({"name": f"{i:03d} {name}", "spec": spec, "model": f"networks/{i:03d}.onnx",
+                             "inputs": _model_inputs(onnx.load(path))})
             batches = sorted({k.batch for k in keys})
             # the empty op a local ORT profile times for measurement.call_overhead_ms, so the runner records it too
             from .backends import _Empty
@@ -141,6 +154,7 @@ def write_bundle(keys: Iterable[OpKey], out_zip: str | os.PathLike, opset: int =
                 "spaces": sorted({k.space for k in keys}), "networks": list(networks),
                 "dtype": "float32", "batch": batches[0] if len(batches) == 1 else None,
                 "settings": settings, "call_overhead": call_overhead, "keys": entries,
+                **({"calibration": nets} if nets else {}),
             }
             zf.writestr("manifest.json", json.dumps(manifest, indent=1, allow_nan=False))
             zf.write(RUNNER_PATH, "runner.py")
@@ -232,11 +246,47 @@ def _import(doc, path: Path, allow_failed: bool, device_name: str | None) -> Dev
     measurement.update(_call_overhead(doc, provenance))
     if failed:
         provenance["failed"] = failed
+    if doc.get("calibration") is not None:
+        provenance["calibration_networks"] = len(calibration_rows(doc))
     finished = doc.get("finished")
     return DeviceTable(kind="op", spaces=sorted({e.key.space for e in entries}), device=device, runtime=runtime,
                        entries=tuple(entries), measurement=measurement,
                        created=finished if isinstance(finished, str) else now_iso(),
                        provenance=provenance, source=str(path))
+
+
+def calibration_rows(doc: dict) -> list[dict]:
+    """The whole networks a runner measured (results ``calibration``), validated: name, spec and a
+    positive median (and p10/p90) in ms each; a network the device failed is left out. The caller
+    (``hwcost table import``) fits the table's in-context model on them."""
+    rows = doc.get("calibration")
+    if rows is None:
+        return []
+    if not isinstance(rows, list):
+        raise TableError("calibration: expected a list of measured networks")
+    out = []
+    for i, r in enumerate(rows):
+        where = f"calibration[{i}]."
+        if not isinstance(r, dict):
+            raise TableError(f"calibration[{i}]: must be an object")
+        name, spec = _field(r, "name", str, where), _field(r, "spec", dict, where)
+        if "error" in r:
+            continue
+        vals = [_field(r, k, (int, float), where) for k in ("median_ms", "p10_ms", "p90_ms")]
+        if not all(math.isfinite(v) and v > 0 for v in vals):
+            raise TableError(f"{where}median_ms/p10_ms/p90_ms: must be positive milliseconds, got {vals}")
+        out.append({"name": name, "spec": spec, "median_ms": float(vals[0]), "p10_ms": float(vals[1]),
+                    "p90_ms": float(vals[2])})
+    return out
+
+
+def read_calibration(results_json: str | os.PathLike) -> list[dict]:
+    """:func:`calibration_rows` of a results file."""
+    path = Path(results_json)
+    try:
+        return calibration_rows(read_json(path))
+    except TableError as e:
+        raise TableError(f"results {path}: {e}") from None
 
 
 def _call_overhead(doc: dict, provenance: dict) -> dict:

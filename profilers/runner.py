@@ -26,6 +26,12 @@ occasional preemption by another process. The keys are measured in
 (lowest median): slow phases (a busy neighbour, thermal throttling) last
 seconds, longer than one window, and only add time.
 
+If the bundle ships calibration networks (manifest ``calibration``: whole
+networks of the space as ONNX, each with the spec that rebuilds it), they are
+timed after the keys, in the same passes and windows, and written under
+``calibration`` in the results: ``hwcost table import`` fits the table's
+in-context model on them, as ``hwcost calibrate`` does for a local table.
+
 If the bundle ships an empty op (manifest ``call_overhead``), it is timed first,
 the same way: a local ONNX Runtime profile's ``call_overhead_ms``, which lets
 ``hwcost predict`` subtract the per-call cost every isolated op includes.
@@ -82,6 +88,8 @@ CONFIDENCE = 0.95
 ISOLATION = "one ONNX Runtime session per op model"
 # The journal row of the empty op the bundle ships (manifest "call_overhead"); not an op key.
 CALL_OVERHEAD_KEY = "(call overhead: empty op)"
+# Calibration networks (manifest "calibration") are measured as keys named with this prefix.
+NETWORK_PREFIX = "network:"
 # The environment fields that must agree for a journal to be resumed on this device.
 _ENV_IDENTITY = ("device_name", "cpu_model", "machine", "onnxruntime", "provider", "threads")
 
@@ -394,8 +402,14 @@ def open_bundle(path: str):
             _fail(f"{where}: model file {co['model']} is missing from the zip")
         for d in co["inputs"]:
             _check_input(d, where)
+    nets = m.get("calibration")  # optional: whole networks for the table's in-context model
+    if nets is not None and not isinstance(nets, list):
+        _fail(f"{path}: manifest calibration must be a list")
+    for i, k in enumerate(nets or []):
+        if not isinstance(k, dict) or not isinstance(k.get("name"), str) or not isinstance(k.get("spec"), dict):
+            _fail(f"{path}: manifest calibration[{i}]: needs a 'name' string and a 'spec' object")
     seen = set()
-    for i, k in enumerate(keys):
+    for i, k in enumerate(keys + calibration_keys(m)):
         where = f"{path}: manifest keys[{i}]"
         if not isinstance(k, dict) or not isinstance(k.get("key"), str) or not isinstance(k.get("model"), str):
             _fail(f"{where}: needs 'key' and 'model' strings")
@@ -409,6 +423,11 @@ def open_bundle(path: str):
         for d in k["inputs"]:
             _check_input(d, where)
     return zf, m, hashlib.sha256(raw).hexdigest()
+
+
+def calibration_keys(manifest: dict) -> list:
+    """The manifest's calibration networks as keys the measurement loop runs (``network:NAME``)."""
+    return [dict(k, key=NETWORK_PREFIX + k["name"]) for k in manifest.get("calibration") or []]
 
 
 # ---------------------------------------------------------------- measurement
@@ -648,7 +667,9 @@ def journal_from_results(out: str, journal_path: str, header: dict) -> None:
     old = {"format": JOURNAL_FORMAT, "version": RESULTS_VERSION, "bundle_id": doc["bundle"].get("id"),
            "started": doc.get("started"), "settings": doc.get("settings"), "environment": doc.get("environment")}
     check_resumable(old, header, out, "pass --force to measure again")
-    rows = [old] + list(doc.get("results") or []) + list(doc.get("failed") or [])
+    rows = [old] + list(doc.get("results") or []) + list(doc.get("failed") or []) \
+        + [{k: v for k, v in r.items() if k not in ("name", "spec")} for r in doc.get("calibration") or []
+           if isinstance(r, dict) and "error" not in r]
     if isinstance(doc.get("call_overhead"), dict) and "error" not in doc["call_overhead"]:
         rows.append(dict(doc["call_overhead"], key=CALL_OVERHEAD_KEY))  # kept; a failed one is measured again
     with open(journal_path, "xb") as f:
@@ -699,7 +720,7 @@ def run(args) -> int:
         journal_from_results(out, journal_path, header)
     journal = Journal(journal_path, header, args.resume)
     started = journal.header.get("started", header["started"])
-    keys = manifest["keys"]
+    keys = manifest["keys"] + calibration_keys(manifest)
     passes = settings["passes"]
     window = window_settings(settings)
 
@@ -770,9 +791,12 @@ def run(args) -> int:
         if passes > 1 and not finished(k["key"]) and all(mine):
             journal.done[k["key"]] = quietest_pass(mine)
     journal.close()
-    rows = [journal.done[k["key"]] for k in keys]
+    rows = [journal.done[k["key"]] for k in keys if not k["key"].startswith(NETWORK_PREFIX)]
     results = [r for r in rows if "error" not in r]
     failed = [{"key": r["key"], "error": r["error"]} for r in rows if "error" in r]
+    # a network the device could not run is recorded with its error; the table is still imported
+    calibration = [dict(journal.done[k["key"]], key=k["key"], name=k["name"], spec=k["spec"])
+                   for k in keys if k["key"].startswith(NETWORK_PREFIX)]
     doc = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION,
            "bundle": {"id": bundle_id, "manifest_version": manifest["version"],
                       "created": manifest.get("created"), "producer": manifest.get("producer"),
@@ -780,12 +804,15 @@ def run(args) -> int:
                       "dtype": manifest.get("dtype"), "batch": manifest.get("batch")},
            "started": started, "finished": _now(), "settings": settings, "environment": env,
            "isolation": ISOLATION, "results": results, "failed": failed}
+    if calibration:
+        doc["calibration"] = calibration
     if CALL_OVERHEAD_KEY in journal.done:  # the empty op (bundles that ship one)
         doc["call_overhead"] = {k: v for k, v in journal.done[CALL_OVERHEAD_KEY].items() if k != "key"}
     atomic_write_json(out, doc)
     os.unlink(journal_path)
     _fsync_dir(os.path.dirname(out))
-    say(f"wrote {args.out}: {len(results)} keys measured, {len(failed)} failed")
+    nets = f", {sum('error' not in r for r in calibration)} calibration networks" if calibration else ""
+    say(f"wrote {args.out}: {len(results)} keys measured, {len(failed)} failed{nets}")
     if failed:
         print(f"runner: {len(failed)} key(s) failed, e.g. {failed[0]['key']}: {failed[0]['error']}; "
               f"they are listed under 'failed' in {args.out}", file=sys.stderr)

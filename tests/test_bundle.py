@@ -22,6 +22,7 @@ import pytest
 from device_tables.errors import TableError
 from device_tables.keys import OpKey
 from device_tables.table import load_table, save_table
+from hwcost.calibrate import bundle_networks
 from profilers import runner
 from profilers.bundle import check_host, import_results, remote_command, run_over_ssh, write_bundle
 from spaces.errors import HwcostError
@@ -476,3 +477,60 @@ def test_cli_bundle_nb201_without_networks_reaches_the_ops_check(tmp_path):
     args = _cli(["bundle", "--space", "nosuch", "--out", str(tmp_path / "b.zip")])
     with pytest.raises(HwcostError, match="nosuch"):
         args.func(args)
+
+
+# ---------------------------------------------------------------- calibration networks on the device
+
+def test_bundle_carries_calibration_networks_and_import_fits_the_device_model(device, tmp_path):
+    """Remote calibration (issue 11): the bundle ships whole networks, the runner (torch blocked)
+    measures them after the keys, and `table import` fits the in-context model on them."""
+    from costmodels.incontext import group_features, model_of
+    from costmodels.predict import predict_network
+    from hwcost.calibrate import build_spec
+    from hwcost.cmd_bundle import with_calibration
+    from profilers.bundle import read_calibration
+    from profilers.shapes import space_keys
+    nets = bundle_networks("nb201", ["nb201"], 3, seed=5)
+    path = tmp_path / "cal.zip"
+    write_bundle(space_keys("nb201", ["nb201"]), path, settings=FAST, networks=["nb201"], calibration=nets)
+    with zipfile.ZipFile(path) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    assert [c["spec"] for c in manifest["calibration"]] == [spec for _, spec, _, _ in nets]
+    out = tmp_path / "r.json"
+    proc = run_runner(device, path, "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert not list(device["markers"].iterdir())           # torch & co were never imported there
+    doc = json.loads(out.read_text())
+    assert len(doc["calibration"]) == 3 and all(r["median_ms"] > 0 for r in doc["calibration"])
+    table = import_results(out)
+    assert table.calibration is None and table.provenance["calibration_networks"] == 3
+    table = with_calibration(table, str(out))
+    model = model_of(table)
+    assert [s.spec for s in model.samples] == [spec for _, spec, _, _ in nets]
+    assert model.host["device"] == table.device["name"]      # measured there, not here
+    for s, row in zip(model.samples, read_calibration(out)):
+        assert s.measured_ms == row["median_ms"]
+        net, shape = build_spec(s.spec)                       # features: the table's ops of that network
+        feats, n_ops = group_features(predict_network(net, shape, table, incontext=None).per_key)
+        assert s.n_ops == n_ops and s.features == pytest.approx(feats)
+
+
+def test_calibration_rows_with_bad_values_are_one_error(tmp_path):
+    from profilers.bundle import calibration_rows
+    good = {"name": "a", "spec": {"kind": "nb201", "arch": "x"}, "median_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.1}
+    assert calibration_rows({"calibration": [good, {**good, "error": "EPFail"}]}) == [good]   # a failed one left out
+    for bad, match in [({**good, "median_ms": -1.0}, "positive"), ({**good, "median_ms": "1"}, "median_ms"),
+                       ({k: v for k, v in good.items() if k != "spec"}, "spec")]:
+        with pytest.raises(TableError, match=match):
+            calibration_rows({"calibration": [bad]})
+
+
+def test_cli_bundle_calibration_networks_with_ops_is_one_error(tmp_path):
+    args = _cli(["bundle", "--space", "nb201", "--ops", "nor_conv_1x1", "--calibration-networks", "3",
+                 "--out", str(tmp_path / "b.zip")])
+    with pytest.raises(HwcostError, match="--calibration-networks"):
+        args.func(args)
+    args = _cli(["bundle", "--space", "nb201", "--calibration-networks", "1", "--out", str(tmp_path / "b.zip")])
+    with pytest.raises(HwcostError, match="0 \\(none\\) or at least 2"):
+        args.func(args)
+    assert not (tmp_path / "b.zip").exists()
