@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any
 
-from spaces.errors import HwcostError
+from device_tables.errors import HwcostError
 
 
 def _ops_filter(keys: list, ops: str | None) -> list:
