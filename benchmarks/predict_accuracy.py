@@ -53,8 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from costmodels.predict import (Overhead, measure_call_overhead, predict_genotype,  # noqa: E402
-                                predict_network)
+from costmodels.predict import Overhead, predict_genotype, predict_network  # noqa: E402
 from costmodels.incontext import group_features  # noqa: E402
 from hwcost.calibrate import arch_spec, build_spec, fit_table, measure_specs, network_specs  # noqa: E402
 from costmodels.surrogate import accuracy  # noqa: E402
@@ -62,6 +61,7 @@ from device_tables import DATA_DIR, load_table  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
 from profilers.environment import device_info  # noqa: E402
 from profilers.measure import Settings  # noqa: E402
+from profilers.overhead import measure_call_overhead  # noqa: E402
 from profilers.profile import measure_models, model_jobs, profile, space_jobs  # noqa: E402
 from profilers.shapes import resolve_model  # noqa: E402
 from spaces import build_network, network_config, random_genotype  # noqa: E402

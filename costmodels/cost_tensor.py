@@ -13,8 +13,10 @@ head).  The target is the network that will be deployed (CIFAR eval: C=36, 20
 cells), not the search proxy.
 
 Shapes are never written by hand: the target network is built with probe
-genotypes and forward hooks read each cell's states, each edge's stride and
-each fixed module's input.  Analytical metrics come from
+genotypes and run through :func:`spaces.opkeys.tagged_op_counts` -- the one
+place that keys a network's ops, which the profiler uses too -- and what it
+sees gives each cell's states, each edge's stride and each fixed module's
+key.  Analytical metrics come from
 :func:`costmodels.analytical.op_costs` (cached per key); the fixed part is
 ``network_costs(probe net) - sum of its edges' costs`` and is checked to be the
 same for two different probes.  Latency comes from ``latency_fn(key) -> ms``
@@ -40,10 +42,10 @@ import torch.nn as nn
 
 from device_tables import OpKey
 from spaces.errors import HwcostError, unknown
-from spaces.genotypes import Genotype
 from spaces.nb201 import Nb201Cell, Nb201NetConfig
 from spaces.nb201_arch import EDGES as NB201_EDGES, Nb201Arch
 from spaces.networks import Cell, CifarNetConfig, ImageNetConfig, build_network
+from spaces.opkeys import probe_genotype, probe_nb201_arch, tagged_op_counts
 from spaces.registry import get_space
 
 from .analytical import AUX_PREFIX, Costs, network_costs, op_costs
@@ -132,49 +134,11 @@ class _Layout:
     probes: list               # [(config, [(k, e, o) of every edge in one cell of each type])]
 
 
-def _key(module: nn.Module, x: torch.Tensor, batch: int) -> OpKey:
-    """The op key of one call of a tagged module (as the profiler keys it)."""
-    args = module.hw_args
-    extra = tuple((k, v) for k, v in args.items() if k not in ("c_in", "c_out", "stride"))
-    return OpKey(module.hw_space, module.hw_op, batch, args["c_in"], args["c_out"],
-                 int(x.shape[2]), int(x.shape[3]), args["stride"], extra)
-
-
-def _run_with_hooks(model: nn.Module, input_shape, hooks: list[tuple[nn.Module, Callable]]) -> None:
-    handles = [m.register_forward_pre_hook(fn) for m, fn in hooks]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops: more threads only contend
-    try:
-        with torch.no_grad():
-            model.eval()(torch.randn(*input_shape))
-    finally:
-        torch.set_num_threads(threads)
-        for h in handles:
-            h.remove()
-
-
-def _fixed_hooks(model: nn.Module, batch: int, counts: Counter) -> list:
-    """Pre-hooks counting the keys of every tagged, non-searchable module (aux head excluded)."""
-    hooks = []
-    for name, m in model.named_modules():
-        if not hasattr(m, "hw_op") or name.startswith(AUX_PREFIX):
-            continue
-        if get_space(m.hw_space).op(m.hw_op).searchable:
-            continue
-        hooks.append((m, lambda mod, inputs: counts.update([_key(mod, inputs[0], batch)])))
-    return hooks
-
-
-def _probe_genotype(ops: list[str], steps: int, first: bool) -> Genotype:
-    """Node k (0-based) takes ``ops[2k]`` from state 0 and ``ops[2k+1]`` from state
-    k+1, so every source state 0..steps occurs and the hooks see every edge's
-    input shape and stride.  The second probe (``first=False``) takes state 1
-    instead of 0 from node 1 on: other edges, for the fixed-part check."""
-    src0 = 0 if first else 1
-    edges = tuple(e for k in range(steps)
-                  for e in ((ops[2 * k], src0 if k else 0), (ops[2 * k + 1], k + 1)))
-    concat = tuple(range(2, steps + 2))   # derivation concatenates every node
-    return Genotype(edges, concat, edges, concat)
+def _fixed_modules(model: nn.Module) -> set[int]:
+    """ids of every tagged, non-searchable module (aux head excluded): the fixed part's keys."""
+    return {id(m) for name, m in model.named_modules()
+            if hasattr(m, "hw_op") and not name.startswith(AUX_PREFIX)
+            and not get_space(m.hw_space).op(m.hw_op).searchable}
 
 
 def _darts_layout(space: str, config, ops: tuple[str, ...], batch: int) -> _Layout:
@@ -194,30 +158,31 @@ def _darts_layout(space: str, config, ops: tuple[str, ...], batch: int) -> _Layo
     fixed_keys: Counter = Counter()
     probe_cfgs = []
     for c_i, chunk in enumerate(chunks):
-        cfg = dataclasses.replace(base, genotype=_probe_genotype(chunk, steps, True))
+        cfg = dataclasses.replace(base, genotype=probe_genotype(chunk, steps))
         model = build_network(cfg)
         cell_mods = [m for m in model.modules() if isinstance(m, Cell)]
         if c_i == 0:
             cells = [{"type": int(m.reduction), "src": {}, "extra": {}} for m in cell_mods]
-            hooks = _fixed_hooks(model, batch, fixed_keys)
-            for info, cell in zip(cells, cell_mods):
-                for k, op in enumerate(cell.ops):
-                    def hook(mod, inputs, info=info, src=cell.indices[k]):
-                        x = inputs[0]
-                        if mod.hw_args["c_in"] != x.shape[1]:
-                            raise HwcostError(f"{mod.hw_op}: built for {mod.hw_args['c_in']} channels, "
-                                              f"got {x.shape[1]}")
-                        info["src"][src] = (mod.hw_args["c_in"], int(x.shape[2]), int(x.shape[3]),
-                                            mod.hw_args["stride"])
-                    hooks.append((op, hook))
-            _run_with_hooks(model, model.input_shape(1), hooks)
+            fixed = _fixed_modules(model)
+            edge_of = {id(op): (info, cell.indices[k])
+                       for info, cell in zip(cells, cell_mods) for k, op in enumerate(cell.ops)}
+
+            def observe(mod, key, inputs):
+                if id(mod) in fixed:
+                    fixed_keys[dataclasses.replace(key, batch=batch)] += 1
+                elif id(mod) in edge_of:
+                    info, src = edge_of[id(mod)]
+                    if key.c_in != inputs[0].shape[1]:
+                        raise HwcostError(f"{key.op}: built for {key.c_in} channels, got {inputs[0].shape[1]}")
+                    info["src"][src] = (key.c_in, key.h, key.w, key.stride)
+            tagged_op_counts(model, model.input_shape(1), observe=observe)
             probe_cfgs.append(cfg)
         for info, cell in zip(cells, cell_mods):
             for op in cell.ops:
                 extra = tuple((k, v) for k, v in op.hw_args.items() if k not in ("c_in", "c_out", "stride"))
                 if info["extra"].setdefault(op.hw_op, extra) != extra:
                     raise HwcostError(f"op {op.hw_op} is built with different arguments within one cell")
-    probe_cfgs.append(dataclasses.replace(base, genotype=_probe_genotype(chunks[0][::-1], steps, False)))
+    probe_cfgs.append(dataclasses.replace(base, genotype=probe_genotype(chunks[0][::-1], steps, first=False)))
 
     occ = [[[Counter() for _ in ops] for _ in edges] for _ in cell_types]
     for info in cells:
@@ -241,22 +206,25 @@ def _darts_layout(space: str, config, ops: tuple[str, ...], batch: int) -> _Layo
 
 def _nb201_layout(space: str, config: Nb201NetConfig, ops: tuple[str, ...], batch: int) -> _Layout:
     cell_types, edges = ("cell",), NB201_EDGES
-    arch1 = Nb201Arch(tuple(itertools.islice(itertools.cycle(ops), len(edges))))
-    arch2 = Nb201Arch(tuple(itertools.islice(itertools.cycle(reversed(ops)), len(edges))))
-    cfg1 = dataclasses.replace(config, arch=arch1.to_str())
+    cfg1 = dataclasses.replace(config, arch=probe_nb201_arch(ops))
+    cfg2 = dataclasses.replace(config, arch=probe_nb201_arch(ops[::-1]))
     model = build_network(cfg1)
+    fixed = _fixed_modules(model)
+    edge_of = {id(mod): e for cell in model.modules() if isinstance(cell, Nb201Cell)
+               for e, mod in enumerate(cell.edges)}
     fixed_keys: Counter = Counter()
-    hooks = _fixed_hooks(model, batch, fixed_keys)
     occ = [[[Counter() for _ in ops] for _ in edges]]
-    for cell in (m for m in model.modules() if isinstance(m, Nb201Cell)):
-        for e, mod in enumerate(cell.edges):
-            def hook(m, inputs, e=e):
-                for o, op in enumerate(ops):   # every op's key at this edge's input and stride
-                    occ[0][e][o][dataclasses.replace(_key(m, inputs[0], batch), op=op)] += 1
-            hooks.append((mod, hook))
-    _run_with_hooks(model, model.input_shape(1), hooks)
-    probes = [(cfg, [(0, e, ops.index(op)) for e, op in enumerate(arch.ops)])
-              for cfg, arch in ((cfg1, arch1), (dataclasses.replace(config, arch=arch2.to_str()), arch2))]
+
+    def observe(mod, key, inputs):
+        key = dataclasses.replace(key, batch=batch)
+        if id(mod) in fixed:
+            fixed_keys[key] += 1
+        elif id(mod) in edge_of:
+            for o, op in enumerate(ops):   # every op's key at this edge's input and stride
+                occ[0][edge_of[id(mod)]][o][dataclasses.replace(key, op=op)] += 1
+    tagged_op_counts(model, model.input_shape(1), observe=observe)
+    probes = [(cfg, [(0, e, ops.index(op)) for e, op in enumerate(Nb201Arch.parse(cfg.arch).ops)])
+              for cfg in (cfg1, cfg2)]
     return _Layout(cell_types, edges, occ, fixed_keys, probes)
 
 

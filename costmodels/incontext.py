@@ -40,7 +40,7 @@ import numpy as np
 
 from device_tables import OpKey
 from device_tables.calibration import MODEL_TAG, check_calibration
-from device_tables.errors import TableError
+from device_tables.errors import HwcostError, TableError
 
 LAMBDAS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
 DEFAULT_CONFIDENCE = 0.9
@@ -226,7 +226,6 @@ class InContextModel:
 
 def check_confidence(confidence: float) -> None:
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        from spaces.errors import HwcostError
         raise HwcostError(f"--confidence must be a probability strictly between 0 and 1, got {confidence!r}")
 
 
@@ -285,7 +284,6 @@ def fit_in_context(samples: Sequence[Sample], per_call_ms: float = 0.0, lambdas:
     one of ``lambdas`` with the lowest leave-one-out relative error; the
     returned model keeps those leave-one-out residuals for its intervals.
     """
-    from spaces.errors import HwcostError
     samples = list(samples)
     if len(samples) < 2:
         raise HwcostError(f"an in-context model needs at least 2 measured networks, got {len(samples)}")

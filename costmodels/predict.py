@@ -3,8 +3,8 @@
     latency = scale * ( sum_k (n_k - a_k) * t_k  -  (N - A - 1) * per_call )
 
 * ``n_k`` -- how often op key ``k`` runs in one forward pass, read from the
-  *built* network (forward hooks on the modules ``spaces.build_op`` tagged, for
-  a searched space; ``profilers.shapes.model_layer_keys`` for any PyTorch
+  *built* network by :func:`spaces.opkeys.network_op_counts` (the modules
+  ``spaces.build_op`` tagged, for a searched space; the layers of any PyTorch
   model), never from a hand-kept list; ``N = sum_k n_k``.
 * ``t_k`` -- the key's latency from the device table, else from the op
   surrogate, else an error naming the missing keys (no silent under-count);
@@ -15,9 +15,10 @@
   call's overhead; a network is one ``run()``.  On eager PyTorch each op is
   one module call, and the network makes the same module calls, so nothing is
   double-counted (``per_call = 0``).  The table records the time of an empty
-  op (``measurement.call_overhead_ms``); :func:`measure_call_overhead`
-  separates that into the per-call part and the per-node part (a chain of
-  ``k`` empty ops in one call) -- see benchmarks/README_predict.md.
+  op (``measurement.call_overhead_ms``);
+  :func:`profilers.overhead.measure_call_overhead` separates that into the
+  per-call part and the per-node part (a chain of ``k`` empty ops in one
+  call) -- see benchmarks/README_predict.md.
 * ``a_k`` -- how many of the ``n_k`` occurrences the runtime fuses into a
   neighbour (nn-Meter's kernel detection, reduced to ONNX Runtime's rules):
   a BatchNorm directly after a convolution is folded into its weights, and an
@@ -46,6 +47,7 @@ import torch.nn as nn
 from device_tables import DeviceTable, OpKey
 from device_tables.errors import MissingKeyError, TableError
 from spaces.errors import HwcostError
+from spaces.opkeys import model_layer_keys, network_op_counts
 
 from .costmodel import CostModel, OpSurrogate
 
@@ -89,7 +91,7 @@ class Overhead:
         """The table's recorded per-call overhead, where its isolation makes one.
 
         A table may record ``measurement.per_call_overhead_ms`` (the chain
-        measurement of :func:`measure_call_overhead`).  Otherwise, for tables
+        measurement of :func:`profilers.overhead.measure_call_overhead`).  Otherwise, for tables
         measured one ONNX Runtime session per op, the empty op's time
         (``call_overhead_ms``, measured once when profiling starts) stands for
         it -- capped at the table's fastest entry: every entry includes the
@@ -131,37 +133,8 @@ def calibrate_scale(predicted_ms, measured_ms) -> float:
     return float(r.sum() / (r ** 2).sum())
 
 
-def measure_call_overhead(backend, k: int = 64, settings=None) -> dict:
-    """Split an isolated op's fixed cost into a per-call and a per-node part, on ``backend``.
-
-    ``t(1)``: one ReLU on one number, measured as an op is; ``t(k)``: ``k`` ReLUs
-    in one call (one ``nn.Sequential``; one ONNX graph of ``k`` nodes).
-    ``per_node = (t(k) - t(1)) / (k - 1)`` is what every op pays in a network as
-    in isolation (a node's dispatch, a module call); ``per_call = t(1) - per_node``
-    is what only an isolated measurement pays, once (a session ``run()``).
-    Returns milliseconds.
-    """
-    from profilers.measure import Settings
-    settings = settings or Settings()
-    x = (torch.zeros(backend.batch, 1),)
-    t1 = backend.measure(nn.ReLU(), x, settings).median * 1e3
-    tk = backend.measure(nn.Sequential(*(nn.ReLU() for _ in range(k))), x, settings).median * 1e3
-    per_node = max((tk - t1) / (k - 1), 0.0)
-    return {"one_op_ms": t1, "chain_ms": tk, "chain_length": k, "per_node_ms": per_node,
-            "per_call_ms": max(t1 - per_node, 0.0), "backend": backend.name}
-
-
 # ---------------------------------------------------------------------------------------------
 # Which ops a network runs
-
-
-def network_op_counts(model: nn.Module, input_shape: tuple[int, ...]) -> Counter:
-    """Key -> calls per forward pass: tagged space ops if the network has any, else its layers."""
-    if any(hasattr(m, "hw_op") for m in model.modules()):
-        from profilers.shapes import network_keys
-        return Counter(network_keys(model, tuple(input_shape)))
-    from profilers.shapes import model_layer_keys
-    return Counter({layer.key: layer.count for layer in model_layer_keys(model, tuple(input_shape))})
 
 
 def fused_layer_counts(model: nn.Module, input_shape: tuple[int, ...], level: str = "all") -> Counter:
@@ -175,7 +148,6 @@ def fused_layer_counts(model: nn.Module, input_shape: tuple[int, ...], level: st
     import torch.fx as fx
     from torch.fx.passes.shape_prop import ShapeProp
 
-    from profilers.shapes import model_layer_keys
     if level == "disable" or any(hasattr(m, "hw_op") for m in model.modules()):
         return Counter()
     try:
@@ -374,6 +346,5 @@ def predict_nb201(arch: str, table: DeviceTable, surrogate: OpSurrogate | None =
 
 
 __all__ = ["NetworkPrediction", "Overhead", "calibrate_scale", "check_table_for", "fused_layer_counts",
-           "measure_call_overhead",
            "network_op_counts", "predict_counts", "predict_genotype", "predict_nb201", "predict_network",
            "runtime_fusion_level"]

@@ -12,9 +12,8 @@ import sys
 
 
 def _user_errors() -> tuple[type, ...]:
-    from spaces.errors import HwcostError
-    from device_tables.errors import TableError
-    return (HwcostError, TableError)
+    from device_tables.errors import USER_ERRORS
+    return USER_ERRORS
 
 
 def _fmt_m(v: float) -> str:

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any
 
-from spaces.errors import HwcostError
+from device_tables.errors import HwcostError
 
 DEFAULT_CALIBRATION_NETWORKS = 10
 

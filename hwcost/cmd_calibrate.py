@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from spaces.errors import HwcostError
+from device_tables.errors import HwcostError
 
 
 def add_calibrate_parser(sub) -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from spaces.errors import HwcostError
+from device_tables.errors import HwcostError
 
 
 def add_fit_parser(sub) -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from spaces.errors import HwcostError
+from device_tables.errors import HwcostError
 
 
 def add_predict_parser(sub) -> argparse.ArgumentParser:

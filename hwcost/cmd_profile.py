@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from spaces.errors import HwcostError
+from device_tables.errors import HwcostError
 
 DEFAULT_NETWORKS = {"darts": "cifar10-search,cifar10", "sharpdarts": "cifar10-search,cifar10", "nb201": "nb201"}
 

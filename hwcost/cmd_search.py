@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from spaces.errors import HwcostError
+from device_tables.errors import HwcostError
 
 
 def add_search_parser(sub) -> argparse.ArgumentParser:

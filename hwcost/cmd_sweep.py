@@ -76,7 +76,7 @@ def add_sweep_parser(sub) -> argparse.ArgumentParser:
 def _lambda_range(text: str | None):
     if not text:
         return None
-    from spaces.errors import HwcostError
+    from device_tables.errors import HwcostError
     try:
         lo, hi = (float(x) for x in text.split(":"))
     except ValueError:
@@ -87,7 +87,7 @@ def _lambda_range(text: str | None):
 def cmd_sweep(args) -> int:
     from search.run import SearchConfig
     from search.sweep import SweepOptions, budget_sweep, lambda_sweep, lookup_sweep, spread
-    from spaces.errors import HwcostError
+    from device_tables.errors import HwcostError
     base = SearchConfig(space=args.space, strategy=args.strategy, data=args.data, network=args.network,
                         table=args.table, surrogate=args.surrogate, penalties=args.penalty,
                         cost_mode=args.cost_mode, budget_floor=args.budget_floor, epochs=args.epochs,
@@ -153,7 +153,7 @@ def _refuse_unanswered(args, doc: dict) -> None:
     and lookup.json -- every search kept -- have been written and reported."""
     if args.kind != "lookup":
         return
-    from spaces.errors import HwcostError
+    from device_tables.errors import HwcostError
     picks = doc["summary"]["lookup"]["picks"]
     refused = [p for p in picks if p["constraint"] is None]
     if refused:

@@ -494,3 +494,37 @@ def test_table_layer_needs_only_the_standard_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert out.split() == ["arch", str(SCHEMA_VERSION)]
+
+
+def test_user_errors_need_no_torch():
+    """HwcostError and the table errors load without torch (and without spaces), are caught as
+    documented, and torch-free modules raise them without loading torch."""
+    code = ("import sys; sys.modules['torch'] = sys.modules['spaces'] = None\n"
+            "from device_tables.errors import (USER_ERRORS, HwcostError, KeyFormatError, MissingKeyError,\n"
+            "                                  TableError, UnknownNameError, unknown)\n"
+            "import hwcost.cli, hwcost.cmd_predict, hwcost.cmd_search, hwcost.cmd_table\n"
+            "from costmodels.incontext import check_confidence\n"
+            "caught = []\n"
+            "for make, kinds in ((lambda: HwcostError('h'), (HwcostError, ValueError)),\n"
+            "                    (lambda: unknown('space', 'x', ['b', 'a']), (UnknownNameError, HwcostError, KeyError)),\n"
+            "                    (lambda: TableError('t'), (TableError, ValueError)),\n"
+            "                    (lambda: KeyFormatError('k'), (TableError,)),\n"
+            "                    (lambda: MissingKeyError('m'), (TableError, KeyError)),\n"
+            "                    (lambda: check_confidence(2.0), (HwcostError,))):\n"
+            "    for kind in kinds + (USER_ERRORS, hwcost.cli._user_errors()):\n"
+            "        try:\n"
+            "            raise make()\n"
+            "        except kind as e:\n"
+            "            caught.append(str(e))\n"
+            "assert not isinstance(TableError('t'), HwcostError)  # two families; the CLI catches both\n"
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+            "print(len(caught), caught[4], '|', caught[-1])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    assert out.strip() == ("23 unknown space 'x'; known: a, b | --confidence must be a probability strictly "
+                           "between 0 and 1, got 2.0")
+    from spaces import errors as spaces_errors
+    from device_tables import errors
+    assert (spaces_errors.HwcostError, spaces_errors.UnknownNameError, spaces_errors.unknown) == \
+        (errors.HwcostError, errors.UnknownNameError, errors.unknown)
+    assert errors.USER_ERRORS == (errors.HwcostError, TableError)

@@ -244,3 +244,21 @@ def test_cli_bad_input_is_one_line_exit_2(capsys, monkeypatch, tables, argv, mat
     argv = [str(tables / a) if a.endswith((".json", ".txt")) else a for a in argv]
     code, out, err = run(capsys, monkeypatch, "predict", *argv)
     assert code == 2 and match in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_call_overhead_chain_method_splits_per_call_and_per_node():
+    """profilers.overhead (costmodels never measures): t(1) = call + node, t(k) = call + k * node."""
+    from types import SimpleNamespace
+
+    from profilers.overhead import measure_call_overhead
+
+    class FakeBackend:
+        name, batch = "fake", 1
+
+        def measure(self, module, inputs, settings):
+            nodes = len(module) if isinstance(module, nn.Sequential) else 1
+            return SimpleNamespace(median=(0.050 + nodes * 0.002) * 1e-3)   # seconds
+
+    d = measure_call_overhead(FakeBackend(), k=11)
+    assert d["per_node_ms"] == pytest.approx(0.002) and d["per_call_ms"] == pytest.approx(0.050)
+    assert d["chain_length"] == 11 and d["backend"] == "fake"

@@ -1,0 +1,387 @@
+"""Which op keys a built network runs, and how often -- computed here only.
+
+The profiler (what to measure), the cost tensor (what the search prices) and
+whole-network prediction (what a network costs) all read a network's op keys
+through this module, so the keys a table is measured for are the keys the
+cost model and the search ask for.
+
+Two kinds of network:
+
+* a network of a search space, whose modules :func:`spaces.registry.build_op`
+  tagged (``hw_space``, ``hw_op``, ``hw_args``): :func:`op_key` keys one call of
+  a tagged module, :func:`tagged_op_counts` runs the network once and counts
+  every call; :func:`probe_genotype`, :func:`probe_nb201_arch` and
+  :func:`probe_configs` build the probe networks whose runs cover every
+  edge's shape;
+* any PyTorch model: :func:`model_layer_keys` keys its layers (torch.fx, or
+  forward hooks on its leaf modules when it cannot be traced), in space
+  ``torch``.
+
+:func:`network_op_counts` picks the right one for a built network.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import re
+from collections import Counter
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+
+from device_tables import OpKey
+
+from .errors import HwcostError
+from .genotypes import Genotype
+from .nb201 import Nb201NetConfig
+from .nb201_arch import EDGES as NB201_EDGES, Nb201Arch
+from .networks import CifarNetConfig, ImageNetConfig
+from .registry import get_space
+
+# Called for every call of a tagged module: (module, its key, its inputs).
+Observer = Callable[[nn.Module, OpKey, tuple], None]
+
+# ---------------------------------------------------------------------------
+# Networks of a search space (tagged modules)
+
+
+def op_key(module: nn.Module, x: torch.Tensor, batch: int | None = None) -> OpKey:
+    """The key of one call of a tagged module: its arguments and its input ``x``'s size.
+
+    ``batch`` replaces the input's batch size (a network run at batch 1 keyed
+    for another batch).
+    """
+    args = module.hw_args
+    extra = tuple((k, v) for k, v in args.items() if k not in ("c_in", "c_out", "stride"))
+    return OpKey(module.hw_space, module.hw_op, int(x.shape[0]) if batch is None else batch,
+                 args["c_in"], args["c_out"], int(x.shape[2]), int(x.shape[3]), args["stride"], extra)
+
+
+def tagged_op_counts(model: nn.Module, input_shape: tuple[int, ...], memo: dict | None = None,
+                     observe: Observer | None = None) -> dict[OpKey, int]:
+    """Key -> number of calls in one forward pass (eval mode) of a network of tagged ops.
+
+    Each tagged module computes once per distinct key; later calls with the
+    same key return the remembered output, zeroed (``memo``, shareable between
+    networks; the builders' forwards never write in place), so running eight
+    probes of a 20-cell network costs one run of each distinct op.
+    ``observe(module, key, inputs)``, if given, sees every call (which edge of
+    which cell a key belongs to, for the cost tensor).
+    """
+    counts: dict[OpKey, int] = {}
+    memo = {} if memo is None else memo
+
+    def shape_only(module, real_forward):
+        def forward(*inputs):
+            key = op_key(module, inputs[0])
+            counts[key] = counts.get(key, 0) + 1
+            if observe is not None:
+                observe(module, key, inputs)
+            if key not in memo:
+                memo[key] = real_forward(*inputs).zero_()
+            return memo[key]
+        return forward
+
+    tagged = [m for m in model.modules() if hasattr(m, "hw_op")]
+    for m in tagged:
+        m.forward = shape_only(m, m.forward)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: more threads only contend with other work
+    try:
+        with torch.no_grad():
+            model.eval()(torch.randn(*input_shape))
+    finally:
+        torch.set_num_threads(threads)
+        for m in tagged:
+            del m.forward
+    return counts
+
+
+def probe_genotype(ops: str | Sequence[str], steps: int = 4, first: bool = True) -> Genotype:
+    """A DARTS-form probe cell (the same for normal and reduce cells).
+
+    Node k (0-based) takes ``ops[2k]`` from state 0 and ``ops[2k+1]`` from
+    state k+1, so every source state 0..steps occurs: state 0 (and 1, for node
+    0) is a cell input -- a stride-2 edge in a reduction cell -- the others are
+    intermediate nodes (stride 1), so one probe sees every edge's input shape
+    and stride in both cell types.  ``ops`` given as one name puts that op on
+    every edge.  ``first=False`` takes state 1 instead of 0 from node 1 on:
+    other edges, with the same shapes.  Every node is concatenated (as a
+    derived genotype's cells are).
+    """
+    if isinstance(ops, str):
+        ops = [ops] * (2 * steps)
+    if len(ops) != 2 * steps:
+        raise HwcostError(f"a probe cell of {steps} nodes takes {2 * steps} ops, got {len(ops)}")
+    src0 = 0 if first else 1
+    edges = tuple(e for k in range(steps)
+                  for e in ((ops[2 * k], src0 if k else 0), (ops[2 * k + 1], k + 1)))
+    concat = tuple(range(2, steps + 2))
+    return Genotype(edges, concat, edges, concat)
+
+
+def probe_nb201_arch(ops: str | Sequence[str]) -> str:
+    """An NB201 probe cell: one op on every edge, or ``ops`` repeated along the edges."""
+    ops = [ops] if isinstance(ops, str) else list(ops)
+    return Nb201Arch(tuple(itertools.islice(itertools.cycle(ops), len(NB201_EDGES)))).to_str()
+
+
+def probe_configs(space: str, config) -> list:
+    """``config`` once per searchable op of ``space`` (``none`` included), with that op on every edge."""
+    ops = get_space(space).searchable_ops()  # includes ``none``: a real op of the supernet
+    if isinstance(config, Nb201NetConfig):
+        return [dataclasses.replace(config, arch=probe_nb201_arch(op)) for op in ops]
+    if isinstance(config, (CifarNetConfig, ImageNetConfig)):
+        if config.space != space:
+            raise HwcostError(f"a {config.space} network configuration cannot enumerate space {space!r}")
+        steps = config.genotype.steps
+        return [dataclasses.replace(config, genotype=probe_genotype(op, steps)) for op in ops]
+    raise HwcostError(f"cannot enumerate shapes of a {type(config).__name__}")
+
+
+def network_op_counts(model: nn.Module, input_shape: tuple[int, ...]) -> Counter:
+    """Key -> calls per forward pass: tagged space ops if the network has any, else its layers."""
+    if any(hasattr(m, "hw_op") for m in model.modules()):
+        return Counter(tagged_op_counts(model, tuple(input_shape)))
+    return Counter({layer.key: layer.count for layer in model_layer_keys(model, tuple(input_shape))})
+
+
+# ---------------------------------------------------------------------------
+# Layers of any PyTorch model
+
+TORCH_SPACE = "torch"
+_INVALID = re.compile(r"[\s/|=:,]+")
+# Functional ops that the tracer records under a different name than the one a
+# table should use (x += y computes what x + y does).
+_FN_ALIASES = {"iadd": "add", "imul": "mul", "isub": "sub", "itruediv": "truediv"}
+# Calls that produce no tensor work (shape queries) -- skipped.
+_SKIP_CALLS = {"size", "dim", "getattr"}
+
+
+class Layer(NamedTuple):
+    """One distinct layer of a model: its key, a module computing it, example
+    inputs, and how many times it occurs in one forward pass."""
+    key: OpKey
+    module: nn.Module
+    inputs: tuple
+    count: int
+
+
+class FunctionalCall(nn.Module):
+    """A functional op (``torch.cat``, ``x + y``, ``x.flatten(1)``) as a module:
+    tensors come in as arguments, the rest of the call is frozen."""
+
+    def __init__(self, fn, args, kwargs, method: bool):
+        super().__init__()
+        self.fn, self.args, self.kwargs, self.method = fn, args, kwargs, method
+
+    def forward(self, *tensors):
+        it = iter(tensors)
+        fill = lambda a: next(it) if a is TENSOR_ARG else a  # noqa: E731
+        args = torch.utils._pytree.tree_map(fill, self.args)
+        kwargs = torch.utils._pytree.tree_map(fill, self.kwargs)
+        if self.method:
+            return getattr(args[0], self.fn)(*args[1:], **kwargs)
+        return self.fn(*args, **kwargs)
+
+
+class _TensorSlot:
+    def __repr__(self):
+        return "<tensor>"
+
+
+TENSOR_ARG = _TensorSlot()
+
+
+def _name(text: str) -> str:
+    return _INVALID.sub("_", text).strip("_") or "op"
+
+
+def _shape_str(shape) -> str:
+    return "x".join(str(int(d)) for d in shape) or "scalar"
+
+
+def _geometry(shape) -> tuple[int, int, int, int]:
+    """(batch, channels, h, w) of an activation: NCHW, NC, or else (extra 'in_shape')."""
+    shape = tuple(int(d) for d in shape)
+    padded = shape + (1,) * (4 - len(shape))
+    return padded[0] or 1, padded[1] or 1, padded[2] or 1, padded[3] or 1
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _module_extra(m: nn.Module) -> dict:
+    """The arguments of a layer that change its cost but not its input/output shapes."""
+    extra: dict[str, Any] = {}
+    for attr, name in (("kernel_size", "kernel"), ("padding", "padding"), ("dilation", "dilation")):
+        if hasattr(m, attr) and not isinstance(getattr(m, attr), str):
+            v = _pair(getattr(m, attr))
+            extra[name] = v[0] if len(set(v)) == 1 else _shape_str(v)
+        elif hasattr(m, attr):
+            extra[name] = _name(getattr(m, attr))
+    if isinstance(getattr(m, "groups", None), int):
+        extra["groups"] = m.groups
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)):
+        extra["bias"] = int(m.bias is not None)
+    if isinstance(getattr(m, "affine", None), bool):
+        extra["affine"] = int(m.affine)
+    if isinstance(getattr(m, "elementwise_affine", None), bool):
+        extra["affine"] = int(m.elementwise_affine)
+    if getattr(m, "ceil_mode", False):
+        extra["ceil_mode"] = 1
+    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        extra["out"] = _shape_str(_pair(m.output_size))
+    return extra
+
+
+def _stride(m) -> int | str:
+    s = _pair(getattr(m, "stride", 1) or 1)
+    return int(s[0]) if len(set(s)) == 1 else _shape_str(s)
+
+
+def _layer_key(op: str, ins: list, out, module: nn.Module | None, extra: dict) -> OpKey:
+    """Key of a layer from its op type and its tensors' shapes."""
+    first = ins[0].shape if ins else out.shape
+    batch, c_in, h, w = _geometry(first)
+    o = out.shape
+    c_out = _geometry(o)[1] if len(o) >= 2 else 1
+    if isinstance(module, nn.Linear):
+        c_in, c_out = module.in_features, module.out_features
+        h, w = (int(math.prod(first[1:-1])) or 1), 1
+    extra = dict(extra)
+    if len(first) > 4 or (len(first) == 3 and not isinstance(module, nn.Linear)):
+        extra["in_shape"] = _shape_str(first)
+    if len(ins) > 1:
+        extra["n_inputs"] = len(ins)
+        if any(tuple(t.shape) != tuple(first) for t in ins[1:]):
+            extra["in_shapes"] = "_".join(_shape_str(t.shape) for t in ins)
+    if len(o) != 2 and len(o) != 4 or (len(o) == 4 and len(first) != 4):
+        extra["out_shape"] = _shape_str(o)
+    stride = 1
+    if module is not None:
+        s = _stride(module)
+        stride = s if isinstance(s, int) else 1
+        if isinstance(s, str):
+            extra["stride"] = s
+    return OpKey(TORCH_SPACE, _name(op), batch, c_in, max(c_out, 1), h, w, max(stride, 1), tuple(extra.items()))
+
+
+def _fresh(t: torch.Tensor) -> torch.Tensor:
+    if t.is_floating_point():
+        return torch.randn(t.shape, dtype=t.dtype)
+    return t.clone()
+
+
+def _fx_layers(gm, x: torch.Tensor) -> list[tuple[OpKey, nn.Module, tuple]]:
+    """Run a traced model node by node, keying every node that computes a tensor."""
+    import torch.fx as fx
+    env: dict[fx.Node, Any] = {}
+    out: list[tuple[OpKey, nn.Module, tuple]] = []
+    modules = dict(gm.named_modules())
+    load = lambda a: fx.node.map_arg(a, lambda n: env[n])  # noqa: E731
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            env[node] = x
+            continue
+        if node.op == "output":
+            break
+        if node.op == "get_attr":
+            env[node] = _getattr_path(gm, node.target)
+            continue
+        args, kwargs = load(node.args), load(node.kwargs)
+        if node.op == "call_module":
+            m = modules[node.target]
+            result = m(*args, **kwargs)
+            op, module, extra = type(m).__name__, m, _module_extra(m)
+            tensors = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        else:
+            fn = node.target
+            result = getattr(args[0], fn)(*args[1:], **kwargs) if node.op == "call_method" else fn(*args, **kwargs)
+            name = fn if isinstance(fn, str) else getattr(fn, "__name__", type(fn).__name__)
+            if (name in _SKIP_CALLS or not isinstance(result, torch.Tensor)
+                    or (name == "getitem" and not isinstance(args[0], torch.Tensor))):  # picks from a tuple
+                env[node] = result
+                continue
+            op = _FN_ALIASES.get(name, name)
+            tensors = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+            is_t = lambda a: TENSOR_ARG if isinstance(a, torch.Tensor) else a  # noqa: E731
+            module = FunctionalCall(fn, torch.utils._pytree.tree_map(is_t, args),
+                           torch.utils._pytree.tree_map(is_t, kwargs), node.op == "call_method")
+            extra = {}
+            consts = [a for a in torch.utils._pytree.tree_leaves((node.args, node.kwargs))
+                      if not isinstance(a, fx.Node) and isinstance(a, (int, float)) and not isinstance(a, bool)]
+            if op not in ("add", "mul", "sub", "truediv"):
+                extra.update((f"arg{i}", c) for i, c in enumerate(consts))
+            elif not tensors[1:]:
+                extra["scalar"] = 1  # x + 1.0: one tensor operand
+        env[node] = result
+        first_out = result if isinstance(result, torch.Tensor) else next(
+            (t for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor)), None)
+        if first_out is not None and tensors:  # a module returning a tuple is keyed by its first output
+            key = _layer_key(op, tensors, first_out, module if node.op == "call_module" else None, extra)
+            out.append((key, module, tuple(_fresh(t) for t in tensors)))
+    return out
+
+
+def _getattr_path(obj, target: str):
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _hook_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[OpKey, nn.Module, tuple]]:
+    """Fallback for untraceable models: every leaf module, via forward hooks
+    (functional ops between modules are not seen)."""
+    out = []
+
+    def hook(m, inputs, output):
+        tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+        if tensors and isinstance(output, torch.Tensor):
+            key = _layer_key(type(m).__name__, tensors, output, m, _module_extra(m))
+            out.append((key, m, tuple(_fresh(t) for t in tensors)))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def model_layer_keys(model: nn.Module, input_shape: tuple[int, ...], use_fx: bool = True) -> list[Layer]:
+    """Every distinct layer of ``model`` at ``input_shape``, with its count.
+
+    torch.fx symbolic tracing sees leaf modules (Conv2d, BN, ReLU, pools,
+    Linear, ...) and the functional ops between them (add, cat, flatten,
+    mean, ...); a model that cannot be traced falls back to hooks on its leaf
+    modules. The sum over layers of ``count x cost(key)`` is the model's cost
+    as the sum of its layers.
+    """
+    import torch.fx as fx
+    model = model.eval()
+    x = torch.randn(*input_shape)
+    gm = None
+    if use_fx:
+        try:
+            gm = fx.symbolic_trace(model)
+        except Exception:  # noqa: BLE001 - tracing fails in many ways (control flow, ...): use hooks
+            gm = None
+    try:
+        with torch.no_grad():
+            raw = _fx_layers(gm, x) if gm is not None else _hook_layers(model, x)
+    except RuntimeError as e:
+        raise HwcostError(f"{type(model).__name__} cannot take input of shape "
+                          f"{_shape_str(input_shape)}: {str(e).splitlines()[0]}") from None
+    first: dict[OpKey, tuple[nn.Module, tuple]] = {}
+    counts: dict[OpKey, int] = {}
+    for key, module, inputs in raw:
+        first.setdefault(key, (module, inputs))
+        counts[key] = counts.get(key, 0) + 1
+    return [Layer(k, m, ins, counts[k]) for k, (m, ins) in first.items()]
+
