@@ -10,6 +10,7 @@ from . import blocks as B
 from .darts import register_sum_concat
 from .nb201_arch import EDGES, NB201_OPS, Nb201Arch
 from .registry import build_op, register_op, register_space
+from .skeleton import build_nb201_skeleton, nb201_skeleton
 
 SPACE = "nb201"
 register_space(SPACE, "NAS-Bench-201 cell space (5 ops, 6 edges, 15,625 cells)", NB201_OPS)
@@ -100,16 +101,8 @@ class Nb201Network(nn.Module):
         super().__init__()
         self.config = config
         arch = Nb201Arch.parse(config.arch)
-        C, N = config.C, config.N
-        self.stem = build_op(SPACE, "stem", 3, C)
-        layers, c = [], C
-        for stage in range(3):
-            if stage:
-                layers.append(build_op(SPACE, "resblock", c, 2 * c, 2))
-                c *= 2
-            layers.extend(Nb201Cell(arch, c) for _ in range(N))
-        self.cells = nn.Sequential(*layers)
-        self.classifier = build_op(SPACE, "classifier", c, config.num_classes)
+        build_nb201_skeleton(self, nb201_skeleton(config.C, config.N, config.input_size),
+                             lambda s: Nb201Cell(arch, s.c_in), config.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.cells(self.stem(x)))
