@@ -334,7 +334,10 @@ SUPERNETS: list[tuple[str, Callable[[SupernetConfig], bool], Callable[[SupernetC
 
 def register_supernet(name: str, applies: Callable[[SupernetConfig], bool],
                       build: Callable[[SupernetConfig], _SupernetBase]) -> None:
-    SUPERNETS[:] = [s for s in SUPERNETS if s[0] != name]
+    """Add a supernet; it is tried before those registered earlier. A name registers once."""
+    if any(s[0] == name for s in SUPERNETS):
+        raise HwcostError(f"supernet {name!r} is registered already; pick another name "
+                          f"(registered: {', '.join(s[0] for s in SUPERNETS)})")
     SUPERNETS.insert(0, (name, applies, build))
 
 

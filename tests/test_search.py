@@ -212,6 +212,15 @@ def test_every_strategy_trains_on_every_space(strategy, space, tmp_path):
     assert (type(run.model).__name__.startswith("Dca")) == (strategy == "dcanas")
 
 
+def test_a_supernet_name_registers_once():
+    from search.supernet import SUPERNETS, register_supernet
+    build_supernet(SupernetConfig(space="nb201", C=4, nb201_N=1))   # the DCA-NAS supernets are registered now
+    before = list(SUPERNETS)
+    with pytest.raises(HwcostError, match="supernet 'nb201' is registered already"):
+        register_supernet("nb201", lambda c: True, lambda c: None)
+    assert SUPERNETS == before
+
+
 # (state_dict entries, parameters) of supernets built before the macro skeletons were
 # shared (spaces/skeleton.py): the same layout, so earlier checkpoints still load.
 LAYOUTS = {

@@ -207,3 +207,11 @@ def test_networks_are_built_from_their_skeleton():
     assert [getattr(m, "hw_op", "cell") for m in net.cells] == [s.kind for s in nb.body]
     assert net.classifier.hw_args["c_in"] == nb.C_out == 32
 
+
+def test_a_name_registers_once():
+    from spaces.registry import register_op, register_space
+    with pytest.raises(HwcostError, match="space 'darts' is registered already"):
+        register_space("darts", "another darts")
+    with pytest.raises(HwcostError, match="op 'skip_connect' is registered already in space 'nb201'"):
+        register_op("nb201", "skip_connect")(lambda c_in, c_out, stride, affine: None)
+    assert get_space("nb201").op("skip_connect").doc.startswith("Identity")   # the first one is kept
