@@ -24,7 +24,7 @@ the surrogate lets the training rows choose (``arch_surrogate``).
 
 Everything here is deterministic, depends only on the string, and uses no
 torch itself.  Network-level MACs/params follow the NB201 CIFAR macro skeleton
-(``spaces.nb201.Nb201Network``); with ``edges="all"`` they reproduce the
+(``spaces.skeleton.nb201_skeleton``, the one ``spaces.nb201.Nb201Network`` is built from); with ``edges="all"`` they reproduce the
 NAS-Bench-201 paper's range, 7.78-220.12 MMACs and 0.073-1.532 M parameters.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ import numpy as np
 
 from spaces.errors import HwcostError
 from spaces.nb201_arch import EDGES, NB201_OPS, NUM_NODES, Nb201Arch
+from spaces.skeleton import Nb201Skeleton, nb201_skeleton
 
 EDGE_SETS = ("all", "live", "feeding")
 OUTPUT = NUM_NODES - 1
@@ -49,7 +50,7 @@ ArchLike = Union[str, Nb201Arch]
 
 @dataclass(frozen=True)
 class Nb201Macro:
-    """The NB201 CIFAR skeleton: stem, N cells, resblock, N cells, resblock, N cells, head."""
+    """The numbers of an NB201 CIFAR network; its layout is :func:`spaces.skeleton.nb201_skeleton`'s."""
 
     C: int = 16
     N: int = 5
@@ -58,9 +59,13 @@ class Nb201Macro:
     in_channels: int = 3
 
     @property
+    def skeleton(self) -> Nb201Skeleton:
+        return nb201_skeleton(self.C, self.N, self.input_size, self.in_channels)
+
+    @property
     def stages(self) -> tuple[tuple[int, int], ...]:
         """(channels, feature-map side) of the three stages: (16,32), (32,16), (64,8)."""
-        return tuple((self.C * 2 ** s, self.input_size // 2 ** s) for s in range(3))
+        return self.skeleton.stages
 
 
 NB201_CIFAR = Nb201Macro()
@@ -184,20 +189,23 @@ def _edge_params(op: str, c: int) -> int:
 
 
 def _fixed_macs(m: Nb201Macro) -> int:
-    """Stem, two residual reduction blocks and the linear head."""
-    macs = m.in_channels * m.C * 9 * m.input_size ** 2                # stem 3x3 conv
-    for (c_in, _), (c_out, hw) in zip(m.stages, m.stages[1:]):         # hw = output side
+    """Stem, the residual reduction blocks and the linear head."""
+    sk = m.skeleton
+    macs = sk.stem.c_in * sk.stem.c_out * 9 * sk.input_size ** 2     # stem 3x3 conv
+    for r in sk.resblocks:
+        c_in, c_out, hw = r.c_in, r.c_out, r.h // r.stride            # hw = output side
         macs += 9 * c_in * c_out * hw * hw                              # conv_a, stride 2
         macs += 9 * c_out * c_out * hw * hw                             # conv_b
         macs += c_in * c_out * hw * hw                                  # 2x2 avg pool + 1x1 conv
-    return macs + m.stages[-1][0] * m.num_classes                      # linear
+    return macs + sk.C_out * m.num_classes                             # linear
 
 
 def _fixed_params(m: Nb201Macro) -> int:
-    params = m.in_channels * m.C * 9 + 2 * m.C                          # stem conv + BN
-    for (c_in, _), (c_out, _) in zip(m.stages, m.stages[1:]):
-        params += 9 * c_in * c_out + 2 * c_out + 9 * c_out * c_out + 2 * c_out + c_in * c_out
-    c_last = m.stages[-1][0]
+    sk = m.skeleton
+    params = sk.stem.c_in * sk.stem.c_out * 9 + 2 * sk.stem.c_out      # stem conv + BN
+    for r in sk.resblocks:
+        params += 9 * r.c_in * r.c_out + 2 * r.c_out + 9 * r.c_out * r.c_out + 2 * r.c_out + r.c_in * r.c_out
+    c_last = sk.C_out
     return params + 2 * c_last + c_last * m.num_classes + m.num_classes  # lastact BN + linear
 
 

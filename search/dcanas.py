@@ -42,8 +42,10 @@ from costmodels.expected_cost import derive_darts
 from spaces import build_op
 from spaces.errors import HwcostError
 from spaces.nb201_arch import EDGES as NB201_EDGES
+from spaces.networks import preprocess_inputs
+from spaces.skeleton import build_darts_skeleton, build_nb201_skeleton
 
-from .supernet import SupernetConfig, _SupernetBase, register_supernet
+from .supernet import SupernetConfig, _SupernetBase, register_supernet, search_skeleton
 
 
 def uses_dcanas(cfg: SupernetConfig) -> bool:
@@ -158,9 +160,7 @@ class DcaDartsCell(nn.Module):
         super().__init__()
         s = cfg.space
         self.reduction, self.steps, self.multiplier, self.searchable = reduction, cfg.steps, cfg.multiplier, searchable
-        self.preprocess0 = (build_op(s, "factorized_reduce", c_pp, C, 2, affine=False) if reduction_prev
-                            else build_op(s, "preprocess", c_pp, C, 1, affine=False))
-        self.preprocess1 = build_op(s, "preprocess", c_p, C, 1, affine=False)
+        self.preprocess0, self.preprocess1 = preprocess_inputs(s, c_pp, c_p, C, reduction_prev, affine=False)
         self.edges = darts_edges(cfg.steps)
         self.graph = DcaGraph(s, C, self.edges, 2, lambda i: 2 if reduction and i < 2 else 1, cfg.ops(),
                               cfg.share_weights, cfg.bottleneck)
@@ -188,23 +188,11 @@ class DcaDartsSupernet(_SupernetBase):
         super().__init__()
         _check(cfg)
         self.config = cfg
-        s = cfg.space
         self.edges = darts_edges(cfg.steps)
-        c_curr = cfg.stem_multiplier * cfg.C
-        self.stem = build_op(s, "stem_cifar", cfg.in_channels, c_curr)
-        c_pp, c_p, c_curr = c_curr, c_curr, cfg.C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        first = {False: 0, True: cfg.layers // 3}
-        for i in range(cfg.layers):
-            reduction = i in (cfg.layers // 3, 2 * cfg.layers // 3)
-            if reduction:
-                c_curr *= 2
-            searchable = not cfg.derived_cells or i == first[reduction]
-            self.cells.append(DcaDartsCell(cfg, c_pp, c_p, c_curr, reduction, reduction_prev, searchable))
-            reduction_prev = reduction
-            c_pp, c_p = c_p, cfg.multiplier * c_curr
-        self.classifier = build_op(s, "classifier", c_p, cfg.num_classes)
+        build_darts_skeleton(self, search_skeleton(cfg), cfg.space,
+                             lambda c: DcaDartsCell(cfg, c.C_prev_prev, c.C_prev, c.C, c.reduction, c.reduction_prev,
+                                                    searchable=not cfg.derived_cells or c.first_of_type),
+                             cfg.num_classes)
         self._init_arch(len(cfg.ops()), use_beta=False)
 
     def derived_choice(self) -> list[list[tuple[int, int]]]:
@@ -250,17 +238,10 @@ class DcaNb201Supernet(_SupernetBase):
         _check(cfg)
         self.config = cfg
         self.edges = NB201_EDGES
-        C = cfg.C
-        self.stem = build_op("nb201", "stem", cfg.in_channels, C)
-        layers, c = [], C
-        for stage in range(3):
-            if stage:
-                layers.append(build_op("nb201", "resblock", c, 2 * c, 2))
-                c *= 2
-            layers.extend(DcaNb201Cell(cfg, c, searchable=not cfg.derived_cells or (stage == 0 and n == 0))
-                          for n in range(cfg.nb201_N))
-        self.layers = nn.ModuleList(layers)
-        self.classifier = build_op("nb201", "classifier", c, cfg.num_classes)
+        build_nb201_skeleton(self, search_skeleton(cfg),
+                             lambda c: DcaNb201Cell(cfg, c.c_in, searchable=not cfg.derived_cells
+                                                    or (c.stage == 0 and c.n == 0)),
+                             cfg.num_classes, body="layers", wrap=nn.ModuleList)
         self._init_arch(len(cfg.ops()), use_beta=False)
 
     def derived_choice(self) -> list[tuple[int, int]]:

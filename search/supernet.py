@@ -33,6 +33,8 @@ from costmodels.expected_cost import edge_softmax
 from spaces import build_op, get_space
 from spaces.errors import HwcostError
 from spaces.nb201_arch import EDGES as NB201_EDGES
+from spaces.networks import preprocess_inputs
+from spaces.skeleton import build_darts_skeleton, build_nb201_skeleton, darts_skeleton, nb201_skeleton
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,13 @@ class SupernetConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def search_skeleton(cfg: SupernetConfig):
+    """The macro skeleton of the search proxy: DARTS CIFAR, or NB201 with ``nb201_N`` cells per stage."""
+    if cfg.space == "nb201":
+        return nb201_skeleton(cfg.C, cfg.nb201_N, in_channels=cfg.in_channels)
+    return darts_skeleton(cfg.C, cfg.layers, cfg.multiplier, "cifar", cfg.stem_multiplier, cfg.in_channels)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -166,9 +175,7 @@ class SearchCell(nn.Module):
         super().__init__()
         s = cfg.space
         self.reduction, self.steps, self.multiplier = reduction, cfg.steps, cfg.multiplier
-        self.preprocess0 = (build_op(s, "factorized_reduce", c_pp, C, 2, affine=False) if reduction_prev
-                            else build_op(s, "preprocess", c_pp, C, 1, affine=False))
-        self.preprocess1 = build_op(s, "preprocess", c_p, C, 1, affine=False)
+        self.preprocess0, self.preprocess1 = preprocess_inputs(s, c_pp, c_p, C, reduction_prev, affine=False)
         self.edges = darts_edges(cfg.steps)
         k = int(reduction)
         self.mixed = nn.ModuleList(MixedOp(s, C, 2 if reduction and i < 2 else 1, cfg.ops(), cfg.partial_k,
@@ -190,7 +197,12 @@ class SearchCell(nn.Module):
         return None
 
     def forward(self, s0, s1, weights, edge_weights=None, plain=False):
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        return self.nodes([self.preprocess0(s0), self.preprocess1(s1)], weights, edge_weights, plain)
+
+    def nodes(self, states, weights, edge_weights=None, plain=False):
+        """From the preprocessed inputs ``states``: each node sums its mixed edges (DARTS eq. 2,
+        beta-weighted with PC-DARTS edge normalisation); the cell concatenates the last
+        ``multiplier`` nodes. (search/fast.py's fallback path is this loop.)"""
         e = 0
         for j in range(2, self.steps + 2):
             acc = None
@@ -258,21 +270,10 @@ class DartsSupernet(_SupernetBase):
     def __init__(self, cfg: SupernetConfig):
         super().__init__()
         self.config = cfg
-        s = cfg.space
         self.edges = darts_edges(cfg.steps)
-        c_curr = cfg.stem_multiplier * cfg.C
-        self.stem = build_op(s, "stem_cifar", cfg.in_channels, c_curr)
-        c_pp, c_p, c_curr = c_curr, c_curr, cfg.C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(cfg.layers):
-            reduction = i in (cfg.layers // 3, 2 * cfg.layers // 3)
-            if reduction:
-                c_curr *= 2
-            self.cells.append(SearchCell(cfg, c_pp, c_p, c_curr, reduction, reduction_prev))
-            reduction_prev = reduction
-            c_pp, c_p = c_p, cfg.multiplier * c_curr
-        self.classifier = build_op(s, "classifier", c_p, cfg.num_classes)
+        build_darts_skeleton(self, search_skeleton(cfg), cfg.space,
+                             lambda c: SearchCell(cfg, c.C_prev_prev, c.C_prev, c.C, c.reduction, c.reduction_prev),
+                             cfg.num_classes)
         self._init_arch(len(cfg.ops()), use_beta=cfg.partial_k > 1)
 
     def forward(self, x, plain: bool = False):
@@ -314,16 +315,8 @@ class Nb201Supernet(_SupernetBase):
         super().__init__()
         self.config = cfg
         self.edges = NB201_EDGES
-        C = cfg.C
-        self.stem = build_op("nb201", "stem", cfg.in_channels, C)
-        layers, c = [], C
-        for stage in range(3):
-            if stage:
-                layers.append(build_op("nb201", "resblock", c, 2 * c, 2))
-                c *= 2
-            layers.extend(Nb201SearchCell(cfg, c) for _ in range(cfg.nb201_N))
-        self.layers = nn.ModuleList(layers)
-        self.classifier = build_op("nb201", "classifier", c, cfg.num_classes)
+        build_nb201_skeleton(self, search_skeleton(cfg), lambda c: Nb201SearchCell(cfg, c.c_in), cfg.num_classes,
+                             body="layers", wrap=nn.ModuleList)
         self._init_arch(len(cfg.ops()), use_beta=cfg.partial_k > 1)
 
     def forward(self, x, plain: bool = False):
@@ -341,7 +334,10 @@ SUPERNETS: list[tuple[str, Callable[[SupernetConfig], bool], Callable[[SupernetC
 
 def register_supernet(name: str, applies: Callable[[SupernetConfig], bool],
                       build: Callable[[SupernetConfig], _SupernetBase]) -> None:
-    SUPERNETS[:] = [s for s in SUPERNETS if s[0] != name]
+    """Add a supernet; it is tried before those registered earlier. A name registers once."""
+    if any(s[0] == name for s in SUPERNETS):
+        raise HwcostError(f"supernet {name!r} is registered already; pick another name "
+                          f"(registered: {', '.join(s[0] for s in SUPERNETS)})")
     SUPERNETS.insert(0, (name, applies, build))
 
 

@@ -147,34 +147,36 @@ class Classifier(nn.Module):
         return self.linear(torch.flatten(self.pool(self.pre(x)), 1))
 
 
-class AuxHeadCIFAR(nn.Module):
-    """Auxiliary head after cell 2L/3, input 8x8 (DARTS)."""
+class _AuxHead(nn.Module):
+    """DARTS auxiliary head: ReLU, 5x5 average pool, 1x1 conv to 128, BN, ReLU, 2x2 conv to 768,
+    BN, ReLU, (global average pool,) linear."""
 
-    def __init__(self, c_in, num_classes):
+    def __init__(self, c_in, num_classes, pool_stride: int, global_pool: bool):
         super().__init__()
+        self.global_pool = global_pool
         self.features = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),  # 8x8 -> 2x2
-            nn.Conv2d(c_in, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=False),
-            nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=False))
-        self.classifier = nn.Linear(768, num_classes)
-
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.features(x), 1))
-
-
-class AuxHeadImageNet(nn.Module):
-    """Auxiliary head after cell 2L/3, input 14x14 (DARTS, mobile setting)."""
-
-    def __init__(self, c_in, num_classes):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.ReLU(inplace=False),
-            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),  # 14x14 -> 5x5
+            nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False),
             nn.Conv2d(c_in, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=False),
             nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=False))
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x):
         x = self.features(x)
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        if self.global_pool:
+            x = nn.functional.adaptive_avg_pool2d(x, 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+class AuxHeadCIFAR(_AuxHead):
+    """Auxiliary head after cell 2L/3, input 8x8 (pooled to 2x2, then 1x1)."""
+
+    def __init__(self, c_in, num_classes):
+        super().__init__(c_in, num_classes, pool_stride=3, global_pool=False)
+
+
+class AuxHeadImageNet(_AuxHead):
+    """Auxiliary head after cell 2L/3, input 14x14 (pooled to 5x5, 4x4, then averaged; mobile setting)."""
+
+    def __init__(self, c_in, num_classes):
+        super().__init__(c_in, num_classes, pool_stride=2, global_pool=True)

@@ -19,8 +19,9 @@ PRIMITIVES = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
 register_space(SPACE, "DARTS / PC-DARTS / P-DARTS cell space (8 ops, 14 edges per cell)", PRIMITIVES)
 
 
+# none and skip_connect are the same in every space (nb201 and sharpdarts register these too).
 @register_op(SPACE, "none")
-def _none(c_in, c_out, stride, affine):
+def none_op(c_in, c_out, stride, affine):
     """Zeros (spatially subsampled at stride 2)."""
     return B.Zero(stride)
 
@@ -38,7 +39,7 @@ def _avg_pool(c_in, c_out, stride, affine):
 
 
 @register_op(SPACE, "skip_connect", parametric=False)
-def _skip(c_in, c_out, stride, affine):
+def skip_connect(c_in, c_out, stride, affine):
     """Identity at stride 1; FactorizedReduce at stride 2."""
     return B.Identity() if stride == 1 else B.FactorizedReduce(c_in, c_out, affine)
 

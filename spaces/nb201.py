@@ -7,20 +7,16 @@ import torch
 import torch.nn as nn
 
 from . import blocks as B
-from .darts import register_sum_concat
+from .darts import none_op, register_sum_concat, skip_connect
 from .nb201_arch import EDGES, NB201_OPS, Nb201Arch
 from .registry import build_op, register_op, register_space
+from .skeleton import build_nb201_skeleton, nb201_skeleton
 
 SPACE = "nb201"
 register_space(SPACE, "NAS-Bench-201 cell space (5 ops, 6 edges, 15,625 cells)", NB201_OPS)
 
-register_op(SPACE, "none")(lambda c_in, c_out, stride, affine: B.Zero(stride))
-
-
-@register_op(SPACE, "skip_connect")
-def _skip(c_in, c_out, stride, affine):
-    """Identity (cells never change shape)."""
-    return B.Identity() if stride == 1 else B.FactorizedReduce(c_in, c_out, affine)
+register_op(SPACE, "none")(none_op)
+register_op(SPACE, "skip_connect")(skip_connect)   # cells never change shape: always the identity
 
 
 @register_op(SPACE, "nor_conv_1x1", parametric=True)
@@ -100,16 +96,8 @@ class Nb201Network(nn.Module):
         super().__init__()
         self.config = config
         arch = Nb201Arch.parse(config.arch)
-        C, N = config.C, config.N
-        self.stem = build_op(SPACE, "stem", 3, C)
-        layers, c = [], C
-        for stage in range(3):
-            if stage:
-                layers.append(build_op(SPACE, "resblock", c, 2 * c, 2))
-                c *= 2
-            layers.extend(Nb201Cell(arch, c) for _ in range(N))
-        self.cells = nn.Sequential(*layers)
-        self.classifier = build_op(SPACE, "classifier", c, config.num_classes)
+        build_nb201_skeleton(self, nb201_skeleton(config.C, config.N, config.input_size),
+                             lambda s: Nb201Cell(arch, s.c_in), config.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.cells(self.stem(x)))

@@ -16,6 +16,7 @@ from .errors import HwcostError
 from .blocks import Identity
 from .genotypes import Genotype
 from .registry import build_op, get_space
+from .skeleton import build_darts_skeleton, darts_skeleton
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -27,6 +28,15 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return x / keep * mask
 
 
+def preprocess_inputs(space: str, C_prev_prev: int, C_prev: int, C: int, reduction_prev: bool,
+                      affine: bool = True) -> tuple[nn.Module, nn.Module]:
+    """A DARTS cell's input preprocessing, both to C channels: s0 by a FactorizedReduce
+    when the previous cell reduced (else a 1x1 ReLUConvBN), s1 by a 1x1 ReLUConvBN."""
+    pre0 = (build_op(space, "factorized_reduce", C_prev_prev, C, 2, affine) if reduction_prev
+            else build_op(space, "preprocess", C_prev_prev, C, 1, affine))
+    return pre0, build_op(space, "preprocess", C_prev, C, 1, affine)
+
+
 class Cell(nn.Module):
     """A derived cell: preprocess s0/s1, 4 nodes of 2 edges each, concat."""
 
@@ -36,9 +46,7 @@ class Cell(nn.Module):
         self.reduction = reduction
         sp = get_space(space)
         op_kwargs = op_kwargs or {}
-        self.preprocess0 = (build_op(space, "factorized_reduce", c_pp, c, 2) if reduction_prev
-                            else build_op(space, "preprocess", c_pp, c))
-        self.preprocess1 = build_op(space, "preprocess", c_p, c)
+        self.preprocess0, self.preprocess1 = preprocess_inputs(space, c_pp, c_p, c, reduction_prev)
         edges = genotype.reduce if reduction else genotype.normal
         self.concat = tuple(genotype.reduce_concat if reduction else genotype.normal_concat)
         self.indices = tuple(src for _, src in edges)
@@ -68,8 +76,8 @@ class Cell(nn.Module):
 
 
 @dataclass(frozen=True)
-class CifarNetConfig:
-    """The CIFAR eval network (DARTS: C=36, 20 cells, reductions at L/3, 2L/3)."""
+class _CellNetConfig:
+    """Fields of both DARTS-space eval networks (defaults: the CIFAR network's)."""
     genotype: Genotype
     space: str = "darts"
     C: int = 36
@@ -87,42 +95,32 @@ class CifarNetConfig:
 
 
 @dataclass(frozen=True)
-class ImageNetConfig:
+class CifarNetConfig(_CellNetConfig):
+    """The CIFAR eval network (DARTS: C=36, 20 cells, reductions at L/3, 2L/3)."""
+
+
+@dataclass(frozen=True)
+class ImageNetConfig(_CellNetConfig):
     """The ImageNet mobile-setting network (C=48, 14 cells, 224x224)."""
-    genotype: Genotype
-    space: str = "darts"
     C: int = 48
     layers: int = 14
     num_classes: int = 1000
-    auxiliary: bool = False
-    drop_path_prob: float = 0.0
     input_size: int = 224
-    op_kwargs: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["genotype"] = self.genotype.to_dict()
-        return d
 
 
 class _CellNetwork(nn.Module):
-    """Shared body: the cell stack with reductions at L/3 and 2L/3 and the aux head."""
+    """Shared body: the DARTS skeleton (:func:`spaces.skeleton.darts_skeleton`) of derived cells."""
 
-    def _build_cells(self, cfg, c_pp, c_p, c_curr, reduction_prev, aux_kind):
-        self.cells = nn.ModuleList()
-        self.aux_pos = 2 * cfg.layers // 3
-        self.auxiliary_head = None
-        for i in range(cfg.layers):
-            reduction = i in (cfg.layers // 3, 2 * cfg.layers // 3)
-            if reduction:
-                c_curr *= 2
-            cell = Cell(cfg.space, cfg.genotype, c_pp, c_p, c_curr, reduction, reduction_prev, cfg.op_kwargs)
-            self.cells.append(cell)
-            reduction_prev = reduction
-            c_pp, c_p = c_p, cell.multiplier * c_curr
-            if i == self.aux_pos and cfg.auxiliary:
-                self.auxiliary_head = build_op(cfg.space, aux_kind, c_p, cfg.num_classes)
-        self.classifier = build_op(cfg.space, "classifier", c_p, cfg.num_classes)
+    def __init__(self, config, stem: str):
+        super().__init__()
+        self.config = cfg = config
+        g = cfg.genotype
+        sk = darts_skeleton(cfg.C, cfg.layers, (len(g.normal_concat), len(g.reduce_concat)), stem)
+        self.aux_pos = sk.aux_pos
+        build_darts_skeleton(
+            self, sk, cfg.space,
+            lambda s: Cell(cfg.space, g, s.C_prev_prev, s.C_prev, s.C, s.reduction, s.reduction_prev, cfg.op_kwargs),
+            cfg.num_classes, aux_head=f"aux_head_{stem}" if cfg.auxiliary else None)
         self.set_drop_path(cfg.drop_path_prob)
 
     def set_drop_path(self, p: float) -> None:
@@ -145,11 +143,7 @@ class _CellNetwork(nn.Module):
 
 class NetworkCIFAR(_CellNetwork):
     def __init__(self, config: CifarNetConfig):
-        super().__init__()
-        self.config = config
-        c_curr = 3 * config.C
-        self.stem = build_op(config.space, "stem_cifar", 3, c_curr)
-        self._build_cells(config, c_curr, c_curr, config.C, False, "aux_head_cifar")
+        super().__init__(config, "cifar")
 
     def forward(self, x):
         s = self.stem(x)
@@ -158,13 +152,7 @@ class NetworkCIFAR(_CellNetwork):
 
 class NetworkImageNet(_CellNetwork):
     def __init__(self, config: ImageNetConfig):
-        super().__init__()
-        self.config = config
-        C = config.C
-        self.stem0 = build_op(config.space, "stem0_imagenet", 3, C, 2)
-        self.stem1 = build_op(config.space, "stem1_imagenet", C, C, 2)
-        # The first cell sees a "reduced previous" (stem1 halves the resolution).
-        self._build_cells(config, C, C, C, True, "aux_head_imagenet")
+        super().__init__(config, "imagenet")
 
     def forward(self, x):
         s0 = self.stem0(x)

@@ -8,7 +8,6 @@ list.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -55,9 +54,9 @@ _SPACES: dict[str, Space] = {}
 
 
 def register_space(name: str, description: str, primitives: tuple[str, ...] = ()) -> Space:
+    """A new, empty space; a name registers once (a second space of that name is an error)."""
     if name in _SPACES:
-        warnings.warn(f"space {name!r} registered twice; keeping the first", stacklevel=2)
-        return _SPACES[name]
+        raise HwcostError(f"space {name!r} is registered already; pick another name")
     _SPACES[name] = Space(name, description, primitives=tuple(primitives))
     return _SPACES[name]
 
@@ -67,6 +66,7 @@ def register_op(space: str, name: str, *, searchable: bool = True, parametric: b
     """Decorator: ``@register_op("darts", "sep_conv_3x3", parametric=True)``.
 
     ``example`` overrides the default example shape (c_in=c_out=8, stride 1, 8x8).
+    An op name registers once per space (a second registration is an error).
     """
 
     def deco(factory):
@@ -74,8 +74,7 @@ def register_op(space: str, name: str, *, searchable: bool = True, parametric: b
             raise unknown("space (register it before its ops)", space, _SPACES)
         sp = _SPACES[space]
         if name in sp.ops:
-            warnings.warn(f"op {space}/{name} registered twice; keeping the first", stacklevel=2)
-            return factory
+            raise HwcostError(f"op {name!r} is registered already in space {space!r}; pick another name")
         ex = {"c_in": 8, "c_out": 8, "stride": 1, "h": 8, **(example or {})}
         sp.ops[name] = OpSpec(space, name, factory, searchable, parametric,
                               searchable if same_channels is None else same_channels,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from . import blocks as B
-from .darts import register_cell_fixed_parts
+from .darts import none_op, register_cell_fixed_parts, skip_connect
 from .registry import register_op, register_space
 
 SPACE = "sharpdarts"
@@ -32,15 +32,10 @@ def _pool(kind):
     return factory
 
 
-register_op(SPACE, "none")(lambda c_in, c_out, stride, affine: B.Zero(stride))
+register_op(SPACE, "none")(none_op)
 register_op(SPACE, "max_pool_3x3")(_pool("max"))
 register_op(SPACE, "avg_pool_3x3")(_pool("avg"))
-
-
-@register_op(SPACE, "skip_connect")
-def _skip(c_in, c_out, stride, affine):
-    """Identity at stride 1; FactorizedReduce at stride 2."""
-    return B.Identity() if stride == 1 else B.FactorizedReduce(c_in, c_out, affine)
+register_op(SPACE, "skip_connect")(skip_connect)
 
 
 # name -> (dilation, C_mid_mult, C_mid) from Table 1 (K = 3 for all).

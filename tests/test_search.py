@@ -222,3 +222,46 @@ def test_every_strategy_trains_on_every_space(strategy, space, tmp_path):
         assert run.stage == 1
         assert {int(n) for n in run.model.op_mask.sum(-1).flatten()} == {run.stages[1].ops_per_edge}
     assert (type(run.model).__name__.startswith("Dca")) == (strategy == "dcanas")
+
+
+def test_a_supernet_name_registers_once():
+    from search.supernet import SUPERNETS, register_supernet
+    build_supernet(SupernetConfig(space="nb201", C=4, nb201_N=1))   # the DCA-NAS supernets are registered now
+    before = list(SUPERNETS)
+    with pytest.raises(HwcostError, match="supernet 'nb201' is registered already"):
+        register_supernet("nb201", lambda c: True, lambda c: None)
+    assert SUPERNETS == before
+
+
+# (state_dict entries, parameters) of supernets built before the macro skeletons were
+# shared (spaces/skeleton.py): the same layout, so earlier checkpoints still load.
+LAYOUTS = {
+    "darts": (dict(C=8, layers=5), 2651, 394434),
+    "darts-pc": (dict(C=8, layers=5, partial_k=4), 2652, 66838),
+    "sharpdarts": (dict(space="sharpdarts", C=8, layers=3), 2760, 630590),
+    "nb201": (dict(space="nb201", C=8, nb201_N=2), 328, 180048),
+    "dcanas-darts": (dict(C=8, layers=5, share_weights=True, bottleneck=2, derived_cells=True), 1151, 73914),
+    "dcanas-nb201": (dict(space="nb201", C=8, nb201_N=2, share_weights=True, bottleneck=2, derived_cells=True),
+                     328, 46992),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_supernet_layout_is_unchanged(name):
+    kw, n_keys, n_params = LAYOUTS[name]
+    net = build_supernet(SupernetConfig(**kw))
+    assert (len(net.state_dict()), sum(p.numel() for p in net.parameters())) == (n_keys, n_params)
+
+
+def test_supernets_follow_the_eval_networks_skeleton():
+    from spaces import BUILTIN_GENOTYPES, CifarNetConfig, build_network
+    from spaces.skeleton import darts_skeleton
+    sk = darts_skeleton(8, 5, 4)
+    nets = [build_network(CifarNetConfig(BUILTIN_GENOTYPES["DARTS_V2"][1], C=8, layers=5)),
+            build_supernet(SupernetConfig(C=8, layers=5)),
+            build_supernet(SupernetConfig(C=8, layers=5, share_weights=True, derived_cells=True))]
+    for net in nets:
+        assert [(c.preprocess0.hw_args["c_in"], c.preprocess1.hw_args["c_in"], c.preprocess1.hw_args["c_out"],
+                 c.reduction) for c in net.cells] == [(s.C_prev_prev, s.C_prev, s.C, s.reduction) for s in sk.cells]
+        assert net.classifier.hw_args["c_in"] == sk.C_out
+    assert [c.searchable for c in nets[2].cells] == [s.first_of_type for s in sk.cells]

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from spaces import (BUILTIN_GENOTYPES, CifarNetConfig, HwcostError, Nb201Arch, Nb201NetConfig,
+from spaces import (BUILTIN_GENOTYPES, CifarNetConfig, HwcostError, Nb201Arch, Nb201NetConfig, get_space,
                     build_network, load_genotype, network_config, parse_genotype)
 from spaces.nb201_arch import all_archs
 
@@ -171,3 +171,47 @@ def test_imagenet_network_runs_at_224():
 def test_genotype_of_other_space_is_refused():
     with pytest.raises(HwcostError, match="belongs to space"):
         load_genotype("SHARP_DARTS", "darts")
+
+
+def test_darts_skeleton_lays_out_the_published_cifar_network():
+    from spaces.skeleton import darts_skeleton
+    sk = darts_skeleton(36, 20, 4)
+    assert [s.index for s in sk.cells if s.reduction] == [6, 13]
+    assert [sk.cells[i].C for i in (0, 5, 6, 12, 13, 19)] == [36, 36, 72, 72, 144, 144]
+    assert [(s.C_prev_prev, s.C_prev) for s in sk.cells[:3]] == [(108, 108), (108, 144), (144, 144)]
+    assert [s.index for s in sk.cells if s.reduction_prev] == [7, 14]
+    assert [s.index for s in sk.cells if s.first_of_type] == [0, 6]
+    assert (sk.aux_pos, sk.C_aux, sk.C_out) == (13, 576, 576)
+    assert [f.op for f in sk.stems] == ["stem_cifar"] and sk.stems[0].c_out == 108
+    im = darts_skeleton(48, 14, 4, "imagenet")
+    assert [(f.name, f.stride) for f in im.stems] == [("stem0", 2), ("stem1", 2)]
+    assert im.cells[0].reduction_prev and [s.index for s in im.cells if s.reduction] == [4, 9]
+    with pytest.raises(HwcostError, match="unknown DARTS stem"):
+        darts_skeleton(16, 8, 4, "mnist")
+
+
+def test_networks_are_built_from_their_skeleton():
+    from spaces.skeleton import darts_skeleton, nb201_skeleton
+    g = BUILTIN_GENOTYPES["DARTS_V2"][1]
+    net = build_network(CifarNetConfig(g, layers=6, C=8, auxiliary=True))
+    sk = darts_skeleton(8, 6, 4)
+    for slot, cell in zip(sk.cells, net.cells, strict=True):
+        assert (cell.preprocess0.hw_op == "factorized_reduce") == slot.reduction_prev
+        assert (cell.preprocess0.hw_args["c_in"], cell.preprocess1.hw_args["c_in"],
+                cell.preprocess1.hw_args["c_out"], cell.reduction) == (slot.C_prev_prev, slot.C_prev, slot.C, slot.reduction)
+    assert net.auxiliary_head.hw_args["c_in"] == sk.C_aux and net.classifier.hw_args["c_in"] == sk.C_out
+    nb = nb201_skeleton(8, 2, 16)
+    assert nb.stages == ((8, 16), (16, 8), (32, 4))
+    assert [s.index for s in nb.resblocks] == [2, 5]
+    net = build_network(Nb201NetConfig("|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|", C=8, N=2))
+    assert [getattr(m, "hw_op", "cell") for m in net.cells] == [s.kind for s in nb.body]
+    assert net.classifier.hw_args["c_in"] == nb.C_out == 32
+
+
+def test_a_name_registers_once():
+    from spaces.registry import register_op, register_space
+    with pytest.raises(HwcostError, match="space 'darts' is registered already"):
+        register_space("darts", "another darts")
+    with pytest.raises(HwcostError, match="op 'skip_connect' is registered already in space 'nb201'"):
+        register_op("nb201", "skip_connect")(lambda c_in, c_out, stride, affine: None)
+    assert get_space("nb201").op("skip_connect").doc.startswith("Identity")   # the first one is kept
