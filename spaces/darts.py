@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch.nn as nn
 
 from . import blocks as B
-from .errors import HwcostError
 from .registry import register_op, register_space
 
 SPACE = "darts"
