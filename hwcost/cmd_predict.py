@@ -33,7 +33,8 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--genotype", help="built-in name (e.g. DARTS_V2) or a genotype file")
     p.add_argument("--arch", help="NB201 architecture string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")
     p.add_argument("--network", default=None, help="cifar10 (C=36, 20 cells) | imagenet (default cifar10)")
-    p.add_argument("--model", help="torchvision:NAME (its layers must be in the table: hwcost profile --model)")
+    p.add_argument("--model", help="torchvision:NAME, timm:NAME or package.module:factory (its layers must be "
+                                    "in the table: hwcost profile --model)")
     p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224")
     p.add_argument("--archs", metavar="FILE", help="one NB201 architecture string per line (with an "
                                                    "architecture --surrogate)")
@@ -123,7 +124,7 @@ def predict_op_level(args) -> dict:
         raise HwcostError("give --table T (a device table), or --surrogate S --archs FILE")
     targets = [n for n in ("genotype", "arch", "model") if getattr(args, n) is not None]
     if len(targets) != 1:
-        raise HwcostError("give one network: --genotype G, --space nb201 --arch A, or --model torchvision:NAME "
+        raise HwcostError("give one network: --genotype G, --space nb201 --arch A, or --model torchvision:NAME|timm:NAME|pkg.module:factory "
                           "--input 1x3x224x224")
     table = load_table(bundled_table_path(args.table))
     info = {"device": table.device.get("name"), "backend": table.runtime.get("backend"),

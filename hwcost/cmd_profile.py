@@ -122,7 +122,8 @@ def add_profile_parsers(sub) -> None:
     p.add_argument("--networks", help="comma-separated network configurations whose shapes to measure: "
                                       "cifar10-search, cifar10, imagenet (darts, sharpdarts), nb201 "
                                       "(default: cifar10-search,cifar10; nb201 for nb201)")
-    p.add_argument("--model", help="torchvision:NAME -- profile a PyTorch model layer by layer")
+    p.add_argument("--model", help="torchvision:NAME, timm:NAME or package.module:factory -- profile a "
+                                    "PyTorch model layer by layer")
     p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224")
     _add_backend_args(p, max_time=2.0)
     p.add_argument("--batch", type=int, default=None, help="batch size of the keys (default 1)")
@@ -137,7 +138,8 @@ def add_profile_parsers(sub) -> None:
     p.add_argument("--genotype", help="built-in name (e.g. DARTS_V2) or a genotype file")
     p.add_argument("--arch", help="NB201 architecture string")
     p.add_argument("--network", default=None, help="cifar10 | imagenet (default cifar10)")
-    p.add_argument("--model", help="torchvision:NAME instead of a genotype")
+    p.add_argument("--model", help="torchvision:NAME, timm:NAME or package.module:factory instead of a "
+                                    "genotype")
     p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224")
     _add_backend_args(p, max_time=10.0)
     p.add_argument("--batch", type=int, default=None, help="batch size (default 1; --model takes it from --input)")

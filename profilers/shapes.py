@@ -147,19 +147,68 @@ def torch_key_module(key: OpKey) -> tuple[nn.Module, tuple]:
     raise HwcostError(f"cannot rebuild {key.to_str()} from its key alone; profile the model instead")
 
 
+MODEL_FORMS = "torchvision:NAME, timm:NAME or package.module:factory"
+
+
 def resolve_model(spec: str) -> nn.Module:
-    """``torchvision:NAME`` -> the model, randomly initialised (never downloads weights)."""
-    kind, sep, name = spec.partition(":")
-    if kind != "torchvision" or not sep or not name:
-        raise HwcostError(f"bad model {spec!r}: expected torchvision:NAME (e.g. torchvision:mobilenet_v2)")
+    """A model named on the command line, randomly initialised (weights are never downloaded):
+
+    * ``torchvision:NAME`` -- a torchvision classification/detection/... model;
+    * ``timm:NAME`` -- a timm model (the optional extra ``pip install -e '.[timm]'``);
+    * ``package.module:factory`` -- a callable of the user's code (on ``PYTHONPATH``) that takes
+      no arguments and returns an ``nn.Module``.
+    """
+    kind, sep, name = str(spec).partition(":")
+    if not sep or not kind or not name:
+        raise HwcostError(f"bad model {spec!r}: expected {MODEL_FORMS} (e.g. torchvision:mobilenet_v2)")
+    if kind == "torchvision":
+        try:
+            import torchvision
+        except ImportError:  # pragma: no cover
+            raise HwcostError("torchvision is not installed; it is needed for torchvision:NAME models") from None
+        known = torchvision.models.list_models()
+        if name not in known:
+            raise unknown("torchvision model", name, known)
+        return torchvision.models.get_model(name, weights=None).eval()
+    if kind == "timm":
+        return _timm_model(name)
+    return _factory_model(spec, kind, name)
+
+
+def _timm_model(name: str) -> nn.Module:
     try:
-        import torchvision
-    except ImportError:  # pragma: no cover
-        raise HwcostError("torchvision is not installed; it is needed for torchvision:NAME models") from None
-    known = torchvision.models.list_models()
-    if name not in known:
-        raise unknown("torchvision model", name, known)
-    return torchvision.models.get_model(name, weights=None).eval()
+        import timm
+    except ImportError:
+        raise HwcostError("timm:NAME needs timm, an optional extra: pip install -e '.[timm]' (or pip install "
+                          "timm)") from None
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:12]
+        raise HwcostError(f"unknown timm model {name!r}" + (f"; similar: {', '.join(close)}" if close else
+                                                             "; timm.list_models() lists them"))
+    return timm.create_model(name, pretrained=False).eval()
+
+
+def _factory_model(spec: str, module_name: str, attr: str) -> nn.Module:
+    import importlib
+    if not all(part.isidentifier() for part in module_name.split(".")) or not attr.isidentifier():
+        raise HwcostError(f"bad model {spec!r}: expected {MODEL_FORMS}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise HwcostError(f"model {spec!r}: cannot import {module_name} ({e}); is its directory on "
+                          f"PYTHONPATH?") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise HwcostError(f"model {spec!r}: {module_name} has no callable {attr!r}")
+    try:
+        model = factory()
+    except Exception as e:  # noqa: BLE001 - the user's code: one line naming it
+        raise HwcostError(f"model {spec!r}: {module_name}.{attr}() raised {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:300]}") from None
+    if not isinstance(model, nn.Module):
+        raise HwcostError(f"model {spec!r}: {module_name}.{attr}() returned {type(model).__name__}, "
+                          f"not a torch.nn.Module")
+    return model.eval()
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
