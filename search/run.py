@@ -50,6 +50,7 @@ from .costs import cached_search_cost_tensor
 from .data import load_data, search_loaders
 from .derive import constrained_derive, derived_costs
 from .objective import Objective, attainable_range, check_attainable, parse_term
+from .progress import Progress
 from .progressive import PDARTS_MAX_SKIPS, mask_of, subsets_of
 from .schedules import SCHEDULES
 from .strategies import dca_options, get_strategy
@@ -368,17 +369,15 @@ class SearchRun:
         cfg = self.cfg
         bar = None
         if progress and D.is_main():
-            from tqdm import tqdm
             per_epoch = cfg.steps_per_epoch or len(search_loaders(self.data, cfg.batch_size, 0)[0])
-            total = cfg.epochs * per_epoch * (len(self.stages) if self.stages else 1)
-            bar = tqdm(total=total, initial=min(total, self.step), desc="search", unit="step", dynamic_ncols=True)
+            bar = Progress("search", cfg.epochs * per_epoch * (len(self.stages) if self.stages else 1), self.step)
         t0 = time.perf_counter()
         self.train(bar)
         if bar is not None:
             bar.close()
         return self.finish(time.perf_counter() - t0)
 
-    def train(self, bar=None) -> None:
+    def train(self, bar: Progress | None = None) -> None:
         """Every (remaining) epoch of every (remaining) stage; :meth:`finish` derives and reports."""
         while True:
             self._train_stage(bar)
@@ -386,7 +385,7 @@ class SearchRun:
                 break
             self._next_stage()
 
-    def _train_stage(self, bar=None) -> None:
+    def _train_stage(self, bar: Progress | None = None) -> None:
         cfg = self.cfg
         warmup = self.spec.warmup_epochs(cfg)
         while self.epoch < cfg.epochs:
@@ -404,10 +403,14 @@ class SearchRun:
                 rec.update(epoch=epoch, step=self.step, lr=lr, **extra)
                 self._log("log.jsonl", rec)
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{rec['loss_train']:.3f}", **{k: f"{v:.3g}" for k, v in rec["costs"].items()
-                                                                          if k in ("latency_ms",)})
+                    bar.step(loss=f"{rec['loss_train']:.3f}", **{k: f"{v:.3g}" for k, v in rec["costs"].items()
+                                                                if k in ("latency_ms",)})
             self.epoch += 1
+            if bar is not None:
+                stage = f" (stage {self.stage + 1}/{len(self.stages)})" if self.stages else ""
+                costs = "".join(f", {k} {v:.4g}" for k, v in rec["costs"].items())
+                bar.epoch(f"epoch {self.epoch}/{cfg.epochs}{stage}: step {self.step}, loss_train "
+                          f"{rec['loss_train']:.4f}, loss_val {rec['loss_val']:.4f}{costs}")
             rec = {"epoch": self.epoch, "weights": F.softmax(self.model.arch_logits().detach(), -1).tolist()}
             if self.stages:
                 rec["stage"] = self.stage
