@@ -396,6 +396,7 @@ class SearchRun:
                 g["lr"] = lr
             extra = self.spec.start_epoch(self, epoch, warmup)
             train, val = search_loaders(self.data, cfg.batch_size, self._epoch_seed(epoch))
+            rec = None
             for i, ((xt, yt), (xv, yv)) in enumerate(zip(train, val)):
                 if cfg.steps_per_epoch and i >= cfg.steps_per_epoch:
                     break
@@ -406,7 +407,7 @@ class SearchRun:
                     bar.step(loss=f"{rec['loss_train']:.3f}", **{k: f"{v:.3g}" for k, v in rec["costs"].items()
                                                                 if k in ("latency_ms",)})
             self.epoch += 1
-            if bar is not None:
+            if bar is not None and rec is not None:
                 stage = f" (stage {self.stage + 1}/{len(self.stages)})" if self.stages else ""
                 costs = "".join(f", {k} {v:.4g}" for k, v in rec["costs"].items())
                 bar.epoch(f"epoch {self.epoch}/{cfg.epochs}{stage}: step {self.step}, loss_train "
