@@ -27,10 +27,14 @@ _PREFIXES: dict[str, type["Backend"]] = {}  # "ort:" -> a backend taking the res
 
 def register_backend(name: str, prefix: bool = False):
     """Class decorator: ``@register_backend("torch-cpu")``; ``prefix=True`` registers
-    a family (``ort:`` + provider name)."""
+    a family (``ort:`` + provider name). A name is registered once."""
 
     def deco(cls):
-        (_PREFIXES if prefix else _BACKENDS)[name] = cls
+        registry = _PREFIXES if prefix else _BACKENDS
+        if name in registry:
+            raise HwcostError(f"backend {name!r} is already registered ({registry[name].__name__}); "
+                              f"choose another name")
+        registry[name] = cls
         return cls
 
     return deco

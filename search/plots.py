@@ -1,8 +1,10 @@
-"""PNG plots of a run directory: alpha over time, costs against budgets."""
+"""PNG plots: a run directory's alphas over time and costs against budgets; a sweep's Pareto
+front and look-up graph. matplotlib is optional: each plot raises ImportError without it."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable
 
 
 def _read(path: Path) -> list[dict]:
@@ -16,10 +18,23 @@ def _marker(n_points: int) -> dict:
     return {"marker": "o", "markersize": 4} if n_points <= 30 else {}
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    plt = _pyplot()
     run = Path(run_dir)
     cfg = json.loads((run / "config.json").read_text())
     ops, written = cfg["ops"], []
@@ -37,10 +52,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax.set_title(f"cell type {k}: mean softmax(alpha) per op")
             ax.set_xlabel("epoch")
         axes[0][-1].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(run / "alphas.png", dpi=90)
-        plt.close(fig)
-        written.append(run / "alphas.png")
+        written.append(_save(fig, run / "alphas.png"))
 
     log = _read(run / "log.jsonl")
     budgets = {t["metric"]: t["value"] for t in cfg["terms"] if t["kind"] == "hard"}
@@ -56,8 +68,46 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax.set_title(m)
             ax.set_xlabel("step")
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(run / "costs.png", dpi=90)
-        plt.close(fig)
-        written.append(run / "costs.png")
+        written.append(_save(fig, run / "costs.png"))
     return written
+
+
+def plot_pareto(rows: list[dict], path: Path, budget_lines: Iterable[float] = ()) -> None:
+    """A sweep's searches: derived cost against supernet validation accuracy, the front in red."""
+    plt = _pyplot()
+    ok = [r for r in rows if r["status"] == "ok" and r.get("cost") is not None
+          and r.get("supernet_val_accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if ok:
+        ax.scatter([r["cost"] for r in ok], [r["supernet_val_accuracy"] for r in ok], c="0.6", s=18,
+                   label="searches")
+        front = sorted((r for r in ok if r.get("pareto")), key=lambda r: r["cost"])
+        ax.plot([r["cost"] for r in front], [r["supernet_val_accuracy"] for r in front], "o-", c="C3",
+                label="Pareto front")
+        metric = ok[0].get("metric", "cost")
+        ax.set_xlabel(f"derived {metric} (target network)")
+    for b in budget_lines:
+        ax.axvline(b, ls="--", c="k", lw=1)
+    ax.set_ylabel("supernet validation accuracy")
+    failed = sum(r["status"] != "ok" for r in rows)
+    ax.set_title(f"{len(ok)} searches" + (f", {failed} failed" if failed else ""))
+    if ok:
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_lookup(graph, path: Path, picks: list[dict] = ()) -> None:
+    """DCA-NAS's look-up graph (:class:`search.sweep_math.LookupGraph`): searches, fit and picks."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(*zip(*graph.points), "o", label="searches")
+    ax.plot(graph.xs, graph.ys, "-", c="C1", label="monotone fit")
+    lo, hi = min(graph.xs + graph.ys), max(graph.xs + graph.ys)
+    ax.plot([lo, hi], [lo, hi], ":", c="0.5", label="eval cost = constraint")
+    for p in picks:
+        if p.get("constraint") is not None:   # a refused pick has no constraint to mark
+            ax.plot([p["constraint"]], [p["target"]], "x", c="C3", ms=8)
+    ax.set_xlabel(f"search constraint K_d' ({graph.metric})")
+    ax.set_ylabel(f"derived network's {graph.metric} K_d")
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -50,10 +50,10 @@ from .costs import cached_search_cost_tensor
 from .data import load_data, search_loaders
 from .derive import constrained_derive, derived_costs
 from .objective import Objective, attainable_range, check_attainable, parse_term
-from .progressive import PDARTS_MAX_SKIPS, cap_skips, keep_strongest, mask_of, plan_stages, skip_dropout_rate, \
-    subsets_of
-from .schedules import SCHEDULES, lr_at
-from .strategies import STRATEGIES, Architect, get_strategy
+from .progress import Progress
+from .progressive import PDARTS_MAX_SKIPS, mask_of, subsets_of
+from .schedules import SCHEDULES
+from .strategies import dca_options, get_strategy
 from .supernet import SupernetConfig, build_supernet
 from .train import check_same_settings, restore_checkpoint
 
@@ -102,11 +102,8 @@ class SearchConfig:
         return asdict(self)
 
 
-PROGRESSIVE_OPTIONS = ("stages", "stage_ops", "skip_dropout")
-
-
 def check_config(cfg: SearchConfig) -> None:
-    """Combinations that cannot apply: one clear error before anything runs."""
+    """Combinations that cannot apply: one clear error before anything runs (the strategy's own: its ``check``)."""
     spec = get_strategy(cfg.strategy)
     if cfg.lr_schedule not in SCHEDULES:
         raise HwcostError(f"unknown lr schedule {cfg.lr_schedule!r}; known: {', '.join(SCHEDULES)}")
@@ -114,31 +111,10 @@ def check_config(cfg: SearchConfig) -> None:
         raise HwcostError(f"--lr-power must be positive, got {cfg.lr_power}")
     if cfg.epochs < 1:
         raise HwcostError(f"--epochs must be at least 1, got {cfg.epochs}")
-    progressive = [STRATEGIES[n].name for n in STRATEGIES if STRATEGIES[n].progressive]
-    if not spec.progressive:
-        given = [o for o in PROGRESSIVE_OPTIONS if getattr(cfg, o)]
-        if cfg.max_skips != PDARTS_MAX_SKIPS:
-            given.append("max_skips")
-        if given:
-            raise HwcostError(f"{', '.join('--' + g.replace('_', '-') for g in given)} appl"
-                              f"{'ies' if len(given) == 1 else 'y'} to progressive strategies only "
-                              f"({', '.join(progressive)}), not to {cfg.strategy!r}")
-    if cfg.max_skips < 0:
-        raise HwcostError(f"--max-skips must be >= 0, got {cfg.max_skips}")
-    if cfg.space == "nb201" and cfg.max_skips != PDARTS_MAX_SKIPS:
-        raise HwcostError("--max-skips limits the skip connects of a DARTS normal cell; an nb201 cell has no "
-                          "such limit (P-DARTS defines it for the darts-like spaces only)")
-    if spec.needs_terms and not (cfg.budgets or cfg.penalties):
-        raise HwcostError(f"strategy {cfg.strategy!r} searches under resource terms: give --budget or --penalty "
-                          f"(without them it is pdarts)")
-    flags = {**{"share_weights": False, "bottleneck": 1, "derived_cells": False}, **dict(spec.supernet),
-             **{f: getattr(cfg, f) for f in ("share_weights", "bottleneck", "derived_cells")
-                if getattr(cfg, f) is not None}}
-    dca = [f for f in ("share_weights", "derived_cells") if flags[f]] + (["bottleneck"] if flags["bottleneck"] > 1 else [])
-    if dca and spec.progressive:
-        raise HwcostError(f"DCA-NAS options ({', '.join(dca)}) do not combine with progressive strategy "
-                          f"{cfg.strategy!r}: its per-edge op subsets need the plain DARTS cell")
-    k = cfg.partial_k or spec.partial_k
+    spec.check(cfg)
+    flags = spec.supernet_flags(cfg)
+    dca = dca_options(flags)
+    k = flags["partial_k"]
     if dca and k > 1:
         raise HwcostError(f"DCA-NAS options ({', '.join(dca)}) do not combine with PC-DARTS partial channels "
                           f"(K={k}); use --partial-k 1 or turn them off")
@@ -240,10 +216,7 @@ class SearchRun:
         _seed_all(cfg.seed)
         self.data = load_data(cfg.data)
         self.ops = SupernetConfig(space=cfg.space).ops()
-        self.stages = None
-        if self.spec.progressive:
-            layers = cfg.stages or [cfg.layers, cfg.layers + 6, cfg.layers + 12]   # P-DARTS: add 0, 6, 12 cells
-            self.stages = plan_stages(layers, cfg.stage_ops, cfg.skip_dropout, len(self.ops))
+        self.stages = self.spec.plan_stages(cfg, len(self.ops))   # None: one supernet for the whole search
         self.stage, self.op_subsets = 0, None
         self._build()
         self.cost_tensor, notes = cached_search_cost_tensor(cfg.space, cfg.network, self.ops, cfg.table,
@@ -278,21 +251,15 @@ class SearchRun:
         D.barrier()
 
     # --- the supernet of the current stage ---------------------------------
-    def _supernet_flag(self, name: str, default):
-        value = getattr(self.cfg, name)
-        return dict(self.spec.supernet).get(name, default) if value is None else value
-
     def _build(self) -> None:
         """Supernet, weight optimiser and architect for the current stage (one stage unless progressive)."""
         cfg = self.cfg
         layers = self.stages[self.stage].layers if self.stages else cfg.layers
         self.net_cfg = SupernetConfig(
             space=cfg.space, C=cfg.C, layers=layers, num_classes=self.data.num_classes,
-            in_channels=self.data.in_channels, partial_k=cfg.partial_k or self.spec.partial_k, max_w=cfg.max_w,
+            in_channels=self.data.in_channels, max_w=cfg.max_w,
             nb201_N=max(1, layers // 3) if cfg.space == "nb201" else 5, op_subsets=self.op_subsets,
-            share_weights=self._supernet_flag("share_weights", False),
-            bottleneck=self._supernet_flag("bottleneck", 1),
-            derived_cells=self._supernet_flag("derived_cells", False))
+            **self.spec.supernet_flags(cfg))
         self.model = build_supernet(self.net_cfg)
         plain_cell = self.op_subsets is None and not self.stages and type(self.model).__name__ == "DartsSupernet"
         # The fused cell runs F.batch_norm on the modules' buffers itself: not with synchronised BN.
@@ -303,24 +270,22 @@ class SearchRun:
         D.convert_sync_batchnorm(self.model)   # K > 1: BN statistics of the global batch
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.weight_lr or self.spec.weight_lr,
                                      momentum=0.9, weight_decay=3e-4)
-        self.architect = Architect(self.model, self.spec, self.w_opt, self._penalty, cfg.arch_lr,
-                                   grad_clip=self.spec.arch_grad_clip,
-                                   reduce_grads=D.allreduce_tensors if D.is_distributed() else None)
+        self.architect = self.spec.architect(self.model, self.w_opt, self._penalty, cfg.arch_lr,
+                                             reduce_grads=D.allreduce_tensors if D.is_distributed() else None)
 
     def _next_stage(self) -> None:
-        """P-DARTS: keep each edge's strongest ops and build the next, deeper supernet."""
+        """The strategy picks the next stage's ops (P-DARTS: each edge's strongest); build its supernet."""
         nxt = self.stages[self.stage + 1]
-        mask = keep_strongest(self.model.arch_logits(), nxt.ops_per_edge)
-        self.op_subsets = subsets_of(mask)
+        self.op_subsets = self.spec.next_op_subsets(self.model, nxt)
         self.stage += 1
         self.epoch = 0
         _seed_all(self.cfg.seed + 7919 * self.stage)   # the new supernet's initial weights and alpha
         self._build()
         self._log("stages.jsonl", {"stage": self.stage, "layers": nxt.layers, "ops_per_edge": nxt.ops_per_edge,
-                                   "op_subsets": self._named_subsets(), "step": self.step})
+                                   "op_subsets": self.named_subsets(), "step": self.step})
         self._checkpoint()
 
-    def _named_subsets(self) -> dict | None:
+    def named_subsets(self) -> dict | None:
         if self.op_subsets is None:
             return None
         return {t: [[self.ops[i] for i in idx] for idx in per_type]
@@ -335,7 +300,7 @@ class SearchRun:
 
     # --- bookkeeping ---------------------------------------------------
     def _write_config(self) -> None:
-        doc = {"search": self.cfg.to_dict(), "supernet": self.net_cfg.to_dict(), "strategy": asdict(self.spec),
+        doc = {"search": self.cfg.to_dict(), "supernet": self.net_cfg.to_dict(), "strategy": self.spec.to_dict(),
                "terms": [t.to_dict() for t in self.terms], "cost": self.cost_notes,
                "metrics": list(self.cost_tensor.metrics), "ops": list(self.ops), "world_size": D.world_size()}
         (self.out / "config.json").write_text(json.dumps(doc, indent=1, default=str))
@@ -411,17 +376,15 @@ class SearchRun:
         cfg = self.cfg
         bar = None
         if progress and D.is_main():
-            from tqdm import tqdm
             per_epoch = cfg.steps_per_epoch or len(search_loaders(self.data, cfg.batch_size, 0)[0])
-            total = cfg.epochs * per_epoch * (len(self.stages) if self.stages else 1)
-            bar = tqdm(total=total, initial=min(total, self.step), desc="search", unit="step", dynamic_ncols=True)
+            bar = Progress("search", cfg.epochs * per_epoch * (len(self.stages) if self.stages else 1), self.step)
         t0 = time.perf_counter()
         self.train(bar)
         if bar is not None:
             bar.close()
         return self.finish(time.perf_counter() - t0)
 
-    def train(self, bar=None) -> None:
+    def train(self, bar: Progress | None = None) -> None:
         """Every (remaining) epoch of every (remaining) stage; :meth:`finish` derives and reports."""
         while True:
             self._train_stage(bar)
@@ -429,22 +392,18 @@ class SearchRun:
                 break
             self._next_stage()
 
-    def _train_stage(self, bar=None) -> None:
+    def _train_stage(self, bar: Progress | None = None) -> None:
         cfg = self.cfg
-        lr_max = cfg.weight_lr or self.spec.weight_lr
-        warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else round(self.spec.warmup_frac * cfg.epochs)
+        warmup = self.spec.warmup_epochs(cfg)
         while self.epoch < cfg.epochs:
             epoch = self.epoch
             _seed_all(self._epoch_seed(epoch))
-            lr = lr_at(epoch, cfg.epochs, lr_max, self.spec.weight_lr_min, cfg.lr_schedule, cfg.lr_power)
+            lr = self.spec.weight_lr_at(cfg, epoch)
             for g in self.w_opt.param_groups:
                 g["lr"] = lr
-            extra = {}
-            if self.stages:
-                drop = skip_dropout_rate(self.stages[self.stage].skip_dropout, epoch, cfg.epochs, warmup)
-                self.model.set_skip_dropout(drop)
-                extra = {"stage": self.stage, "skip_dropout": drop}
+            extra = self.spec.start_epoch(self, epoch, warmup)
             train, val = search_loaders(self.data, cfg.batch_size, self._epoch_seed(epoch))
+            rec = None
             for i, ((xt, yt), (xv, yv)) in enumerate(zip(train, val)):
                 if cfg.steps_per_epoch and i >= cfg.steps_per_epoch:
                     break
@@ -452,10 +411,14 @@ class SearchRun:
                 rec.update(epoch=epoch, step=self.step, lr=lr, **extra)
                 self._log("log.jsonl", rec)
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{rec['loss_train']:.3f}", **{k: f"{v:.3g}" for k, v in rec["costs"].items()
-                                                                          if k in ("latency_ms",)})
+                    bar.step(loss=f"{rec['loss_train']:.3f}", **{k: f"{v:.3g}" for k, v in rec["costs"].items()
+                                                                if k in ("latency_ms",)})
             self.epoch += 1
+            if bar is not None and rec is not None:
+                stage = f" (stage {self.stage + 1}/{len(self.stages)})" if self.stages else ""
+                costs = "".join(f", {k} {v:.4g}" for k, v in rec["costs"].items())
+                bar.epoch(f"epoch {self.epoch}/{cfg.epochs}{stage}: step {self.step}, loss_train "
+                          f"{rec['loss_train']:.4f}, loss_val {rec['loss_val']:.4f}{costs}")
             rec = {"epoch": self.epoch, "weights": F.softmax(self.model.arch_logits().detach(), -1).tolist()}
             if self.stages:
                 rec["stage"] = self.stage
@@ -515,11 +478,7 @@ class SearchRun:
         val_loader = search_loaders(self.data, 256, self.cfg.seed)[1]
         from .costs import enumerate_nb201_costs, exact_cost_fn
         # The derivation sees alpha with dropped ops at -inf (P-DARTS subsets, the skip cap).
-        logits, skip_cap = self.model.arch_logits().detach(), None
-        if self.stages and self.cfg.space != "nb201":
-            logits, removed, held = cap_skips(logits, self.ops, self.cfg.max_skips, self.net_cfg.steps,
-                                              self.model.betas)
-            skip_cap = {"max_skips": self.cfg.max_skips, "removed_edges": removed, "held": held}
+        logits, notes = self.spec.derivation_logits(self)
         view = SimpleNamespace(alphas=logits, betas=self.model.betas, config=self.model.config)
         u = self.margin["upper_factor"] if self.margin else 1.0   # a measured network's latency, aimed as a prediction
         derived = constrained_derive(view, self.expected, self.objective, self.ops,
@@ -549,13 +508,7 @@ class SearchRun:
         }
         if D.is_distributed():
             result["world_size"] = D.world_size()
-        if self.stages:
-            if skip_cap is not None:
-                genotype = derived["arch"]
-                skip_cap["final_skips"] = sum(op == "skip_connect" for op, _ in genotype.normal)
-            result["progressive"] = {
-                "stages": [dataclasses.asdict(st) for st in self.stages], "final_stage": self.stage,
-                "op_subsets": self._named_subsets(), "skip_cap": skip_cap}
+        self.spec.report(self, result, derived["arch"], notes)
         if self.net_cfg.share_weights or self.net_cfg.bottleneck > 1 or self.net_cfg.derived_cells:
             result["dcanas"] = {"share_weights": self.net_cfg.share_weights, "bottleneck": self.net_cfg.bottleneck,
                                 "derived_cells": self.net_cfg.derived_cells}

@@ -52,6 +52,7 @@ from spaces.errors import HwcostError
 from . import distributed as D
 from .augment import cutout, random_crop_flip
 from .data import DataSpec, load_data
+from .progress import Progress
 from .schedules import SCHEDULES, lr_at
 
 HOLDOUT = 0.2          # share of the training set held out when the data has no test split
@@ -502,10 +503,8 @@ class TrainRun:
         cfg = self.cfg
         bar = None
         if progress and D.is_main():
-            from tqdm import tqdm
             per_epoch = len(self.batches(0)[0])
-            bar = tqdm(total=cfg.epochs * per_epoch, initial=self.epoch * per_epoch, desc="train", unit="step",
-                       dynamic_ncols=True)
+            bar = Progress("train", cfg.epochs * per_epoch, self.epoch * per_epoch)
         t_run = time.perf_counter()
         while self.epoch < cfg.epochs:
             epoch, t0 = self.epoch, time.perf_counter()
@@ -525,9 +524,7 @@ class TrainRun:
                 xs, ys = D.shard(x, y)
                 totals += self.train_step(xs, ys, len(y))
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{totals[0] / totals[2]:.3f}",
-                                    acc=f"{totals[1] / totals[2]:.3f}")
+                    bar.step(epoch=epoch, loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")
             D.allreduce_buffers(self.model)            # BN running statistics: one set for all
             val = self.evaluate()
             self.epoch += 1
@@ -538,6 +535,9 @@ class TrainRun:
                 with open(self.out / "log.jsonl", "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 self._checkpoint()
+            if bar is not None:
+                bar.epoch(f"epoch {self.epoch}/{cfg.epochs}: step {self.step}, loss {rec['loss']:.4f}, train_acc "
+                          f"{rec['train_acc']:.4f}, val_acc {val:.4f}, lr {lr:.4g}")
             D.barrier()
         if bar is not None:
             bar.close()
