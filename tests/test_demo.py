@@ -35,6 +35,12 @@ def test_demo_chain_reuses_the_table_and_reports_budget_predicted_measured(tmp_p
     assert r["derived"]["latency_ms"] <= s["budget_ms"] * 1.0001
     # the table was calibrated, the search aimed under the budget by its margin, and verified
     assert load_table(out / "darts-cifar10_ort-cpu.json").calibration is not None
-    assert r["budgets"]["latency_ms"] == pytest.approx(s["budget_ms"] / r["confidence"]["upper_factor"])
+    local = r["verify"]["correction"]
+    if local is None:           # round 0's network: aimed at B / u
+        assert r["budgets"]["latency_ms"] == pytest.approx(s["budget_ms"] / r["confidence"]["upper_factor"])
+    else:                       # re-derived around a measured network: aimed at B (1 - d)
+        assert r["budgets"]["latency_ms"] == pytest.approx(s["budget_ms"] * (1 - local["local_margin"]))
+        assert r["verify"]["rounds"][-2]["correction"]["scale"] == local["local_scale"]
+    assert r["confidence"]["confidence"] == 0.9
     assert s["verify"]["rounds"] and s["measured"]["latency_ms"] == s["verify"]["rounds"][-1]["measured_ms"]
     assert "round  budget" in text

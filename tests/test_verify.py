@@ -225,4 +225,4 @@ def test_verify_recovers_from_a_calibration_measured_in_a_slow_phase(toy_table, 
     assert rounds[0]["measured_ms"] < 0.85 * budget          # the slow-phase model over-predicts
     assert r["verify"]["met"] and 0.85 * budget <= rounds[-1]["measured_ms"] <= budget
     assert rounds[0]["correction"]["scale"] < 1.0
-    assert r["confidence"]["local_scale"] == rounds[-2]["correction"]["scale"]
+    assert r["verify"]["correction"]["local_scale"] == rounds[-2]["correction"]["scale"]
