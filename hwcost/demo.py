@@ -28,21 +28,33 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     import onnxruntime
     import torch
 
-    from costmodels.surrogate import fit_op_table
     from profilers.environment import host_label
-    from search.costs import cached_search_cost_tensor
-    from search.run import SearchConfig, run_search
-    from spaces import get_space
-
-    from .pipeline import ensure_table, random_derived_costs
-
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(f"hwcost demo: {host_label()}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}; results in {out}/\n")
-
     table_path = out / f"darts-cifar10_{backend}.json"
+    _table_step(table_path, backend)
+    surrogate_path = _surrogate_step(table_path, out / "surrogate.json", seed)
+    sm = _calibration_step(table_path, calibration_networks, seed, network_time_s)
+    budget = _budget_step(table_path, surrogate_path, budget_quantile, seed)
+    cfg, r = _search_step(out / "search", table_path, surrogate_path, budget, epochs, seed)
+    r, ex = _verify_step(cfg, out, r, budget, backend, network_time_s)
+    last = r["verify"]["rounds"][-1]
+    m = {"latency_ms": last["measured_ms"], "p10_ms": last["measured_p10_ms"], "p90_ms": last["measured_p90_ms"],
+         "n": len(r["verify"]["rounds"]), "onnx": ex.path, "onnx_nodes": ex.n_nodes,
+         "onnx_max_abs_diff": ex.max_abs_diff}
+    summary = {"budget_ms": budget, "predicted_ms": last["predicted_ms"], "measured": m, "genotype": r["genotype"],
+               "verify": r["verify"], "host": host_label(), "calibration": sm,
+               "table": str(table_path), "seconds": round(time.perf_counter() - t_start, 1)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"\ndone in {time.perf_counter() - t_start:.0f} s; summary in {out / 'summary.json'}")
+    return 0
+
+
+def _table_step(table_path: Path, backend: str) -> None:
+    from .pipeline import ensure_table
     print(f"1. Device table: every op x shape of the DARTS CIFAR-10 network (C=36, 20 cells) on {backend}, "
           f"1 thread, batch 1")
     t0 = time.perf_counter()
@@ -50,15 +62,22 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     print(f"   {len(table)} keys {'measured in' if measured else 'loaded in'} {time.perf_counter() - t0:.0f} s "
           f"-> {table_path}")
 
+
+def _surrogate_step(table_path: Path, surrogate_path: Path, seed: int) -> Path:
+    from costmodels.surrogate import fit_op_table
+    from device_tables import load_table
     print("\n2. Op-level latency surrogates (one per op type, family chosen by cross-validation)")
-    surrogate_path = out / "surrogate.json"
-    rep = fit_op_table(table, surrogate_path, seed=seed)
+    rep = fit_op_table(load_table(table_path), surrogate_path, seed=seed)
     if "heldout_mape" in rep:
         print(f"   held-out keys: {rep['n_test']} of {rep['keys']}; MAPE {100 * rep['heldout_mape']:.1f}%, "
               f"within 10%: {100 * rep['heldout_within_10']:.0f}% -> {surrogate_path}")
     else:
         print(f"   fitted on {rep['keys']} keys (too few per op type to hold any out) -> {surrogate_path}")
+    return surrogate_path
 
+
+def _calibration_step(table_path: Path, n: int, seed: int, network_time_s: float) -> dict:
+    from costmodels.incontext import model_of
     from device_tables import load_table
 
     from .calibrate import calibrate, network_settings
@@ -66,29 +85,40 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     table = load_table(table_path)
     if table.calibration is None:
         t0 = time.perf_counter()
-        table, ic = calibrate(table, table_path, n=calibration_networks, seed=seed,
-                              settings=network_settings(network_time_s), log=lambda line: print("   " + line))
-        how = f"{calibration_networks} random networks measured in {time.perf_counter() - t0:.0f} s"
+        table, ic = calibrate(table, table_path, n=n, seed=seed, settings=network_settings(network_time_s),
+                              log=lambda line: print("   " + line))
+        how = f"{n} random networks measured in {time.perf_counter() - t0:.0f} s"
     else:
-        from costmodels.incontext import model_of
         ic = model_of(table)
         how = f"reused from {table_path} ({len(ic.samples)} networks, {ic.created})"
     sm = ic.summary()
     print(f"   {how}; leave-one-out error MAPE {sm['loo_mape']:.1%} (mean {sm['loo_mean']:+.1%}, sd "
           f"{sm['loo_std']:.1%}); networks run {1 / sm['default_factor'] - 1:+.0%} against the sum of their ops")
+    return sm
 
+
+def _budget_step(table_path: Path, surrogate_path: Path, quantile: float, seed: int) -> float:
+    import numpy as np
+
+    from search.costs import cached_search_cost_tensor
+    from spaces import get_space
+
+    from .pipeline import random_derived_costs
     ops = tuple(get_space("darts").primitives)
     # the same arguments as the search below, so that it reuses this tensor
     ct, _ = cached_search_cost_tensor("darts", "cifar10", ops, str(table_path), str(surrogate_path))
     lat = random_derived_costs(ct, n=500, seed=seed)[:, ct.index("latency_ms")].numpy()
-    import numpy as np
-    budget = float(np.quantile(lat, budget_quantile))
-    budget = round(budget, 2)
+    budget = round(float(np.quantile(lat, quantile)), 2)
     print(f"\n4. The space on this CPU: 500 random derived networks predict {lat.min():.2f} - {lat.max():.2f} ms "
-          f"(median {np.median(lat):.2f}); budget = their {int(100 * budget_quantile)}th percentile: "
+          f"(median {np.median(lat):.2f}); budget = their {int(100 * quantile)}th percentile: "
           f"latency <= {budget:.2f} ms")
+    return budget
 
-    run_dir = out / "search"
+
+def _search_step(run_dir: Path, table_path: Path, surrogate_path: Path, budget: float, epochs: int, seed: int):
+    from search.run import SearchConfig, run_search
+
+    from .pipeline import progress_default
     if run_dir.exists():
         import shutil
         shutil.rmtree(run_dir)
@@ -97,51 +127,49 @@ def run_demo(out_dir: str = "out/demo", epochs: int = 8, budget_quantile: float 
     cfg = SearchConfig(space="darts", strategy="darts", data="digits", network="cifar10", table=str(table_path),
                        surrogate=str(surrogate_path), budgets=[f"latency={budget}ms"], epochs=epochs, seed=seed)
     t0 = time.perf_counter()
-    from .pipeline import progress_default
     r = run_search(cfg, str(run_dir), progress=progress_default())   # a bar on a terminal only
-    aim = r["budgets"]["latency_ms"]
-    print(f"   aimed at {aim:.2f} ms (the calibrated 90% bound is {r['confidence']['upper_factor']:.3f} x the "
-          f"prediction)")
+    print(f"   aimed at {r['budgets']['latency_ms']:.2f} ms (the calibrated 90% bound is "
+          f"{r['confidence']['upper_factor']:.3f} x the prediction)")
     g = r["genotype"]
     print(f"   {time.perf_counter() - t0:.0f} s; supernet accuracy on held-out digits "
           f"{100 * r['supernet_val_accuracy']:.1f}%")
     print(f"   normal: {g['normal']}")
     print(f"   reduce: {g['reduce']}")
+    return cfg, r
 
-    print(f"\n6. Export the derived network to ONNX, check it, measure it on {backend} (1 thread); outside "
-          f"[85%, 100%] of the budget: add it to the calibration and derive again")
-    from spaces.genotypes import genotype_from_dict
+
+def _verify_step(cfg, out: Path, r: dict, budget: float, backend: str, network_time_s: float):
+    import torch
+
     from profilers.export import export_onnx
-
-    from .verify import verify_search
     from spaces import build_network, network_config
-    net = build_network(network_config("cifar10", genotype_from_dict(g), "darts"))
+    from spaces.genotypes import genotype_from_dict
+
+    from .calibrate import network_settings
+    from .verify import verify_search
+    print(f"\n6. Export the derived network to ONNX, check it, measure it on {backend} (1 thread); outside "
+          f"[85%, 100%] of the budget: add it to the calibration and derive again around it")
+    net = build_network(network_config("cifar10", genotype_from_dict(r["genotype"]), "darts"))
     torch.manual_seed(0)
     ex = export_onnx(net.eval(), torch.randn(*net.input_shape(1)), str(out / "derived.onnx"))
     print(f"   {ex.path}: {ex.n_nodes} nodes, max |ORT - PyTorch| {ex.max_abs_diff:.1e}")
-    r = verify_search(cfg, run_dir, r, rounds=3, settings=network_settings(network_time_s), log=lambda line: None)
+    r = verify_search(cfg, out / "search", r, rounds=3, settings=network_settings(network_time_s),
+                      log=lambda line: None)
     rounds = r["verify"]["rounds"]
     print("\n   round  budget      predicted [90% interval]           measured (median [p10, p90])")
     for v in rounds:
+        scaled = f"   then re-derived with the model x {v['correction']['scale']:.3f}" if v.get("correction") else ""
         print(f"   {v['round']:>5}  {budget:6.2f} ms   {v['predicted_ms']:6.2f} ms [{v['low_ms']:.2f}, {v['high_ms']:.2f}]"
               f"   {v['measured_ms']:6.2f} ms ({100 * v['measured_ms'] / budget:3.0f}%) "
               f"[{v['measured_p10_ms']:.2f}, {v['measured_p90_ms']:.2f}]   "
-              f"{'in [85%, 100%]' if v['in_band'] else ('OVER budget' if v['measured_ms'] > budget else 'under 85%')}")
+              f"{'in [85%, 100%]' if v['in_band'] else ('OVER budget' if v['measured_ms'] > budget else 'under 85%')}"
+              + scaled)
     if r["verify"].get("stopped"):
-        print(f"   verify stopped: {r['verify']['stopped']} (the corrected costs found no other network in the band)")
+        print(f"   verify stopped: {r['verify']['stopped']}")
     if len(rounds) > 1:
         g = r["genotype"]
         print(f"   final normal: {g['normal']}")
         print(f"   final reduce: {g['reduce']}")
-    last = rounds[-1]
-    pred, meas = last["predicted_ms"], last["measured_ms"]
     print(f"   params {r['derived']['params'] / 1e6:.2f} M, MACs {r['derived']['macs'] / 1e6:.0f} M "
           f"(CIFAR-10 network, C=36, 20 cells)")
-    m = {"latency_ms": meas, "p10_ms": last["measured_p10_ms"], "p90_ms": last["measured_p90_ms"], "n": len(rounds),
-         "onnx": ex.path, "onnx_nodes": ex.n_nodes, "onnx_max_abs_diff": ex.max_abs_diff}
-    summary = {"budget_ms": budget, "predicted_ms": pred, "measured": m, "genotype": g, "verify": r["verify"],
-               "host": host_label(), "calibration": sm,
-               "table": str(table_path), "seconds": round(time.perf_counter() - t_start, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"\ndone in {time.perf_counter() - t_start:.0f} s; summary in {out / 'summary.json'}")
-    return 0
+    return r, ex

@@ -73,41 +73,48 @@ def constrained_derive(model, expected, objective, ops: tuple[str, ...], max_mov
         c = expected(a, model.betas, mode="derived")
         return exact_cost(derive(model, a, ops), c) if exact_cost is not None else c
 
-    costs = derived_cost(alphas)
-    moves = 0
-    while _violation(objective, costs) > 0 and moves < max_moves:       # down: remove
-        best = None
+    def best_move(candidates, measure, allowed=lambda c: True):
+        """The candidate (trial alphas, log-probability it loses) that lowers ``measure`` most per unit
+        of log-probability lost (and keeps ``allowed``); None when no candidate lowers it."""
+        best, now = None, measure(costs)
+        for trial, lost in candidates:
+            c = derived_cost(trial)
+            gain = now - measure(c)
+            if gain > 0 and allowed(c):
+                score = gain / (lost + 1e-9)
+                if best is None or score > best[0]:
+                    best = (score, trial, c)
+        return best
+
+    def removals():                 # drop a chosen op: its edge falls to the next most probable one
         for k, e, o in expected.chosen(alphas, model.betas):
             trial = alphas.clone()
             trial[k, e, o] = NEG
-            c = derived_cost(trial)
-            gain = _violation(objective, costs) - _violation(objective, c)
-            if gain > 0:
-                nxt = int(torch.argmax(trial[k, e]))
-                score = gain / (float(logp[k, e, o] - logp[k, e, nxt]) + 1e-9)
-                if best is None or score > best[0]:
-                    best = (score, trial, c)
+            yield trial, float(logp[k, e, o] - logp[k, e, int(torch.argmax(trial[k, e]))])
+
+    non_none = [i for i, name in enumerate(ops) if name != "none"]
+
+    def upgrades():                 # replace a chosen op by another (not none; not one a stage dropped)
+        for k, e, o in expected.chosen(alphas, model.betas):
+            for o2 in non_none:
+                if o2 != o and torch.isfinite(alphas[k, e, o2]):
+                    trial = alphas.clone()
+                    trial[k, e, o2] = alphas[k, e].max() + 1.0
+                    yield trial, float(logp[k, e, o] - logp[k, e, o2])
+
+    violation = lambda c: _violation(objective, c)   # noqa: E731
+    shortfall = lambda c: _shortfall(objective, c)   # noqa: E731
+    costs = derived_cost(alphas)
+    moves = 0
+    while violation(costs) > 0 and moves < max_moves:                   # down: remove
+        best = best_move(removals(), violation)
         if best is None:
             break
         _, alphas, costs = best
         moves += 1
-    non_none = [i for i, name in enumerate(ops) if name != "none"]
     while any(objective.floor_of(t) > 0 for t in objective.terms if t.kind == "hard") \
-            and _violation(objective, costs) == 0 and _shortfall(objective, costs) > 0 \
-            and moves < max_moves:                                          # up: upgrade
-        best = None
-        for k, e, o in expected.chosen(alphas, model.betas):
-            for o2 in non_none:
-                if o2 == o or not torch.isfinite(alphas[k, e, o2]):  # a progressive stage dropped o2
-                    continue
-                trial = alphas.clone()
-                trial[k, e, o2] = alphas[k, e].max() + 1.0
-                c = derived_cost(trial)
-                gain = _shortfall(objective, costs) - _shortfall(objective, c)
-                if gain > 0 and _violation(objective, c) == 0:
-                    score = gain / (float(logp[k, e, o] - logp[k, e, o2]) + 1e-9)
-                    if best is None or score > best[0]:
-                        best = (score, trial, c)
+            and violation(costs) == 0 and shortfall(costs) > 0 and moves < max_moves:   # up: upgrade
+        best = best_move(upgrades(), shortfall, lambda c: violation(c) == 0)
         if best is None:
             break
         _, alphas, costs = best

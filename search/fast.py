@@ -265,20 +265,6 @@ def _run_level(lv: _Level, plan: _CellPlan, xa: dict, xb: dict, W: torch.Tensor,
             acc_b[lv.edges[t][2]].add(_nchw(bj))
 
 
-def _fallback(cell, states, weights, edge_weights):
-    e = 0
-    for j in range(2, cell.steps + 2):
-        acc = None
-        for i in range(j):
-            h = cell.mixed[e](states[i], weights[e])
-            if edge_weights is not None:
-                h = edge_weights[e] * h
-            acc = h if acc is None else acc + h
-            e += 1
-        states.append(acc)
-    return torch.cat(states[-cell.multiplier:], dim=1)
-
-
 def cell_forward(cell, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                  edge_weights: torch.Tensor | None = None) -> torch.Tensor:
     """``SearchCell.forward(s0, s1, weights, edge_weights)``, fused (see the module docstring)."""
@@ -287,7 +273,7 @@ def cell_forward(cell, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor
     states = [cell.preprocess0(s0), cell.preprocess1(s1)]
     plan = _plan(cell) if cell.training else None
     if plan is None:
-        return _fallback(cell, states, weights, edge_weights)
+        return cell.nodes(states, weights, edge_weights)   # the textbook loop (search/supernet.py)
     W = weights if edge_weights is None else weights * edge_weights.unsqueeze(1)
     K = plan.k
     nodes = plan.steps + 2
