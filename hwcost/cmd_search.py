@@ -30,7 +30,9 @@ def add_search_parser(sub) -> argparse.ArgumentParser:
                         "(default darts)")
     p.add_argument("--data", help="digits | synthetic | cifar10:DIR | imagefolder:DIR (default digits)")
     p.add_argument("--network", help="the deployed network whose costs count: cifar10 | imagenet (default cifar10)")
-    p.add_argument("--table", help="device table (path or bundled name) for latency terms")
+    p.add_argument("--table", action="append", metavar="[NAME=]TABLE",
+                   help="device table (path or bundled name) for latency terms; several devices: --table NAME=TABLE "
+                        "each, with budgets latency@NAME=20ms (repeatable)")
     p.add_argument("--surrogate", help="op-level surrogate for keys the table lacks")
     p.add_argument("--budget", action="append", metavar="NAME=VALUE",
                    help="hard budget, e.g. latency=4ms, params=1.5M, macs=300M, memory=12MiB (repeatable)")
@@ -109,7 +111,7 @@ def _list(text: str | None, kind, flag: str) -> list | None:
 
 
 # Options that set a SearchConfig field of the same name (the others: _given_settings).
-_SETTINGS = ("space", "strategy", "data", "network", "table", "surrogate", "cost_mode", "budget_floor", "confidence",
+_SETTINGS = ("space", "strategy", "data", "network", "surrogate", "cost_mode", "budget_floor", "confidence",
              "epochs",
              "steps_per_epoch", "batch_size", "C", "layers", "partial_k", "max_w", "seed", "threads", "lr_schedule",
              "lr_power", "weight_lr", "arch_lr", "warmup_epochs", "max_skips", "share_weights", "bottleneck",
@@ -120,6 +122,14 @@ def _given_settings(args) -> dict:
     """The SearchConfig fields the command line set explicitly (every option defaults to None, so an
     option left out is absent here and SearchConfig's default -- or, on --resume, the run's -- holds)."""
     given = {f: getattr(args, f) for f in _SETTINGS if getattr(args, f) is not None}
+    if args.table:
+        named = ["=" in t for t in args.table]
+        if all(named):
+            given["devices"] = list(args.table)
+        elif len(args.table) == 1:
+            given["table"] = args.table[0]
+        else:
+            raise HwcostError("--table: give one bare table, or name every device (--table NAME=TABLE)")
     for flag, field in (("budget", "budgets"), ("penalty", "penalties")):
         if getattr(args, flag) is not None:
             given[field] = getattr(args, flag)
@@ -168,17 +178,18 @@ def cmd_search(args) -> int:
         return 0
     print(f"derived {'arch' if 'arch' in r else 'genotype'}: {r.get('arch', r.get('genotype'))}")
     given = r.get("budgets_given") or {}
+    margins = (r.get("confidence") or {}) if r.get("devices") else {"latency_ms": r.get("confidence")}
     for m, b in r["budgets"].items():
         v = r["derived"].get(m)
-        aim = (f", aimed at {b:.6g} for {r['confidence']['confidence']:.0%} confidence on the device"
-               if r.get("confidence") and m == "latency_ms" and given.get(m, b) != b else "")
+        aim = (f", aimed at {b:.6g} for {margins[m]['confidence']:.0%} confidence on the device"
+               if (margins.get(m) or {}).get("confidence") and given.get(m, b) != b else "")
         print(f"  {m}: {v:.6g} (budget {given.get(m, b):.6g}{aim}, "
               f"{'met' if r['within_budget'][m] else 'NOT met'})")
     if r.get("verify"):
         last = r["verify"]["rounds"][-1]
         print(f"  measured on this machine: {last['measured_ms']:.6g} ms after {r['verify']['rounds_used']} "
               f"re-derivation(s): {'inside' if r['verify']['met'] else 'OUTSIDE'} [floor, budget]")
-    for m in ("latency_ms", "params", "macs"):
+    for m in ("latency_ms", *(f"latency_ms@{d}" for d in r.get("devices", {})), "params", "macs"):
         if m in r["derived"] and m not in r["budgets"]:
             print(f"  {m}: {r['derived'][m]:.6g}")
     print(f"run directory: {args.out} (result.json, log.jsonl, alphas.png, costs.png)")

@@ -59,14 +59,14 @@ def confidence_margin(table_path: str | None, confidence: float | None) -> dict 
             "calibration_networks": len(model.samples)}
 
 
-def apply_margin(terms, margin: dict | None, floor: float) -> None:
-    """Aim each hard latency term at ``budget / u`` and keep its band's floor at ``floor * budget``
+def apply_margin(terms, margin: dict | None, floor: float, metric: str = "latency_ms") -> None:
+    """Aim each hard ``metric`` term at ``budget / u`` and keep its band's floor at ``floor * budget``
     (the floor was the user's fraction of the budget: it stays where the user put it)."""
     if margin is None:
         return
     u = margin["upper_factor"]
     for t in terms:
-        if t.kind == "hard" and t.metric == "latency_ms":
+        if t.kind == "hard" and t.metric == metric:
             t.given = t.value if t.given is None else t.given
             t.value = t.given / u
             t.floor = min(floor * u, 0.99) if floor > 0 else 0.0
@@ -195,26 +195,29 @@ def _stamp(path: str | None):
     return os.stat(path).st_mtime_ns
 
 
-def derived_latency(space: str, arch, cost_tensor: CostTensor, table_path: str | None) -> dict:
-    """Latency of a derived network: the cost model's sum over its ops (op-level table), or the
-    table's own measurement of that architecture (architecture-level table), with the
-    additive model's prediction beside it."""
+def derived_latency(space: str, arch, cost_tensor: CostTensor, table_path: str | None,
+                    metric: str = "latency_ms") -> dict:
+    """Latency (``metric``: ``latency_ms``, or ``latency_ms@NAME`` of one of several devices) of a
+    derived network: the cost model's sum over its ops (op-level table), or the table's own
+    measurement of that architecture (architecture-level table), with the additive model's
+    prediction beside it. Keys carry the device suffix (``latency_ms_predicted@NAME``)."""
     from costmodels.expected_cost import ExpectedCost, arch_weights
+    suffix = metric[len("latency_ms"):]
     w = arch_weights(arch, cost_tensor.ops)
-    predicted = float(ExpectedCost(cost_tensor, mode="derived")(weights=w)[cost_tensor.index("latency_ms")])
-    out = {"latency_ms_predicted": predicted}
+    predicted = float(ExpectedCost(cost_tensor, mode="derived")(weights=w)[cost_tensor.index(metric)])
+    out = {f"latency_ms_predicted{suffix}": predicted}
     if table_path is not None:
         table = _table(table_path)
         if table.kind == "arch":
             from device_tables import ArchKey
             entry = table.get(ArchKey(space, str(arch), "cifar10"))
-            out["latency_ms"] = float(entry.median_ms) if entry is not None else None
-            out["latency_source"] = "table (measured architecture)"
+            out[metric] = float(entry.median_ms) if entry is not None else None
+            out[f"latency_source{suffix}"] = "table (measured architecture)"
             return out
-    out["latency_ms"] = predicted
+    out[metric] = predicted
     calibrated = table_path is not None and _table(table_path).calibration is not None
-    out["latency_source"] = ("cost model (table ops through its in-context model)" if calibrated
-                             else "cost model (sum of table ops)")
+    out[f"latency_source{suffix}"] = ("cost model (table ops through its in-context model)" if calibrated
+                                      else "cost model (sum of table ops)")
     return out
 
 
@@ -243,41 +246,55 @@ def measured_latencies(table: DeviceTable, space: str, network: str) -> dict[str
     return out
 
 
-def exact_cost_fn(space: str, table_path: str | None, cost_tensor: CostTensor, network: str = "cifar10",
-                  upper_factor: float = 1.0):
-    """Costs better than the cost model's, where known: an architecture-level table's measurement,
-    or (op-level table) a network the table's calibration measured whole -- that one scaled by the
-    budget margin ``upper_factor``, so that it meets an aimed budget B/u exactly when it met B."""
-    if table_path is None or "latency_ms" not in cost_tensor.metrics:
-        return None
-    table = _table(table_path)
-    i = cost_tensor.index("latency_ms")
-    if table.kind != "arch":
-        measured = measured_latencies(table, space, network)
-        if not measured:
-            return None
+def as_tables(tables) -> dict[str, str]:
+    """Latency metric -> device table: a bare table path/name is the one device (``latency_ms``)."""
+    if tables is None:
+        return {}
+    if isinstance(tables, (str, os.PathLike)):
+        return {"latency_ms": str(tables)}
+    return dict(tables)
 
-        def known(arch, costs):
-            ms = measured.get(_arch_key(arch))
-            if ms is not None:
-                costs = costs.clone()
-                costs[i] = ms * upper_factor
-            return costs
-        return known
-    from device_tables import ArchKey
+
+def _factor(upper_factor, metric: str) -> float:
+    return upper_factor.get(metric, 1.0) if isinstance(upper_factor, dict) else upper_factor
+
+
+def exact_cost_fn(space: str, tables, cost_tensor: CostTensor, network: str = "cifar10", upper_factor=1.0):
+    """Costs better than the cost model's, where known, per latency metric: an architecture-level
+    table's measurement, or (op-level table) a network the table's calibration measured whole -- that
+    one scaled by the budget margin ``upper_factor`` (one number, or one per metric), so that it meets
+    an aimed budget B/u exactly when it met B. ``tables``: a table, or latency metric -> table."""
+    fns = []
+    for metric, path in as_tables(tables).items():
+        if metric not in cost_tensor.metrics:
+            continue
+        table, i, u = _table(path), cost_tensor.index(metric), _factor(upper_factor, metric)
+        if table.kind != "arch":
+            measured = measured_latencies(table, space, network)
+            if measured:
+                fns.append(lambda arch, i=i, u=u, measured=measured:
+                           None if (ms := measured.get(_arch_key(arch))) is None else (i, ms * u))
+        else:
+            from device_tables import ArchKey
+            fns.append(lambda arch, i=i, table=table:
+                       None if (e := table.get(ArchKey(space, str(arch), "cifar10"))) is None else (i, e.median_ms))
+    if not fns:
+        return None
 
     def exact(arch, costs):
-        entry = table.get(ArchKey(space, str(arch), "cifar10"))
-        if entry is not None:
-            costs = costs.clone()
-            costs[i] = entry.median_ms
+        for fn in fns:
+            known = fn(arch)
+            if known is not None:
+                costs = costs.clone()
+                costs[known[0]] = known[1]
         return costs
     return exact
 
 
-def enumerate_nb201_costs(table_path: str | None, cost_tensor: CostTensor, upper_factor: float = 1.0):
-    """(archs, costs [n, metrics]) of every NB201 cell -- exact analytical counts, and latency
-    from an architecture-level table -- so derivation can choose by enumeration; None otherwise."""
+def enumerate_nb201_costs(tables, cost_tensor: CostTensor, upper_factor=1.0):
+    """(archs, costs [n, metrics]) of every NB201 cell -- exact analytical counts, and each latency
+    metric from its architecture-level table (or the calibration's measured networks) -- so
+    derivation can choose by enumeration; None otherwise."""
     if cost_tensor.space != "nb201":
         return None
     from spaces.nb201_arch import all_archs
@@ -285,18 +302,79 @@ def enumerate_nb201_costs(table_path: str | None, cost_tensor: CostTensor, upper
     idx = torch.tensor([[cost_tensor.ops.index(op) for op in a.ops] for a in all_archs()])
     c = cost_tensor.c[0]                                   # [edges, ops, metrics]
     costs = cost_tensor.fixed + c[torch.arange(c.shape[0]), idx].sum(1)  # [n, metrics]
-    if "latency_ms" in cost_tensor.metrics and table_path is not None:
-        table = _table(table_path)
+    for metric, path in as_tables(tables).items():
+        if metric not in cost_tensor.metrics:
+            continue
+        table, i = _table(path), cost_tensor.index(metric)
         if table.kind == "arch":
             from device_tables import ArchKey
             lat = []
             for a in archs:
                 entry = table.get(ArchKey("nb201", a, "cifar10"))
                 lat.append(entry.median_ms if entry is not None else float("inf"))
-            costs[:, cost_tensor.index("latency_ms")] = torch.tensor(lat, dtype=costs.dtype)
+            costs[:, i] = torch.tensor(lat, dtype=costs.dtype)
         else:
             measured = measured_latencies(table, "nb201", "cifar10")
             for j, a in enumerate(archs) if measured else ():
                 if a in measured:
-                    costs[j, cost_tensor.index("latency_ms")] = measured[a] * upper_factor
+                    costs[j, i] = measured[a] * _factor(upper_factor, metric)
     return archs, costs
+
+
+# ---------------------------------------------------------------------------------------------
+# Several devices in one search: --table NAME=TABLE (repeatable), budgets latency@NAME=...
+
+def parse_devices(specs) -> dict[str, str]:
+    """``["raspi4=raspi4", "gpu=t.json"]`` -> {name: table}; one clear error for a malformed spec, a
+    bad or repeated name."""
+    from .objective import DEVICE_NAME
+    out: dict[str, str] = {}
+    for spec in specs or ():
+        name, sep, path = str(spec).partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise HwcostError(f"--table {spec!r}: write NAME=TABLE to name a device (or one bare --table)")
+        if not DEVICE_NAME.match(name):
+            raise HwcostError(f"--table {spec!r}: a device name is letters, digits, '_', '-' or '.'")
+        if name in out:
+            raise HwcostError(f"--table: device {name!r} is named twice")
+        out[name] = path
+    return out
+
+
+def latency_tables(table: str | None, devices=None) -> dict[str, str]:
+    """The search's latency metrics and their tables: ``latency_ms`` for a bare ``--table``, or
+    ``latency_ms@NAME`` for each ``--table NAME=TABLE``."""
+    named = parse_devices(devices)
+    if named and table:
+        raise HwcostError("give one bare --table, or name every device (--table NAME=TABLE), not both")
+    if named:
+        from .objective import device_metric
+        return {device_metric("latency_ms", n): p for n, p in named.items()}
+    return as_tables(table)
+
+
+def device_cost_tensor(space: str, network: str, ops: tuple[str, ...], tables: dict[str, str],
+                       surrogate_path: str | None = None) -> tuple[CostTensor, dict]:
+    """The search's cost tensor for ``tables`` (latency metric -> table): one device as
+    :func:`cached_search_cost_tensor`; several devices stack one latency column per device
+    (``latency_ms@NAME``, each the device's own cost model: op table, calibration or architecture
+    table) beside the analytical counts, which every device shares."""
+    if list(tables) in ([], ["latency_ms"]):
+        return cached_search_cost_tensor(space, network, ops, tables.get("latency_ms"), surrogate_path)
+    if surrogate_path:
+        raise HwcostError("--surrogate belongs to one device table; with several devices leave it out")
+    base, _ = cached_search_cost_tensor(space, network, ops, None)
+    cols, fixed, notes = [base.c], [base.fixed], {"target": None, "devices": {}}
+    for metric, path in tables.items():
+        ct, n = cached_search_cost_tensor(space, network, ops, path)
+        if "latency_ms" not in ct.metrics:
+            raise HwcostError(f"table {path} gives no latency for the {space} space")
+        i = ct.index("latency_ms")
+        cols.append(ct.c[..., i:i + 1])
+        fixed.append(ct.fixed[i:i + 1])
+        notes["target"] = n["target"]
+        notes["devices"][metric.partition("@")[2]] = json.loads(json.dumps(n, default=str))
+    ct = dataclasses.replace(base, c=torch.cat(cols, dim=-1), fixed=torch.cat(fixed),
+                             metrics=base.metrics + tuple(tables))
+    return ct, notes

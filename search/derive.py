@@ -157,7 +157,8 @@ def derived_costs(space: str, network: str, arch, cost_tensor, expected, model, 
         net = build_network(network_config(network, arch, space))
     c = network_costs(net, net.input_shape())
     out = {"params": c.params, "macs": c.macs, "activation_bytes": c.activation_bytes, "model_bytes": c.model_bytes}
-    if "latency_ms" in cost_tensor.metrics:
-        from .costs import derived_latency
-        out.update(derived_latency(space, arch, cost_tensor, table))
+    from .costs import as_tables, derived_latency
+    for metric, path in (as_tables(table) or {"latency_ms": None}).items():   # one or several devices
+        if metric in cost_tensor.metrics:
+            out.update(derived_latency(space, arch, cost_tensor, path, metric))
     return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in out.items()}

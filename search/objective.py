@@ -30,7 +30,23 @@ METRICS = {
     "flops": ("macs", "", {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}),  # FLOPs counted as MACs (state it)
     "memory": ("activation_bytes", "B", {"b": 1.0, "kb": 1e3, "mb": 1e6, "kib": 2**10, "mib": 2**20, "gb": 1e9, "gib": 2**30}),
 }
-_SPEC = re.compile(r"^\s*([a-z_]+)\s*=\s*([0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*([a-z]*)\s*$", re.I)
+_SPEC = re.compile(r"^\s*([a-z_]+)(?:@([A-Za-z0-9_.-]+))?\s*=\s*([0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*([a-z]*)\s*$",
+                   re.I)
+# Resources that differ per device: ``latency@NAME=...`` names the device table (``--table NAME=T``).
+PER_DEVICE = ("latency",)
+DEVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def device_metric(metric: str, device: str | None) -> str:
+    """The cost tensor's name of a per-device metric: ``latency_ms@raspi4`` (plain ``latency_ms``
+    for the one device of a bare ``--table``)."""
+    return metric if device is None else f"{metric}@{device}"
+
+
+def split_metric(metric: str) -> tuple[str, str | None]:
+    """``latency_ms@raspi4`` -> (``latency_ms``, ``raspi4``); ``params`` -> (``params``, None)."""
+    base, _, device = metric.partition("@")
+    return base, device or None
 
 
 @dataclass
@@ -52,10 +68,13 @@ def parse_term(text: str, kind: str) -> ResourceTerm:
     if not m:
         raise HwcostError(f"bad {'budget' if kind == 'hard' else 'penalty'} {text!r}: write NAME=VALUE[UNIT], "
                           f"e.g. latency=4ms, params=1.5M, macs=300M, memory=12MiB")
-    name, number, unit = m.group(1).lower(), float(m.group(2)), m.group(3).lower()
+    name, device, number, unit = m.group(1).lower(), m.group(2), float(m.group(3)), m.group(4).lower()
     if name not in METRICS:
         raise HwcostError(f"unknown resource {name!r} in {text!r}; known: {', '.join(METRICS)}")
+    if device is not None and name not in PER_DEVICE:
+        raise HwcostError(f"{text!r}: {name} is the same on every device; write {name}=... without @{device}")
     metric, base_unit, units = METRICS[name]
+    metric = device_metric(metric, device)
     if kind == "soft":
         if unit:
             raise HwcostError(f"penalty {text!r}: a lambda has no unit (it multiplies {metric} in {base_unit or 'counts'})")
@@ -78,10 +97,20 @@ class Objective:
         if not 0.0 <= floor < 1.0:
             raise HwcostError(f"budget floor must be in [0, 1), got {floor}")
         self.terms, self.metrics, self.dual_lr, self.floor = terms, tuple(metrics), dual_lr, floor
+        devices = sorted({d for d in (split_metric(m)[1] for m in self.metrics) if d})
         for t in terms:
-            if t.metric not in self.metrics:
-                raise HwcostError(f"no cost for {t.metric!r}: the cost model provides {', '.join(self.metrics)}"
-                                  + (" (pass --table for latency)" if t.metric == "latency_ms" else ""))
+            if t.metric in self.metrics:
+                continue
+            base, device = split_metric(t.metric)
+            if devices and device is None and base == "latency_ms":
+                raise HwcostError(f"several device tables are given ({', '.join(devices)}): name the device of "
+                                  f"each latency term, e.g. latency@{devices[0]}=...")
+            if device is not None:
+                raise HwcostError(f"unknown device {device!r} in a {_USER_NAME.get(base, base)}@{device} term; "
+                                  + (f"the devices are {', '.join(devices)} (--table NAME=TABLE)" if devices else
+                                     "give its table as --table NAME=TABLE"))
+            raise HwcostError(f"no cost for {t.metric!r}: the cost model provides {', '.join(self.metrics)}"
+                              + (" (pass --table for latency)" if t.metric == "latency_ms" else ""))
 
     def index(self, metric: str) -> int:
         return self.metrics.index(metric)
@@ -136,6 +165,13 @@ class Objective:
 _USER_NAME = {"latency_ms": "latency", "params": "params", "macs": "macs", "activation_bytes": "memory"}
 
 
+def user_name(metric: str) -> str:
+    """The name a budget on ``metric`` is written under: ``latency``, ``latency@raspi4``, ``params``."""
+    base, device = split_metric(metric)
+    name = _USER_NAME.get(base, base)
+    return name if device is None else f"{name}@{device}"
+
+
 def attainable_range(expected, all_costs=None) -> dict[str, tuple[float, float]]:
     """The lowest and highest cost, per metric, of any network derivation can produce.
 
@@ -175,7 +211,8 @@ def attainable_range(expected, all_costs=None) -> dict[str, tuple[float, float]]
 def _shown(metric: str, value: float, up: bool) -> str:
     """``value`` as a budget is written (``latency=…ms``, ``params=…M``), to 4 significant digits,
     rounded up (a minimum: the figure shown is attainable) or down (a maximum)."""
-    unit, scale = {"latency_ms": ("ms", 1.0), "activation_bytes": ("MiB", 2**20)}.get(metric, ("", 1.0))
+    unit, scale = {"latency_ms": ("ms", 1.0), "activation_bytes": ("MiB", 2**20)}.get(split_metric(metric)[0],
+                                                                                       ("", 1.0))
     if unit == "":
         unit, scale = next(((u, s) for u, s in (("G", 1e9), ("M", 1e6), ("k", 1e3)) if abs(value) >= s), ("", 1.0))
     x = value / scale
@@ -193,7 +230,7 @@ def check_attainable(terms: list[ResourceTerm], ranges: dict[str, tuple[float, f
     low = [t for t in hard if t.value < ranges[t.metric][0] * (1 - 1e-9)]
     if not low:
         return
-    name = lambda t: _USER_NAME.get(t.metric, t.metric)  # noqa: E731
+    name = lambda t: user_name(t.metric)  # noqa: E731
     said = ", ".join(f"{name(t)}={_shown(t.metric, t.value, up=False)}" for t in low)
     span = "; ".join(f"{name(t)} {_shown(t.metric, ranges[t.metric][0], up=True)} … "
                      f"{_shown(t.metric, ranges[t.metric][1], up=False)}" for t in hard)

@@ -46,7 +46,6 @@ import torch.nn.functional as F
 from spaces.errors import HwcostError
 
 from . import distributed as D
-from .costs import cached_search_cost_tensor
 from .data import load_data, search_loaders
 from .derive import constrained_derive, derived_costs
 from .objective import Objective, attainable_range, check_attainable, parse_term
@@ -65,6 +64,7 @@ class SearchConfig:
     data: str = "digits"
     network: str = "cifar10"             # the target (deployed) network: cifar10 | imagenet (nb201: its own)
     table: str | None = None             # device table (path or bundled name) for latency
+    devices: list[str] = field(default_factory=list)     # several devices: ["raspi4=raspi4", "gpu=t.json"]
     surrogate: str | None = None
     budgets: list[str] = field(default_factory=list)     # e.g. ["latency=4ms", "params=1.5M"]
     penalties: list[str] = field(default_factory=list)   # e.g. ["params=1e-7"]
@@ -219,15 +219,19 @@ class SearchRun:
         self.stages = self.spec.plan_stages(cfg, len(self.ops))   # None: one supernet for the whole search
         self.stage, self.op_subsets = 0, None
         self._build()
-        self.cost_tensor, notes = cached_search_cost_tensor(cfg.space, cfg.network, self.ops, cfg.table,
-                                                            cfg.surrogate)
+        from .costs import apply_margin, confidence_margin, device_cost_tensor, latency_tables
+        self.tables = latency_tables(cfg.table, cfg.devices)      # latency metric -> device table
+        self.cost_tensor, notes = device_cost_tensor(cfg.space, cfg.network, self.ops, self.tables, cfg.surrogate)
         self.cost_notes = json.loads(json.dumps(notes, default=str))   # a copy: the cached notes stay as built
         from costmodels.expected_cost import ExpectedCost
         self.expected = ExpectedCost(self.cost_tensor, mode=cfg.cost_mode)
-        from .costs import apply_margin, confidence_margin
         self.margin = confidence_margin(cfg.table, cfg.confidence) if "latency_ms" in self.cost_tensor.metrics \
             else None
-        if correction is not None and "latency_ms" in self.cost_tensor.metrics:
+        if cfg.devices:                         # several devices: each latency budget aims by its table's margin
+            self.margin = {m: confidence_margin(p, cfg.confidence) for m, p in self.tables.items()}
+            for m, margin in self.margin.items():
+                apply_margin(self.terms, margin, cfg.budget_floor, metric=m)
+        elif correction is not None and "latency_ms" in self.cost_tensor.metrics:
             from .costs import local_correction     # hardware in the loop: re-derive around a measured network
             self.cost_tensor, self.margin = local_correction(self.cost_tensor, self.terms, correction,
                                                              cfg.budget_floor)
@@ -238,9 +242,10 @@ class SearchRun:
         self.attainable = None
         if any(t.kind == "hard" for t in self.terms):   # a budget no derivable network meets: stop now
             from .costs import enumerate_nb201_costs
-            self.attainable = attainable_range(self.expected, enumerate_nb201_costs(cfg.table, self.cost_tensor))
+            self.attainable = attainable_range(self.expected, enumerate_nb201_costs(self.tables, self.cost_tensor))
             check_attainable(self.terms, self.attainable, f"the {cfg.space} space ({self.cost_notes['target']} "
-                                                          f"network{', table ' + cfg.table if cfg.table else ''})")
+                                                          f"network{', table ' + cfg.table if cfg.table else ''}"
+                                                          f"{', tables ' + ', '.join(cfg.devices) if cfg.devices else ''})")
         if D.is_main():                        # nothing is written before every input has been checked
             self.out.mkdir(parents=True, exist_ok=True)
         self.epoch, self.step = 0, 0
@@ -480,13 +485,15 @@ class SearchRun:
         # The derivation sees alpha with dropped ops at -inf (P-DARTS subsets, the skip cap).
         logits, notes = self.spec.derivation_logits(self)
         view = SimpleNamespace(alphas=logits, betas=self.model.betas, config=self.model.config)
-        u = self.margin["upper_factor"] if self.margin else 1.0   # a measured network's latency, aimed as a prediction
+        # a measured network's latency, aimed as a prediction: u per latency metric
+        u = ({m: (v or {}).get("upper_factor", 1.0) for m, v in self.margin.items()} if self.cfg.devices else
+             self.margin["upper_factor"] if self.margin else 1.0)
         derived = constrained_derive(view, self.expected, self.objective, self.ops,
-                                     exact_cost=exact_cost_fn(self.cfg.space, self.cfg.table, self.cost_tensor,
+                                     exact_cost=exact_cost_fn(self.cfg.space, self.tables, self.cost_tensor,
                                                               self.cfg.network, u),
-                                     all_costs=enumerate_nb201_costs(self.cfg.table, self.cost_tensor, u))
+                                     all_costs=enumerate_nb201_costs(self.tables, self.cost_tensor, u))
         costs = derived_costs(self.cfg.space, self.cfg.network, derived["arch"], self.cost_tensor, self.expected,
-                              view, self.cfg.table)
+                              view, self.tables)
         budgets = {t.metric: t.value for t in self.terms if t.kind == "hard"}
         result = {
             "space": self.cfg.space, "strategy": self.cfg.strategy,
@@ -502,7 +509,9 @@ class SearchRun:
                               "in-context model of the calibrated table" if self.cost_notes.get("calibration")
                               else "uncalibrated sum of the table's ops (hwcost calibrate TABLE for budgets that "
                                    "hold on the device)"),
-            "repaired_edges": derived["repaired"], "table": self.cfg.table, "target": self.cost_notes["target"],
+            "repaired_edges": derived["repaired"], "table": self.cfg.table,
+            **({"devices": {m.partition("@")[2]: p for m, p in self.tables.items()}} if self.cfg.devices else {}),
+            "target": self.cost_notes["target"],
             "supernet_val_accuracy": self.accuracy(val_loader), "epochs": self.epoch, "steps": self.step,
             "search_seconds": round(seconds, 2), "lr_schedule": self.cfg.lr_schedule, "max_w": self.cfg.max_w,
         }
