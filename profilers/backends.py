@@ -279,8 +279,10 @@ class OnnxRuntime(Backend):
 
         from spaces.onnx_graph import session_options
         so = session_options("disable" if as_is else self.graph_optimization, self.threads)
-        providers = [self.provider] + (["CPUExecutionProvider"] if self.provider != "CPUExecutionProvider" else [])
-        return ort.InferenceSession(model, so, providers=providers)
+        return ort.InferenceSession(model, so, providers=self.session_providers())
+
+    def session_providers(self) -> list[str]:
+        return [self.provider] + (["CPUExecutionProvider"] if self.provider != "CPUExecutionProvider" else [])
 
     def prepare(self, module, inputs):
         """``module``: a torch module (exported to ONNX here) or an :class:`spaces.onnx_graph.OnnxGraph`
