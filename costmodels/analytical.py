@@ -139,3 +139,51 @@ def op_costs(space: str, op: str, c_in: int, c_out: int | None = None, h: int = 
     params = count_params(module)
     return Costs(params, params, *_fvcore_macs(module, inputs),
                  activation_bytes(module, inputs), model_bytes(module))
+
+
+# ONNX graphs: the op types whose multiply-accumulates are counted (ONNX Runtime's fused forms included).
+ONNX_MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")
+
+
+def onnx_costs(graph) -> dict:
+    """Params, MACs, activation and model bytes of an ONNX model (:class:`spaces.onnx_graph.OnnxGraph`),
+    read from the graph as stored (not as ONNX Runtime optimises it), at its fixed input shapes:
+
+    * ``params`` -- elements of the floating-point initializers, BatchNormalization's running mean
+      and variance left out (buffers in PyTorch, not parameters);
+    * ``macs`` -- multiply-accumulates of the nodes in :data:`ONNX_MAC_OPS` (Conv: output elements x
+      C_in/groups x kernel; ConvTranspose: input elements x C_out/groups x kernel; Gemm and MatMul:
+      output elements x K); every other op counts zero, as in :func:`network_costs`;
+    * ``activation_bytes`` -- bytes of every node output; ``model_bytes`` -- bytes of all initializers.
+    """
+    import numpy as np
+    from onnx import helper
+
+    from spaces.onnx_graph import value_shapes
+    model = graph.proto()
+    values = value_shapes(model, keep_values=False)
+    itemsize = lambda elem: np.dtype(helper.tensor_dtype_to_np_dtype(elem)).itemsize  # noqa: E731
+    stats = {n.input[i] for n in model.graph.node if n.op_type == "BatchNormalization"
+             for i in (3, 4) if len(n.input) > i}
+    inits = {t.name: t for t in model.graph.initializer}
+    params = sum(int(np.prod(t.dims)) for name, t in inits.items()
+                 if name not in stats and np.issubdtype(helper.tensor_dtype_to_np_dtype(t.data_type), np.floating))
+    macs, shape = 0, lambda name: values[name].shape  # noqa: E731
+    for n in model.graph.node:
+        if n.op_type not in ONNX_MAC_OPS or len(n.input) < 2 or any(v not in values for v in (*n.input[:2], n.output[0])):
+            continue
+        out, a, b = shape(n.output[0]), shape(n.input[0]), shape(n.input[1])
+        if n.op_type in ("Conv", "FusedConv"):
+            macs += int(np.prod(out)) * int(np.prod(b[1:]))
+        elif n.op_type == "ConvTranspose":
+            macs += int(np.prod(a)) * int(np.prod(b[1:]))
+        elif n.op_type in ("Gemm", "FusedGemm"):
+            trans_a = next((at.i for at in n.attribute if at.name == "transA"), 0)
+            macs += int(np.prod(out)) * int(a[0] if trans_a else a[-1])
+        else:
+            macs += int(np.prod(out)) * int(a[-1])
+    outputs = {o for n in model.graph.node for o in n.output if o and o in values}
+    return {"model": graph.name, "input_shape": list(graph.input_shape), "nodes": len(model.graph.node),
+            "params": params, "macs": macs, "mac_ops": list(ONNX_MAC_OPS),
+            "activation_bytes": sum(int(np.prod(values[o].shape)) * itemsize(values[o].elem_type) for o in outputs),
+            "model_bytes": sum(int(np.prod(t.dims)) * itemsize(t.data_type) for t in inits.values())}

@@ -287,8 +287,8 @@ def check_table_for(table: DeviceTable, space: str, backend: str | None = None) 
         raise TableError(f"table {where} is architecture-level; a network's ops need an op-level table "
                          f"(hwcost profile ...), or use an architecture surrogate with --archs")
     if space not in table.spaces:
-        hint = (" (profile the model's layers: hwcost profile --model torchvision:NAME --input ...)"
-                if space == "torch" else "")
+        hint = {"torch": " (profile the model's layers: hwcost profile --model torchvision:NAME --input ...)",
+                "onnx": " (profile the ONNX model's nodes: hwcost profile --model NET.onnx)"}.get(space, "")
         raise TableError(f"table {where} was measured for space(s) {', '.join(table.spaces)}, but this network "
                          f"needs a table of space {space}{hint}")
     if backend is not None and table.runtime.get("backend") != backend:
@@ -323,6 +323,32 @@ def predict_network(model: nn.Module, input_shape: tuple[int, ...], table: Devic
                           incontext, confidence)
 
 
+def predict_onnx(graph, table: DeviceTable, surrogate: OpSurrogate | None = None,
+                 overhead: Overhead | None = None, backend: str | None = None, incontext="table",
+                 confidence: float | None = None) -> NetworkPrediction:
+    """Predicted latency of an ONNX model (:class:`spaces.onnx_graph.OnnxGraph`) on ``table``'s runtime.
+
+    The graph is optimised by ONNX Runtime at the table's graph optimisation level and
+    execution provider, and each node it then runs is priced by its ``onnx`` key; fusions
+    are already in that graph (no ``a_k``), the per-call overhead is removed as for any
+    ONNX Runtime table (one session per node when profiled, one for the network).
+    """
+    from spaces.onnx_graph import ONNX_SPACE, onnx_op_counts
+    check_table_for(table, ONNX_SPACE, backend)
+    if not str(table.runtime.get("backend", "")).startswith("ort"):
+        raise TableError(f"table {table.source or ''} was measured on {table.runtime.get('backend')}; ONNX node "
+                         f"tables come from an ONNX Runtime backend")
+    providers = [str(table.runtime.get("execution_provider") or "CPUExecutionProvider")]
+    if providers[0] != "CPUExecutionProvider":
+        providers.append("CPUExecutionProvider")
+    counts = onnx_op_counts(graph, runtime_fusion_level(table), providers)
+    if isinstance(incontext, str):
+        from .incontext import model_of
+        incontext = model_of(table)
+    return predict_counts(counts, CostModel(table, surrogate), overhead or Overhead.from_table(table), Counter(),
+                          incontext, confidence)
+
+
 def predict_genotype(genotype, table: DeviceTable, network: str = "cifar10", space: str = "darts",
                      surrogate: OpSurrogate | None = None, overhead: Overhead | None = None,
                      batch: int = 1, incontext="table", confidence: float | None = None) -> NetworkPrediction:
@@ -346,5 +372,5 @@ def predict_nb201(arch: str, table: DeviceTable, surrogate: OpSurrogate | None =
 
 
 __all__ = ["NetworkPrediction", "Overhead", "calibrate_scale", "check_table_for", "fused_layer_counts",
-           "network_op_counts", "predict_counts", "predict_genotype", "predict_nb201", "predict_network",
+           "network_op_counts", "predict_counts", "predict_genotype", "predict_onnx", "predict_nb201", "predict_network",
            "runtime_fusion_level"]

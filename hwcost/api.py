@@ -66,6 +66,35 @@ def export(onnx_path: str, space: str = "darts", genotype: str | None = None, ar
             "max_abs_diff": r.max_abs_diff}
 
 
+def model_cost(spec: str, input_text: str | None = None) -> dict:
+    """Costs of a ``--model``: a PyTorch model (analytical counter) or an ONNX file (from its graph)."""
+    from costmodels.analytical import network_costs, onnx_costs
+    from profilers.shapes import resolve_source
+    from spaces.onnx_graph import OnnxGraph
+    model, shape = resolve_source(spec, input_text)
+    if isinstance(model, OnnxGraph):
+        return {**onnx_costs(model), "model": spec}
+    return {"model": spec, "input_shape": list(shape), **network_costs(model, shape).to_dict()}
+
+
+def model_export(onnx_path: str, spec: str, input_text: str | None = None, atol: float = 1e-4,
+                 seed: int = 0) -> dict:
+    """Export a ``--model`` (a PyTorch model) to ONNX, check it and compare it with PyTorch on ORT CPU."""
+    import torch
+
+    from profilers.export import export_onnx
+    from profilers.shapes import resolve_source
+    from spaces.onnx_graph import is_onnx_spec
+    if is_onnx_spec(spec):
+        raise HwcostError(f"{spec} is already an ONNX model; there is nothing to export (hwcost cost, measure, "
+                          f"profile and predict take it as it is)")
+    model, shape = resolve_source(spec, input_text)
+    torch.manual_seed(seed)
+    r = export_onnx(model, torch.randn(*shape), onnx_path, atol=atol)
+    return {"model": spec, "input_shape": list(shape), "onnx": r.path, "opset": r.opset, "nodes": r.n_nodes,
+            "max_abs_diff": r.max_abs_diff}
+
+
 def list_spaces_info() -> list[dict]:
     from spaces import list_spaces
     out = []

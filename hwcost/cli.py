@@ -20,8 +20,22 @@ def _fmt_m(v: float) -> str:
     return f"{v / 1e6:.3f} M"
 
 
+def _print_rows(rows) -> None:
+    w = max(len(r[0]) for r in rows)
+    for k, v in rows:
+        print(f"{k:<{w}}  {v}")
+
+
+def _print_onnx_costs(d: dict) -> None:
+    _print_rows([("model", f"{d['model']} ({d['nodes']} nodes)"), ("input", "x".join(map(str, d["input_shape"]))),
+                 ("params", _fmt_m(d["params"])),
+                 (f"MACs ({', '.join(o for o in d['mac_ops'] if not o.startswith('Fused'))})", _fmt_m(d["macs"])),
+                 ("activations written", f"{d['activation_bytes'] / 2**20:.2f} MiB"),
+                 ("model size", f"{d['model_bytes'] / 2**20:.2f} MiB")])
+
+
 def _print_costs(d: dict) -> None:
-    rows = [("network", " ".join(str(d[k]) for k in ("space", "genotype", "arch", "network") if k in d)),
+    rows = [("network", " ".join(str(d[k]) for k in ("model", "space", "genotype", "arch", "network") if k in d)),
             ("input", "x".join(map(str, d["input_shape"]))),
             ("params", _fmt_m(d["params"])),
             ("params (with aux head)", _fmt_m(d["params_with_aux"])),
@@ -29,9 +43,7 @@ def _print_costs(d: dict) -> None:
             ("MACs (+ BN, pooling)", _fmt_m(d["macs_with_bn"])),
             ("activations written", f"{d['activation_bytes'] / 2**20:.2f} MiB"),
             ("model size", f"{d['model_bytes'] / 2**20:.2f} MiB")]
-    w = max(len(r[0]) for r in rows)
-    for k, v in rows:
-        print(f"{k:<{w}}  {v}")
+    _print_rows(rows)
 
 
 def _add_target_args(p: argparse.ArgumentParser) -> None:
@@ -39,21 +51,43 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--genotype", help="built-in name (e.g. DARTS_V2) or a genotype file (JSON or Genotype(...) literal)")
     p.add_argument("--arch", help="NB201 architecture string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")
     p.add_argument("--network", default="cifar10", help="cifar10 (C=36, 20 cells) | imagenet (C=48, 14 cells)")
+    p.add_argument("--model", help="instead of a genotype: torchvision:NAME, timm:NAME, package.module:factory "
+                                    "(with --input), or NET.onnx (cost only)")
+    p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224 (an ONNX model: only to fix "
+                                    "dynamic dims)")
+
+
+def _model_or_target(args) -> bool:
+    """Whether --model names the network (else --space/--genotype/--arch/--network do)."""
+    from spaces.errors import HwcostError
+    if args.model is None:
+        if args.input is not None:
+            raise HwcostError("--input goes with --model; a genotype's input comes from --network")
+        return False
+    if args.genotype is not None or args.arch is not None:
+        raise HwcostError("give either --model or --genotype/--arch, not both")
+    return True
 
 
 def cmd_cost(args) -> int:
-    from .api import cost
-    d = cost(args.space, args.genotype, args.arch, args.network)
+    from .api import cost, model_cost
+    d = model_cost(args.model, args.input) if _model_or_target(args) else cost(args.space, args.genotype, args.arch,
+                                                                                 args.network)
     if args.json:
         print(json.dumps(d, indent=1))
+    elif "mac_ops" in d:
+        _print_onnx_costs(d)
     else:
         _print_costs(d)
     return 0
 
 
 def cmd_export(args) -> int:
-    from .api import export
-    d = export(args.onnx, args.space, args.genotype, args.arch, args.network, atol=args.atol)
+    from .api import export, model_export
+    if _model_or_target(args):
+        d = model_export(args.onnx, args.model, args.input, atol=args.atol)
+    else:
+        d = export(args.onnx, args.space, args.genotype, args.arch, args.network, atol=args.atol)
     if args.json:
         print(json.dumps(d, indent=1))
     else:

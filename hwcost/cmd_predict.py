@@ -3,6 +3,7 @@
     hwcost predict --table T [--surrogate S] --genotype G [--space darts] --network cifar10 [--json]
     hwcost predict --table T [--surrogate S] --space nb201 --arch '|op~0|+|...|' [--json]
     hwcost predict --table T [--surrogate S] --model torchvision:NAME --input 1x3x224x224 [--json]
+    hwcost predict --table T --model NET.onnx [--input 1x3x224x224] [--json]
     hwcost predict --surrogate S --archs FILE [--json]
 
 An op-level table prices a network as the sum of its ops (the table, else the
@@ -34,7 +35,8 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--arch", help="NB201 architecture string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|")
     p.add_argument("--network", default=None, help="cifar10 (C=36, 20 cells) | imagenet (default cifar10)")
     p.add_argument("--model", help="torchvision:NAME, timm:NAME or package.module:factory (its layers must be "
-                                    "in the table: hwcost profile --model)")
+                                    "in the table: hwcost profile --model), or NET.onnx (its nodes, in a table "
+                                    "of hwcost profile --model NET.onnx)")
     p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224")
     p.add_argument("--archs", metavar="FILE", help="one NB201 architecture string per line (with an "
                                                    "architecture --surrogate)")
@@ -142,7 +144,10 @@ def predict_op_level(args) -> dict:
             info["host_warning"] = (f"{why}: predictions are for that CPU, not this one")
     if args.model is not None:
         from profilers.shapes import parse_input_shape, resolve_model
+        from spaces.onnx_graph import is_onnx_spec
         _refuse(args, ("space", "network"), "with --model (its shape comes from --input)")
+        if is_onnx_spec(args.model):
+            return _predict_onnx(args, table, info)
         if args.input is None:
             raise HwcostError("--model needs --input, e.g. --input 1x3x224x224")
         shape = parse_input_shape(args.input)
@@ -159,12 +164,26 @@ def predict_op_level(args) -> dict:
         model, shape = target.model, target.input_shape
         description = " ".join(str(target.description[k]) for k in ("space", "genotype", "arch", "network")
                                if k in target.description)
-    surrogate = None
-    if args.surrogate is not None:
-        from costmodels.surrogate import load_surrogate
-        surrogate = load_surrogate(args.surrogate, table=table)
-    p = predict_network(model, shape, table, surrogate, backend=args.backend, confidence=args.confidence)
+    p = predict_network(model, shape, table, _load_surrogate(args, table), backend=args.backend,
+                        confidence=args.confidence)
     return {**p.to_dict(), "network": description, "input_shape": list(shape), **info}
+
+
+def _load_surrogate(args, table):
+    if args.surrogate is None:
+        return None
+    from costmodels.surrogate import load_surrogate
+    return load_surrogate(args.surrogate, table=table)
+
+
+def _predict_onnx(args, table, info: dict) -> dict:
+    """An ONNX model: its nodes as ONNX Runtime optimises them at the table's level, each priced by its key."""
+    from costmodels.predict import check_table_for, predict_onnx
+    from profilers.shapes import resolve_source
+    check_table_for(table, "onnx", args.backend)   # before reading the model: fail fast
+    graph, shape = resolve_source(args.model, args.input)
+    p = predict_onnx(graph, table, _load_surrogate(args, table), backend=args.backend, confidence=args.confidence)
+    return {**p.to_dict(), "network": args.model, "input_shape": list(shape), **info}
 
 
 def _arch_lookup(table, space: str, args, info: dict) -> dict:

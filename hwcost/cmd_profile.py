@@ -30,9 +30,20 @@ def _settings(args):
 
 
 def _model_and_shape(args) -> tuple:
-    from profilers.shapes import parse_input_shape, resolve_model
-    shape = parse_input_shape(args.input)
-    return resolve_model(args.model), shape
+    """(a PyTorch model or an ONNX graph, input shape) of --model/--input."""
+    from profilers.shapes import resolve_source
+    return resolve_source(args.model, args.input)
+
+
+def _is_onnx(model) -> bool:
+    from spaces.onnx_graph import OnnxGraph
+    return isinstance(model, OnnxGraph)
+
+
+def _check_onnx_backend(args, model) -> None:
+    if _is_onnx(model) and not str(args.backend).startswith("ort"):
+        raise HwcostError(f"an ONNX model ({args.model}) runs on ONNX Runtime: --backend ort-cpu or "
+                          f"ort:<ExecutionProvider>, not {args.backend}")
 
 
 def cmd_profile(args) -> int:
@@ -57,13 +68,23 @@ def cmd_profile(args) -> int:
         if args.networks:
             raise HwcostError("--networks goes with --space; a model's shapes come from --input")
         model, shape = _model_and_shape(args)
+        _check_onnx_backend(args, model)
         if args.batch is not None and args.batch != shape[0]:
-            raise HwcostError(f"--batch {args.batch} differs from the batch of --input {args.input}")
+            raise HwcostError(f"--batch {args.batch} differs from the batch of the model's input "
+                              f"{'x'.join(map(str, shape))}")
         backend = get_backend(args.backend, threads=args.threads, batch=shape[0])
-        jobs = model_jobs(model, shape)
-        spaces = ["torch"]
-        provenance = {"model": args.model, "input": list(shape),
-                      "layers": sum(j.extra["count"] for j in jobs)}
+        if _is_onnx(model):
+            from profilers.profile import onnx_jobs
+            level = backend.graph_optimization
+            jobs = onnx_jobs(model, level, backend.session_providers())
+            spaces = ["onnx"]
+            provenance = {"model": args.model, "input": list(shape), "graph_optimization": level,
+                          "nodes": sum(j.extra["count"] for j in jobs)}
+        else:
+            jobs = model_jobs(model, shape)
+            spaces = ["torch"]
+            provenance = {"model": args.model, "input": list(shape),
+                          "layers": sum(j.extra["count"] for j in jobs)}
     t0 = time.perf_counter()
     try:
         table = profile(jobs, backend, args.out, spaces=spaces, settings=settings, resume=args.resume,
@@ -88,11 +109,11 @@ def cmd_measure(args) -> int:
     if args.model is not None:
         if args.genotype or args.arch:
             raise HwcostError("give either --model or --genotype/--arch, not both")
-        if args.input is None:
-            raise HwcostError("--model needs --input, e.g. --input 1x3x224x224")
         model, shape = _model_and_shape(args)
+        _check_onnx_backend(args, model)
         if args.batch is not None and args.batch != shape[0]:
-            raise HwcostError(f"--batch {args.batch} differs from the batch of --input {args.input}")
+            raise HwcostError(f"--batch {args.batch} differs from the batch of the model's input "
+                              f"{'x'.join(map(str, shape))}")
         description = {"model": args.model}
     else:
         if args.input is not None:
@@ -123,8 +144,10 @@ def add_profile_parsers(sub) -> None:
                                       "cifar10-search, cifar10, imagenet (darts, sharpdarts), nb201 "
                                       "(default: cifar10-search,cifar10; nb201 for nb201)")
     p.add_argument("--model", help="torchvision:NAME, timm:NAME or package.module:factory -- profile a "
-                                    "PyTorch model layer by layer")
-    p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224")
+                                    "PyTorch model layer by layer; NET.onnx -- an ONNX model node by node, as "
+                                    "ONNX Runtime optimises it (ort backends)")
+    p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224 (an ONNX model: only to fix "
+                                    "dynamic dims)")
     _add_backend_args(p, max_time=2.0)
     p.add_argument("--batch", type=int, default=None, help="batch size of the keys (default 1)")
     p.add_argument("--out", required=True, help="the table to write (JSON)")
@@ -138,9 +161,10 @@ def add_profile_parsers(sub) -> None:
     p.add_argument("--genotype", help="built-in name (e.g. DARTS_V2) or a genotype file")
     p.add_argument("--arch", help="NB201 architecture string")
     p.add_argument("--network", default=None, help="cifar10 | imagenet (default cifar10)")
-    p.add_argument("--model", help="torchvision:NAME, timm:NAME or package.module:factory instead of a "
-                                    "genotype")
-    p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224")
+    p.add_argument("--model", help="torchvision:NAME, timm:NAME, package.module:factory or NET.onnx instead "
+                                    "of a genotype")
+    p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224 (an ONNX model: only to fix "
+                                    "dynamic dims)")
     _add_backend_args(p, max_time=10.0)
     p.add_argument("--batch", type=int, default=None, help="batch size (default 1; --model takes it from --input)")
     p.add_argument("--json", action="store_true")

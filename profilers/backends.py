@@ -54,6 +54,13 @@ def get_backend(name: str, threads: int = 1, batch: int = 1, dtype: str = "float
     raise unknown("backend", name, list_backends())
 
 
+def _torch_module(module, backend: str) -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise HwcostError(f"backend {backend} runs PyTorch modules; an ONNX model runs on ort-cpu or "
+                          f"ort:<ExecutionProvider>")
+    return module
+
+
 class _Empty(nn.Module):
     """The cheapest op a backend can run: what one call costs without any work."""
 
@@ -158,7 +165,7 @@ class TorchCPU(Backend):
     name = "torch-cpu"
 
     def prepare(self, module, inputs):
-        module = module.to("cpu")
+        module = _torch_module(module, self.name).to("cpu")
         inputs = tuple(t.to("cpu") for t in inputs)
         return lambda: module(*inputs)
 
@@ -206,7 +213,7 @@ class TorchCUDA(Backend):
         return {"cuda": torch.version.cuda, "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
     def prepare(self, module, inputs):
-        module = module.to("cuda")
+        module = _torch_module(module, self.name).to("cuda")
         inputs = tuple(t.to("cuda") for t in inputs)
         return lambda: module(*inputs)
 
@@ -217,7 +224,7 @@ class TorchCUDA(Backend):
         return "cuda events"
 
 
-_GRAPH_OPT = ("disable", "basic", "extended", "all")
+_GRAPH_OPT = ("disable", "basic", "extended", "all")  # spaces.onnx_graph.LEVELS
 
 
 @register_backend("ort:", prefix=True)
@@ -265,31 +272,39 @@ class OnnxRuntime(Backend):
     def _device(self) -> str:
         return "cuda" if self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
 
-    def session(self, path: str):
+    def session(self, model, as_is: bool = False):
+        """A session of ``model`` (a path or ONNX bytes) with this backend's settings; ``as_is``:
+        graph optimisation disabled (a node of a graph ONNX Runtime has already optimised)."""
         import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[self.graph_optimization]
-        so.log_severity_level = 3
-        providers = [self.provider] + (["CPUExecutionProvider"] if self.provider != "CPUExecutionProvider" else [])
-        return ort.InferenceSession(path, so, providers=providers)
+
+        from spaces.onnx_graph import session_options
+        so = session_options("disable" if as_is else self.graph_optimization, self.threads)
+        return ort.InferenceSession(model, so, providers=self.session_providers())
+
+    def session_providers(self) -> list[str]:
+        return [self.provider] + (["CPUExecutionProvider"] if self.provider != "CPUExecutionProvider" else [])
 
     def prepare(self, module, inputs):
+        """``module``: a torch module (exported to ONNX here) or an :class:`spaces.onnx_graph.OnnxGraph`
+        (an ONNX model, run from its bytes on its own example inputs; ``inputs`` are not used)."""
         import onnxruntime as ort
 
-        from .export import export_to_temp
-        result = export_to_temp(module, inputs, check=False, directory=self._tmpdir)
-        try:
-            sess = self.session(result.path)
-        finally:
-            os.unlink(result.path)  # the session holds the model in memory
-        arrays = [t.detach().cpu().numpy() for t in inputs]
+        from spaces.onnx_graph import OnnxGraph
+        if isinstance(module, OnnxGraph):
+            try:
+                sess = self.session(module.model_bytes, as_is=module.as_is)
+            except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+                raise HwcostError(f"ONNX Runtime ({self.name}) cannot run {module.name}: "
+                                  f"{str(e).splitlines()[0]}") from None
+            arrays = module.example_arrays()
+        else:
+            from .export import export_to_temp
+            result = export_to_temp(module, inputs, check=False, directory=self._tmpdir)
+            try:
+                sess = self.session(result.path)
+            finally:
+                os.unlink(result.path)  # the session holds the model in memory
+            arrays = [t.detach().cpu().numpy() for t in inputs]
         feed = {i.name: a for i, a in zip(sess.get_inputs(), arrays)}
         outs = sess.run(None, feed)  # first run: learn output shapes
         device = self._device()

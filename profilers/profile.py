@@ -40,7 +40,8 @@ class ProfileInterrupted(HwcostError):
 
 @dataclass
 class Job:
-    """One key to measure and how to build what it stands for."""
+    """One key to measure and how to build what it stands for: a module and its inputs, or an
+    :class:`spaces.onnx_graph.OnnxGraph` (for the ort backends) and ``()``."""
     key: OpKey
     build: Callable[[], tuple[nn.Module, tuple]]
     extra: dict = field(default_factory=dict)  # recorded in the entry (e.g. a layer's count)
@@ -55,6 +56,16 @@ def model_jobs(model: nn.Module, input_shape: tuple[int, ...]) -> list[Job]:
     """Jobs for every distinct layer of a model, each recording its count."""
     return [Job(layer.key, (lambda layer=layer: (layer.module, layer.inputs)), {"count": layer.count})
             for layer in model_layer_keys(model, input_shape)]
+
+
+def onnx_jobs(graph, level: str = "all", providers=("CPUExecutionProvider",)) -> list[Job]:
+    """Jobs for every distinct node key of an ONNX model's graph as ONNX Runtime optimises it at
+    ``level`` (:mod:`spaces.onnx_graph`): each builds a one-node model, run as is; each records its count."""
+    from spaces.onnx_graph import graph_nodes, node_graph
+    nodes = graph_nodes(graph, level, providers)
+    counts = nodes.counts()
+    return [Job(key, (lambda node=node: (node_graph(nodes, node), ())), {"count": counts[key]})
+            for key, node in nodes.first_nodes().items()]
 
 
 def journal_path(out: str | Path) -> Path:

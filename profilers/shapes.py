@@ -37,8 +37,8 @@ from spaces.registry import build_op, example_inputs, get_space
 # Layer, model_layer_keys, probe_genotype, probe_nb201_arch and TORCH_SPACE live in spaces.opkeys
 # (shared with the cost models); they are re-exported here for the profiler's callers.
 __all__ = ["CONFIG_PRESETS", "Layer", "TORCH_SPACE", "key_module", "model_layer_keys", "parse_input_shape",
-           "presets_for", "probe_genotype", "probe_nb201_arch", "resolve_configs", "resolve_model", "space_keys",
-           "torch_key_module"]
+           "presets_for", "probe_genotype", "probe_nb201_arch", "resolve_configs", "resolve_model", "resolve_source",
+           "space_keys", "torch_key_module"]
 
 # ---------------------------------------------------------------------------
 # Space keys
@@ -150,6 +150,23 @@ def torch_key_module(key: OpKey) -> tuple[nn.Module, tuple]:
 MODEL_FORMS = "torchvision:NAME, timm:NAME or package.module:factory"
 
 
+def resolve_source(spec: str, input_text: str | None):
+    """A ``--model`` and its ``--input`` -> (a PyTorch model or an ONNX graph, input shape).
+
+    ``NET.onnx`` (or any existing file) is read as an ONNX model
+    (:func:`spaces.onnx_graph.load_onnx`: ``--input`` is optional and fixes dynamic
+    dims); the other forms (:func:`resolve_model`) need ``--input``.
+    """
+    from spaces.onnx_graph import is_onnx_spec, load_onnx
+    shape = parse_input_shape(input_text) if input_text is not None else None
+    if is_onnx_spec(spec):
+        graph = load_onnx(str(spec), shape)
+        return graph, graph.input_shape
+    if shape is None:
+        raise HwcostError("--model needs --input, e.g. --input 1x3x224x224")
+    return resolve_model(spec), shape
+
+
 def resolve_model(spec: str) -> nn.Module:
     """A model named on the command line, randomly initialised (weights are never downloaded):
 
@@ -157,7 +174,12 @@ def resolve_model(spec: str) -> nn.Module:
     * ``timm:NAME`` -- a timm model (the optional extra ``pip install -e '.[timm]'``);
     * ``package.module:factory`` -- a callable of the user's code (on ``PYTHONPATH``) that takes
       no arguments and returns an ``nn.Module``.
+
+    An ONNX file is no PyTorch model: :func:`resolve_source` takes both.
     """
+    from spaces.onnx_graph import is_onnx_spec
+    if is_onnx_spec(spec):
+        raise HwcostError(f"{spec} is an ONNX file, not a PyTorch model; here --model takes {MODEL_FORMS}")
     kind, sep, name = str(spec).partition(":")
     if not sep or not kind or not name:
         raise HwcostError(f"bad model {spec!r}: expected {MODEL_FORMS} (e.g. torchvision:mobilenet_v2)")
