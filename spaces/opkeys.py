@@ -283,9 +283,11 @@ def _fx_layers(gm, x: torch.Tensor) -> list[tuple[OpKey, nn.Module, tuple]]:
     out: list[tuple[OpKey, nn.Module, tuple]] = []
     modules = dict(gm.named_modules())
     load = lambda a: fx.node.map_arg(a, lambda n: env[n])  # noqa: E731
+    first = True
     for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            env[node] = x
+        if node.op == "placeholder":      # the input; later forward arguments keep their defaults
+            env[node] = x if first else (node.args[0] if node.args else None)
+            first = False
             continue
         if node.op == "output":
             break
@@ -354,6 +356,57 @@ def _hook_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[OpKey, nn.Modu
     return out
 
 
+HOOK_COVER = 0.99     # hooks on leaf modules must see this share of the model's computed tensor elements
+
+
+def _check_hooks_cover(model: nn.Module, x: torch.Tensor, raw, why: str) -> None:
+    """Hooks see leaf modules only: compute done between them (a functional attention, a batch norm
+    inside a module with children, a matmul in ``forward``) would silently go missing. Every aten op
+    of one forward pass is watched (a dispatch mode) and the elements it computes are counted as
+    inside a leaf module's call or outside all of them (views are not compute); if the leaves hold
+    less than ``HOOK_COVER`` of them, one clear error naming the model, why torch.fx could not trace
+    it and what runs outside the leaves."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    leaves = [m for m in model.modules() if not list(m.children())]
+    state = {"depth": 0, "inside": 0, "outside": Counter()}
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            outs = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+            ins = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                   if isinstance(t, torch.Tensor)}
+            n = sum(t.numel() for t in outs if t.untyped_storage().data_ptr() not in ins)   # views: no compute
+            if state["depth"]:
+                state["inside"] += n
+            elif n:
+                state["outside"][str(func.overloadpacket.__name__)] += n
+            return out
+
+    def enter(m, inputs):
+        state["depth"] += 1
+
+    def leave(m, inputs, output):
+        state["depth"] -= 1
+    handles = [h for m in leaves for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        with Watch():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    outside = sum(state["outside"].values())
+    total = outside + state["inside"]
+    if total and state["inside"] < HOOK_COVER * total:
+        ops = ", ".join(name for name, _ in state["outside"].most_common(5))
+        raise HwcostError(f"{type(model).__name__} cannot be keyed layer by layer: torch.fx cannot trace it ({why}), "
+                          f"and {outside / total:.0%} of what it computes runs outside its leaf modules ({ops}), "
+                          f"which hooks cannot see; profile it as ONNX instead (hwcost export --model ..., then "
+                          f"--model NET.onnx)")
+
+
 def model_layer_keys(model: nn.Module, input_shape: tuple[int, ...], use_fx: bool = True) -> list[Layer]:
     """Every distinct layer of ``model`` at ``input_shape``, with its count.
 
@@ -366,15 +419,17 @@ def model_layer_keys(model: nn.Module, input_shape: tuple[int, ...], use_fx: boo
     import torch.fx as fx
     model = model.eval()
     x = torch.randn(*input_shape)
-    gm = None
+    gm, why = None, "not tried"
     if use_fx:
         try:
             gm = fx.symbolic_trace(model)
-        except Exception:  # noqa: BLE001 - tracing fails in many ways (control flow, ...): use hooks
-            gm = None
+        except Exception as e:  # noqa: BLE001 - tracing fails in many ways (control flow, ...): use hooks
+            gm, why = None, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
     try:
         with torch.no_grad():
             raw = _fx_layers(gm, x) if gm is not None else _hook_layers(model, x)
+            if gm is None:
+                _check_hooks_cover(model, x, raw, why)
     except RuntimeError as e:
         raise HwcostError(f"{type(model).__name__} cannot take input of shape "
                           f"{_shape_str(input_shape)}: {str(e).splitlines()[0]}") from None

@@ -6,6 +6,7 @@ import sys
 import types
 
 import pytest
+import torch
 from torch import nn
 
 from hwcost.cli import main
@@ -95,3 +96,72 @@ def test_cli_profile_and_predict_take_a_users_factory(user_pkg, tmp_path, capsys
     assert main(["predict", "--table", str(table), "--model", f"{user_pkg}:broken", "--input", "1x3x16x16"]) == 2
     err = capsys.readouterr().err
     assert "broken() raised RuntimeError" in err and "Traceback" not in err
+
+
+class _Untraceable(nn.Module):
+    """Data-dependent control flow (torch.fx cannot trace it) and, with ``functional``, a matmul in
+    forward that no leaf module holds."""
+
+    def __init__(self, functional: bool):
+        super().__init__()
+        self.conv, self.act, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Linear(8, 8)
+        self.pool, self.functional = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), functional
+
+    def forward(self, x):
+        y = self.conv(x)
+        if x.size(0) > 0:                        # control flow on a traced value: torch.fx refuses
+            y = self.act(y)
+        y = self.pool(y)
+        if self.functional:
+            y = y @ torch.ones(8, 256) @ torch.ones(256, 8)   # compute outside any leaf module
+        return self.fc(y)
+
+
+class _WithDefaultArgument(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x, dim: int = 1):            # traced as a placeholder with a default (as timm's is_causal)
+        return torch.softmax(self.conv(x), dim=dim)
+
+
+def test_an_untraceable_model_whose_compute_hooks_miss_is_one_clear_error():
+    with pytest.raises(HwcostError, match=r"_Untraceable cannot be keyed layer by layer: torch.fx cannot trace it "
+                                          r"\(TraceError.*\).*runs outside its leaf modules \(.*mm.*\).*ONNX"):
+        model_layer_keys(_Untraceable(functional=True), (1, 3, 8, 8))
+    layers = model_layer_keys(_Untraceable(functional=False), (1, 3, 8, 8))   # hooks see it all: fine
+    assert [layer.key.op for layer in layers] == ["Conv2d", "ReLU", "AdaptiveAvgPool2d", "Flatten", "Linear"]
+
+
+def test_forward_arguments_after_the_input_keep_their_defaults():
+    layers = model_layer_keys(_WithDefaultArgument(), (1, 3, 4, 4))
+    assert [layer.key.op for layer in layers] == ["Conv2d", "softmax"]   # before: the input tensor passed as dim
+    out = layers[1].module(*layers[1].inputs)
+    assert torch.allclose(out.sum(1), torch.ones(1, 4, 4))              # softmax over channels (dim=1)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mixnet_s", "ghostnet_100", "rexnet_100", "convnext_atto",
+                                  "deit_tiny_patch16_224", "levit_128s"])
+def test_real_timm_models_are_keyed(name):
+    """Grouped and mixed-kernel depthwise convs, split/concat, SE gates, hard-swish, attention (runs where
+    the optional timm extra is installed)."""
+    pytest.importorskip("timm")
+    model = resolve_model(f"timm:{name}")
+    layers = model_layer_keys(model, (1, 3, 224, 224))
+    assert layers and all(layer.count >= 1 for layer in layers)
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as c:                 # every FLOP of the model is in some key's layer
+        model(torch.randn(1, 3, 224, 224))
+    keyed = 0
+    for layer in layers:
+        with FlopCounterMode(display=False) as one:
+            layer.module(*layer.inputs)
+        keyed += one.get_total_flops() * layer.count
+    assert keyed == pytest.approx(c.get_total_flops(), rel=1e-6)
+
+
+def test_an_untraceable_timm_model_is_refused_not_undercounted():
+    pytest.importorskip("timm")
+    with pytest.raises(HwcostError, match="ByobNet cannot be keyed layer by layer"):
+        model_layer_keys(resolve_model("timm:mobilevit_xxs"), (1, 3, 224, 224))
