@@ -356,7 +356,8 @@ def _hook_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[OpKey, nn.Modu
     return out
 
 
-HOOK_COVER = 0.99     # hooks on leaf modules must see this share of the model's computed tensor elements
+HOOK_COVER = 0.95     # hooks on leaf modules must see this share of the computed tensor elements (glue such as a
+#                      final mean may run outside them; an attention or a norm inside a composite module may not)
 
 
 def _check_hooks_cover(model: nn.Module, x: torch.Tensor, raw, why: str) -> None:
