@@ -161,7 +161,7 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
         save_table(table, table_path)
         # Neighbours of this network share most of its error: scale the refitted model to its measurement
         # and aim inside the band by the measurement's own spread (search.costs.local_correction).
-        refit_ms = predict_network(model, shape, table).latency_ms
+        refit_ms = model_ic.predict(sample.features, sample.n_ops)   # = predict_network on the refitted table
         correction = {"scale": ms / refit_ms, "margin": local_margin(rec["session_medians_ms"] or [ms])}
         rec["correction"] = correction
         log(f"   added it to {table_path}'s calibration ({len(model_ic.samples)} networks; leave-one-out "
