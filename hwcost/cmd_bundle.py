@@ -31,7 +31,7 @@ def _ops_filter(keys: list, ops: str | None) -> list:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from profilers.bundle import import_results, run_over_ssh, write_bundle
+    from profilers.bundle import run_over_ssh, write_bundle
     from profilers.shapes import space_keys
 
     if args.results and not args.ssh:
@@ -85,7 +85,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     run_over_ssh(info.path, args.ssh, results, remote_dir=args.remote_dir, python=args.python, port=args.port)
     print(f"fetched {results} from {args.ssh}")
     if args.table:
-        table = with_calibration(import_results(results, allow_failed=args.allow_failed), results)
+        table = import_calibrated(results, allow_failed=args.allow_failed)
         from device_tables.table import save_table
         save_table(table, args.table)
         print(f"wrote {args.table}: {len(table)} entries, device {table.device['name']}")
@@ -94,10 +94,11 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def with_calibration(table, results: str):
-    """The imported table with its in-context model, when the runner measured calibration networks."""
-    from profilers.bundle import read_calibration
-    rows = read_calibration(results)
+def import_calibrated(results: str, allow_failed: bool = False, device_name: str | None = None):
+    """A runner's results as a table, with its in-context model when the runner measured
+    calibration networks."""
+    from profilers.bundle import import_runner_results
+    table, rows = import_runner_results(results, allow_failed, device_name)
     if not rows:
         return table
     from .calibrate import fit_remote
@@ -110,10 +111,8 @@ def with_calibration(table, results: str):
 
 def cmd_table_import(args: argparse.Namespace) -> int:
     from device_tables.table import save_table
-    from profilers.bundle import import_results
 
-    table = import_results(args.results, allow_failed=args.allow_failed, device_name=args.device_name)
-    table = with_calibration(table, args.results)
+    table = import_calibrated(args.results, allow_failed=args.allow_failed, device_name=args.device_name)
     save_table(table, args.out)
     qualities = {q: sum(e.quality == q for e in table) for q in sorted({e.quality for e in table})}
     failed = len(table.provenance.get("failed", []))

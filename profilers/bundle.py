@@ -179,11 +179,28 @@ def import_results(results_json: str | os.PathLike, allow_failed: bool = False,
     they are left out of the table and listed under provenance.failed): a
     table that silently lacks ops would under-count latency.
     """
+    return import_runner_results(results_json, allow_failed, device_name)[0]
+
+
+def import_runner_results(results_json: str | os.PathLike, allow_failed: bool = False,
+                          device_name: str | None = None) -> tuple[DeviceTable, list[dict]]:
+    """:func:`import_results`, and the whole networks the runner measured for calibration
+    (:func:`calibration_rows`), from one reading of the file."""
     path = Path(results_json)
     try:
-        return _import(read_json(path), path, allow_failed, device_name)
+        doc = read_json(path)
+        table = _import(doc, path, allow_failed, device_name)
+        return table, calibration_rows(doc)
     except TableError as e:
         raise TableError(f"results {path}: {e}") from None
+
+
+def _objects(rows: list, label: str):
+    """(index, row) of a list that must hold objects; one error naming the first that is not."""
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise TableError(f"{label}[{i}]: must be an object")
+        yield i, r
 
 
 def _import(doc, path: Path, allow_failed: bool, device_name: str | None) -> DeviceTable:
@@ -204,11 +221,8 @@ def _import(doc, path: Path, allow_failed: bool, device_name: str | None) -> Dev
     if not rows:
         raise TableError("no measured keys")
     entries = []
-    for i, r in enumerate(rows):
-        where = f"results[{i}]"
-        if not isinstance(r, dict):
-            raise TableError(f"{where}: must be an object")
-        key_text = _field(r, "key", str, f"{where}.")
+    for i, r in _objects(rows, "results"):
+        key_text = _field(r, "key", str, f"results[{i}].")
         where = f"results[{i}] ({key_text}): "
         try:
             key = OpKey.from_str(key_text)
@@ -246,8 +260,8 @@ def _import(doc, path: Path, allow_failed: bool, device_name: str | None) -> Dev
     measurement.update(_call_overhead(doc, provenance))
     if failed:
         provenance["failed"] = failed
-    if doc.get("calibration") is not None:
-        provenance["calibration_networks"] = len(calibration_rows(doc))
+    if isinstance(doc.get("calibration"), list):
+        provenance["calibration_networks"] = sum("error" not in r for r in doc["calibration"] if isinstance(r, dict))
     finished = doc.get("finished")
     return DeviceTable(kind="op", spaces=sorted({e.key.space for e in entries}), device=device, runtime=runtime,
                        entries=tuple(entries), measurement=measurement,
@@ -265,10 +279,8 @@ def calibration_rows(doc: dict) -> list[dict]:
     if not isinstance(rows, list):
         raise TableError("calibration: expected a list of measured networks")
     out = []
-    for i, r in enumerate(rows):
+    for i, r in _objects(rows, "calibration"):
         where = f"calibration[{i}]."
-        if not isinstance(r, dict):
-            raise TableError(f"calibration[{i}]: must be an object")
         name, spec = _field(r, "name", str, where), _field(r, "spec", dict, where)
         if "error" in r:
             continue
@@ -278,15 +290,6 @@ def calibration_rows(doc: dict) -> list[dict]:
         out.append({"name": name, "spec": spec, "median_ms": float(vals[0]), "p10_ms": float(vals[1]),
                     "p90_ms": float(vals[2])})
     return out
-
-
-def read_calibration(results_json: str | os.PathLike) -> list[dict]:
-    """:func:`calibration_rows` of a results file."""
-    path = Path(results_json)
-    try:
-        return calibration_rows(read_json(path))
-    except TableError as e:
-        raise TableError(f"results {path}: {e}") from None
 
 
 def _call_overhead(doc: dict, provenance: dict) -> dict:
@@ -389,5 +392,5 @@ def run_over_ssh(bundle: str | os.PathLike, host: str, out: str | os.PathLike, *
     return out
 
 
-__all__ = ["write_bundle", "import_results", "run_over_ssh", "check_host", "remote_command",
+__all__ = ["write_bundle", "import_results", "import_runner_results", "run_over_ssh", "check_host", "remote_command",
            "BundleInfo", "RUNNER_PATH"]

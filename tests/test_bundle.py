@@ -487,8 +487,8 @@ def test_bundle_carries_calibration_networks_and_import_fits_the_device_model(de
     from costmodels.incontext import group_features, model_of
     from costmodels.predict import predict_network
     from hwcost.calibrate import build_spec
-    from hwcost.cmd_bundle import with_calibration
-    from profilers.bundle import read_calibration
+    from hwcost.cmd_bundle import import_calibrated
+    from profilers.bundle import import_runner_results
     from profilers.shapes import space_keys
     nets = bundle_networks("nb201", ["nb201"], 3, seed=5)
     path = tmp_path / "cal.zip"
@@ -504,11 +504,11 @@ def test_bundle_carries_calibration_networks_and_import_fits_the_device_model(de
     assert len(doc["calibration"]) == 3 and all(r["median_ms"] > 0 for r in doc["calibration"])
     table = import_results(out)
     assert table.calibration is None and table.provenance["calibration_networks"] == 3
-    table = with_calibration(table, str(out))
+    table = import_calibrated(str(out))
     model = model_of(table)
     assert [s.spec for s in model.samples] == [spec for _, spec, _, _ in nets]
     assert model.host["device"] == table.device["name"]      # measured there, not here
-    for s, row in zip(model.samples, read_calibration(out)):
+    for s, row in zip(model.samples, import_runner_results(out)[1]):
         assert s.measured_ms == row["median_ms"]
         net, shape = build_spec(s.spec)                       # features: the table's ops of that network
         feats, n_ops = group_features(predict_network(net, shape, table, incontext=None).per_key)
