@@ -225,19 +225,20 @@ class SearchRun:
         self.cost_notes = json.loads(json.dumps(notes, default=str))   # a copy: the cached notes stay as built
         from costmodels.expected_cost import ExpectedCost
         self.expected = ExpectedCost(self.cost_tensor, mode=cfg.cost_mode)
-        self.margin = confidence_margin(cfg.table, cfg.confidence) if "latency_ms" in self.cost_tensor.metrics \
-            else None
         if cfg.devices:                         # several devices: each latency budget aims by its table's margin
             self.margin = {m: confidence_margin(p, cfg.confidence) for m, p in self.tables.items()}
             for m, margin in self.margin.items():
                 apply_margin(self.terms, margin, cfg.budget_floor, metric=m)
-        elif correction is not None and "latency_ms" in self.cost_tensor.metrics:
-            from .costs import local_correction     # hardware in the loop: re-derive around a measured network
-            self.cost_tensor, self.margin = local_correction(self.cost_tensor, self.terms, correction,
-                                                             cfg.budget_floor)
-            self.expected = ExpectedCost(self.cost_tensor, mode=cfg.cost_mode)
         else:
-            apply_margin(self.terms, self.margin, cfg.budget_floor)
+            latency = "latency_ms" in self.cost_tensor.metrics
+            self.margin = confidence_margin(cfg.table, cfg.confidence) if latency else None
+            if correction is not None and latency:  # hardware in the loop: re-derive around a measured network
+                from .costs import local_correction
+                self.cost_tensor, self.margin = local_correction(self.cost_tensor, self.terms, correction,
+                                                                 cfg.budget_floor)
+                self.expected = ExpectedCost(self.cost_tensor, mode=cfg.cost_mode)
+            else:
+                apply_margin(self.terms, self.margin, cfg.budget_floor)
         self.objective = Objective(self.terms, self.cost_tensor.metrics, cfg.dual_lr, cfg.budget_floor)
         self.attainable = None
         if any(t.kind == "hard" for t in self.terms):   # a budget no derivable network meets: stop now
