@@ -335,6 +335,11 @@ def _getattr_path(obj, target: str):
     return obj
 
 
+def _leaf_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules without children: what forward hooks see of an untraceable model."""
+    return [m for m in model.modules() if not list(m.children())]
+
+
 def _hook_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[OpKey, nn.Module, tuple]]:
     """Fallback for untraceable models: every leaf module, via forward hooks
     (functional ops between modules are not seen)."""
@@ -346,7 +351,7 @@ def _hook_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[OpKey, nn.Modu
             key = _layer_key(type(m).__name__, tensors, output, m, _module_extra(m))
             out.append((key, m, tuple(_fresh(t) for t in tensors)))
 
-    leaves = [m for m in model.modules() if not list(m.children())]
+    leaves = _leaf_modules(model)
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         model(x)
@@ -370,7 +375,7 @@ def _check_hooks_cover(model: nn.Module, x: torch.Tensor, raw, why: str) -> None
     from collections import Counter
 
     from torch.utils._python_dispatch import TorchDispatchMode
-    leaves = [m for m in model.modules() if not list(m.children())]
+    leaves = _leaf_modules(model)
     state = {"depth": 0, "inside": 0, "outside": Counter()}
 
     class Watch(TorchDispatchMode):
