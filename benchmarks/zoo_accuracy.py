@@ -1,11 +1,23 @@
-"""Predicted vs measured latency of a torchvision model zoo, each model calibrated on the others only.
+"""Predicted vs measured latency of a model zoo, each model calibrated on the others only.
 
-    .venv/bin/python benchmarks/zoo_accuracy.py [--backend ort-cpu] [--models a,b,...] [--out-dir DIR]
+    .venv/bin/python benchmarks/zoo_accuracy.py [--backend ort-cpu] [--zoo torchvision|timm]
+        [--models SPEC,SPEC,...] [--via layers|onnx] [--tag NAME] [--out-dir DIR]
+
+A model SPEC is what ``--model`` takes: ``torchvision:NAME``, ``timm:NAME``,
+``pkg.module:factory`` or ``NET.onnx``; a bare name is a torchvision one.
+``--zoo`` picks a preset list (16 torchvision models of 12 families; 8 timm
+models of 8 families, needs the ``timm`` extra).
+
+``--via layers`` (default) keys a PyTorch model by its layers (``hwcost profile
+--model``); ``--via onnx`` (ort backends) exports it to ONNX and keys it by the
+nodes of the graph ONNX Runtime optimises and runs (``hwcost profile --model
+NET.onnx``: fused nodes, NCHWc layout reorders and all, each timed alone as is).
+An ``.onnx`` spec is always keyed by its nodes.
 
 For one backend (1 thread, batch 1, 1x3x224x224):
 
-1. every layer of every model is profiled into one layer table (what
-   ``hwcost profile --model`` does, all models' keys in one interleaved run);
+1. every key of every model is profiled into one table (what ``hwcost profile
+   --model`` does, all models' keys in one interleaved run);
 2. every model is measured whole (exported to ONNX on ``ort-*``), all models
    prepared first and timed in 10 interleaved rounds, each keeping its quietest
    window (``profilers.profile.measure_models``);
@@ -17,7 +29,8 @@ For one backend (1 thread, batch 1, 1x3x224x224):
 
 Prints a per-model table, MAPE and the shares within +-5 % / +-10 %, the
 interval's coverage, the machine and the load; writes
-``benchmarks/results/zoo_<backend>.json``.  Target (issue 11): >= 95 % within +-10 %.
+``benchmarks/results/zoo_<tag>_<backend>.json`` (and the table,
+``zoo_<tag>_<backend>_table.json.gz``).  Target (issues 11, 12): >= 95 % within +-10 %.
 """
 from __future__ import annotations
 
@@ -25,28 +38,35 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from costmodels.incontext import fit_in_context, group_features  # noqa: E402
-from costmodels.predict import Overhead, predict_network  # noqa: E402
+from costmodels.predict import Overhead, predict_network, predict_onnx  # noqa: E402
 from costmodels.surrogate import accuracy  # noqa: E402
-from hwcost.calibrate import sample_of  # noqa: E402
+from costmodels.incontext import Sample  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
 from profilers.environment import device_info, host_label  # noqa: E402
 from profilers.measure import Settings  # noqa: E402
-from profilers.profile import measure_models, model_jobs, profile  # noqa: E402
+from profilers.export import export_onnx  # noqa: E402
+from profilers.profile import measure_models, model_jobs, onnx_jobs, profile  # noqa: E402
 from profilers.shapes import resolve_model  # noqa: E402
+from spaces.onnx_graph import is_onnx_spec, load_onnx  # noqa: E402
 
 ZOO = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "squeezenet1_1",
        "shufflenet_v2_x1_0", "mnasnet1_0", "efficientnet_b0", "regnet_x_400mf", "regnet_y_400mf", "googlenet",
        "densenet121", "alexnet", "vgg11", "convnext_tiny")
+TIMM_ZOO = ("timm:efficientnet_b0", "timm:mobilenetv3_large_100", "timm:resnet26d", "timm:regnetx_002",
+            "timm:ghostnet_100", "timm:mixnet_s", "timm:convnext_atto", "timm:rexnet_100")
+ZOOS = {"torchvision": tuple(f"torchvision:{n}" for n in ZOO), "timm": TIMM_ZOO}
 IMAGE = (1, 3, 224, 224)
 NET_SETTINGS = Settings(max_time_s=3.0, passes=10)
 
@@ -55,61 +75,96 @@ def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _short(spec: str) -> str:
+    return Path(spec).stem if is_onnx_spec(spec) else spec.split(":", 1)[-1]
+
+
+def _subject(spec: str, via: str, tmp: Path):
+    """(module or OnnxGraph, its keys' jobs builder) of one spec."""
+    if is_onnx_spec(spec):
+        return load_onnx(spec, IMAGE)
+    model = resolve_model(spec if ":" in spec else f"torchvision:{spec}").eval()
+    if via == "layers":
+        return model
+    path = tmp / f"{_short(spec)}.onnx"
+    export_onnx(model, (torch.randn(*IMAGE),), path, check=False)
+    return load_onnx(str(path), IMAGE)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="ort-cpu")
-    ap.add_argument("--models", default=",".join(ZOO))
+    ap.add_argument("--zoo", choices=sorted(ZOOS), default="torchvision")
+    ap.add_argument("--models", help="comma-separated model specs (default: the --zoo preset)")
+    ap.add_argument("--via", choices=("layers", "onnx"), default="layers")
+    ap.add_argument("--tag", help="name of the result files (default: the zoo, +onnx with --via onnx)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    names = [m for m in args.models.split(",") if m]
+    specs = [m for m in (args.models.split(",") if args.models else ZOOS[args.zoo]) if m]
+    tag = args.tag or (args.zoo if not args.models else "custom") + ("-onnx" if args.via == "onnx" else "")
+    if args.via == "onnx" and not args.backend.startswith("ort"):
+        ap.error("--via onnx measures ONNX graphs: use an ort backend")
     log = lambda line: print(line, flush=True)  # noqa: E731
     dev = device_info()
     log(f"machine: {host_label()}, {dev['logical_cores']} logical cores; load {load()}")
     log(f"command: {' '.join(['benchmarks/zoo_accuracy.py'] + sys.argv[1:])}")
     backend = get_backend(args.backend, threads=1)
     t0 = time.perf_counter()
-    models = {n: resolve_model(f"torchvision:{n}").eval() for n in names}
-    jobs, seen = [], set()
+    tmp = Path(tempfile.mkdtemp(prefix="hwcost-zoo-"))
+    models = {_short(s): _subject(s, args.via, tmp) for s in specs}
+    jobs, seen, spaces = [], set(), set()
     for n, m in models.items():
-        for j in model_jobs(m, IMAGE):
+        if hasattr(m, "model_bytes"):
+            spaces.add("onnx")
+            new = onnx_jobs(m, "all", backend.session_providers())
+        else:
+            spaces.add("torch")
+            new = model_jobs(m, IMAGE)
+        for j in new:
             if j.key not in seen:
                 seen.add(j.key)
                 jobs.append(j)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # the layer table is kept (results/zoo_<backend>_table.json.gz): other groupings of the in-context
+    # the table is kept (results/zoo_<tag>_<backend>_table.json.gz): other groupings of the in-context
     # model can be fitted on these models later without measuring again
-    (out / f"zoo_{args.backend}_table.json.gz").unlink(missing_ok=True)
-    table = profile(jobs, backend, out / f"zoo_{args.backend}_table.json.gz", spaces=["torch"], progress=False,
-                    provenance={"models": names, "input": list(IMAGE), "by": "benchmarks/zoo_accuracy.py"})
-    log(f"layer table: {len(table)} keys of {len(names)} models profiled in {time.perf_counter() - t0:.0f} s "
+    table_path = out / f"zoo_{tag}_{args.backend}_table.json.gz"
+    table_path.unlink(missing_ok=True)
+    table = profile(jobs, backend, table_path, spaces=sorted(spaces), progress=False,
+                    provenance={"models": specs, "via": args.via, "input": list(IMAGE),
+                                "by": "benchmarks/zoo_accuracy.py"})
+    log(f"table: {len(table)} keys of {len(specs)} models ({args.via}) profiled in {time.perf_counter() - t0:.0f} s "
         f"(load {load()}); per-call overhead {Overhead.from_table(table).per_call_ms * 1e3:.2f} us")
     t1 = time.perf_counter()
     measured = measure_models([(m, IMAGE) for m in models.values()], backend, NET_SETTINGS)
-    log(f"{len(names)} models measured whole in {time.perf_counter() - t1:.0f} s (load {load()})")
-    samples = {n: sample_of(m, IMAGE, table, meas, n, {"kind": "model", "model": f"torchvision:{n}",
-                                                       "input": list(IMAGE)})
-               for (n, m), meas in zip(models.items(), measured)}
+    log(f"{len(specs)} models measured whole in {time.perf_counter() - t1:.0f} s (load {load()})")
     per_call = Overhead.from_table(table).per_call_ms
+    raws, samples = {}, {}
+    for (n, m), meas in zip(models.items(), measured):
+        raw = raws[n] = (predict_onnx(m, table, incontext=None) if hasattr(m, "model_bytes")
+                         else predict_network(m, IMAGE, table, incontext=None))
+        feats, n_ops = group_features(raw.per_key)
+        samples[n] = Sample(n, feats, n_ops, meas.median * 1e3, {"kind": "model", "model": n},
+                            meas.p10 * 1e3, meas.p90 * 1e3)
     rows = []
-    for n, m in models.items():
-        raw = predict_network(m, IMAGE, table, incontext=None)
+    for i, n in enumerate(models):
+        raw = raws[n]
         others = [s for k, s in samples.items() if k != n]
         ic = fit_in_context(others, per_call)
-        feats, n_ops = group_features(raw.per_key)
-        cal = ic.predict(feats, n_ops)
+        cal = ic.predict(samples[n].features, samples[n].n_ops)
         lo, hi = ic.interval(cal, 0.9)
         y = samples[n].measured_ms
-        rows.append({"model": n, "measured_ms": y, "p10_ms": samples[n].p10_ms, "p90_ms": samples[n].p90_ms,
-                     "windows_ms": [w * 1e3 for w in (measured[list(models).index(n)].pass_medians or [])],
+        rows.append({"model": n, "spec": specs[i], "measured_ms": y, "p10_ms": samples[n].p10_ms,
+                     "p90_ms": samples[n].p90_ms,
+                     "windows_ms": [w * 1e3 for w in (measured[i].pass_medians or [])],
                      "per_key": [[k.to_str(), c, a, ms] for k, c, a, ms, _ in raw.per_key],
                      "sum_of_ops_ms": raw.latency_ms, "calibrated_ms": cal, "low90_ms": lo, "high90_ms": hi,
                      "layers": raw.n_calls, "fused": raw.n_fused, "lambda": ic.lam})
-    log(f"\n{'model':<20} {'layers':>6} {'measured':>9} {'sum of ops':>11} {'err':>7} {'calibrated':>11} {'err':>7}"
+    log(f"\n{'model':<22} {'keys' if args.via == 'onnx' else 'layers':>6} {'measured':>9} {'sum of ops':>11} {'err':>7} {'calibrated':>11} {'err':>7}"
         f"  90% interval")
     for r in rows:
-        log(f"{r['model']:<20} {r['layers']:>6} {r['measured_ms']:7.2f}ms {r['sum_of_ops_ms']:9.2f}ms "
+        log(f"{r['model']:<22} {r['layers']:>6} {r['measured_ms']:7.2f}ms {r['sum_of_ops_ms']:9.2f}ms "
             f"{r['sum_of_ops_ms'] / r['measured_ms'] - 1:>+7.1%} {r['calibrated_ms']:9.2f}ms "
             f"{r['calibrated_ms'] / r['measured_ms'] - 1:>+7.1%}  [{r['low90_ms']:.2f}, {r['high90_ms']:.2f}]")
     y = np.array([r["measured_ms"] for r in rows])
@@ -122,12 +177,14 @@ def main() -> int:
             f"mean signed {s['mean_signed_error']:+.2%}")
     cover = float(np.mean([r["low90_ms"] <= r["measured_ms"] <= r["high90_ms"] for r in rows]))
     log(f"90% interval covers {cover:.0%} of the models; total {time.perf_counter() - t0:.0f} s, load {load()}")
-    path = out / f"zoo_{args.backend}.json"
-    path.write_text(json.dumps({"backend": args.backend, "machine": {**dev, "label": host_label()},
+    path = out / f"zoo_{tag}_{args.backend}.json"
+    path.write_text(json.dumps({"backend": args.backend, "via": args.via, "specs": specs, "machine": {**dev, "label": host_label()},
                                 "rows": rows, "summary": summary, "interval90_coverage": cover,
                                 "seconds": time.perf_counter() - t0}, indent=1) + "\n")
     log(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
+
+
 
 
 if __name__ == "__main__":

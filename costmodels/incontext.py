@@ -22,8 +22,13 @@ Xeon host 16 % over) -- so it is measured, per table:
   (either sign; what is not in any entry, e.g. a node's dispatch or the memory
   planner), both fitted on whole networks measured on the device (``hwcost
   calibrate``): relative least squares with the factors shrunk towards their
-  common mean (weight ``lambda``, chosen by leave-one-out error), so that a
-  group few calibration networks exercise stays near the common factor.
+  common mean (weight ``lambda``), so that a group few calibration networks
+  exercise stays near the common factor.  The structure itself -- nothing
+  fitted (the plain sum), one common factor, or a factor per group at some
+  ``lambda`` -- is the one with the lowest leave-one-out error: networks of
+  many model families share a scale and a per-op term better than per-group
+  factors (a zoo calibrated per group predicted held-out models worse than the
+  plain sum did).
 
 The leave-one-out residuals ``measured / predicted - 1`` of the calibration
 networks give every prediction an interval (a Student-t prediction interval of
@@ -39,7 +44,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from device_tables import OpKey
-from device_tables.calibration import MODEL_TAG, check_calibration
+from device_tables.calibration import MODEL_TAG, STRUCTURES, check_calibration
 from device_tables.errors import HwcostError, TableError
 
 LAMBDAS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
@@ -58,16 +63,44 @@ _POOLS = {"MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "a
 _ELEMENTWISE = {"add", "mul", "sub", "div", "iadd", "imul", "truediv", "cat", "stochastic_depth"}
 
 
+_ONNX_KINDS = {
+    "layout": {"ReorderInput", "ReorderOutput", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+               "Identity", "Slice", "Gather", "Expand", "Shape", "Cast"},
+    "linear": {"Gemm", "MatMul", "FusedMatMul", "FusedGemm", "QGemm", "MatMulInteger"},
+    "norm": {"BatchNormalization", "LayerNormalization", "SimplifiedLayerNormalization", "GroupNorm",
+             "InstanceNormalization", "LpNormalization", "SkipLayerNormalization"},
+    "activation": {"Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Gelu", "FastGelu", "BiasGelu", "Softmax",
+                   "Clip", "Tanh", "Erf", "LeakyRelu", "PRelu", "Elu", "Mish", "QuickGelu", "Swish"},
+    "pool": {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
+             "Upsample", "Resize"},
+    "elementwise": {"Add", "Mul", "Sub", "Div", "Sum", "Concat", "Split", "Pow", "Sqrt", "Where", "Max", "Min",
+                    "BiasAdd", "BiasSoftmax"},
+}
+
+
+def _conv_kind(key: OpKey, extra: dict) -> str:
+    groups = int(extra.get("groups", 1) or 1)
+    if groups > 1 and groups == key.c_in:
+        return "conv_dw"
+    if groups > 1:
+        return "conv_grouped"           # ResNeXt / RegNet group convs: neither depthwise nor dense
+    return "conv_1x1" if str(extra.get("kernel", "")) == "1" else "conv_kxk"
+
+
 def op_group(key: OpKey) -> str:
-    """The in-context group of an op key: the op itself for a space's op; a layer kind for a model's."""
+    """The in-context group of an op key: the op itself for a space's op; a layer kind for a model's
+    (a PyTorch layer, or a node of the graph ONNX Runtime runs -- the same kinds, plus ``layout`` for
+    the NCHWc reorders, reshapes and transposes a graph's nodes include)."""
+    if key.space == "onnx":
+        op = key.op.rsplit(".", 1)[-1]          # com.microsoft.nchwc.Conv -> Conv
+        if op in ("Conv", "FusedConv", "ConvTranspose", "QLinearConv", "ConvInteger"):
+            return _conv_kind(key, dict(key.extra))
+        return next((kind for kind, ops in _ONNX_KINDS.items() if op in ops), "other")
     if key.space != "torch":
         return key.op
     op, extra = key.op, dict(key.extra)
     if op.startswith("Conv"):
-        groups = int(extra.get("groups", 1) or 1)
-        if groups > 1 and groups == key.c_in:
-            return "conv_dw"
-        return "conv_1x1" if str(extra.get("kernel", "")) == "1" else "conv_kxk"
+        return _conv_kind(key, extra)
     if op == "Linear" or op == "linear":
         return "linear"
     if op in _NORMS:
@@ -145,6 +178,7 @@ class InContextModel:
     backend: str = ""
     host: dict = field(default_factory=dict)
     created: str = ""
+    structure: str = "groups"           # sum | scale | groups (fit_in_context)
 
     # -- prediction
     def factor(self, group: str) -> float:
@@ -200,7 +234,7 @@ class InContextModel:
         d = {"model": MODEL_TAG, "created": self.created, "host": self.host, "backend": self.backend,
              "per_call_ms": self.per_call_ms, "factors": dict(sorted(self.factors.items())),
              "default_factor": self.default_factor, "per_op_ms": self.per_op_ms, "lambda": self.lam,
-             "networks": nets, "residuals": {"n": len(self.loo), "mean": self.mean, "std": self.std,
+             "structure": self.structure, "networks": nets, "residuals": {"n": len(self.loo), "mean": self.mean, "std": self.std,
                                              "loo": list(self.loo)}}
         check_calibration(d)
         return d
@@ -212,14 +246,14 @@ class InContextModel:
         return cls(dict(d["factors"]), float(d["default_factor"]), float(d["per_op_ms"]), float(d["per_call_ms"]),
                    float(d["lambda"]), [Sample.from_json(n) for n in nets], [float(v) for v in d["residuals"]["loo"]],
                    [float(n.get("fit_ms") or 0) for n in nets], [float(n.get("loo_ms") or 0) for n in nets],
-                   d["backend"], dict(d["host"]), d["created"])
+                   d["backend"], dict(d["host"]), d["created"], d.get("structure", "groups"))
 
     def summary(self) -> dict:
         """What ``hwcost calibrate`` reports: leave-one-out error of the calibration networks."""
         r = np.asarray(self.loo)
         return {"networks": len(r), "loo_mape": float(np.mean(np.abs(r / (1 + r)))) if r.size else 0.0,
                 "loo_within_5": float(np.mean(np.abs(r) <= 0.05)), "loo_within_10": float(np.mean(np.abs(r) <= 0.10)),
-                "loo_mean": self.mean, "loo_std": self.std, "lambda": self.lam,
+                "loo_mean": self.mean, "loo_std": self.std, "lambda": self.lam, "structure": self.structure,
                 "factors": dict(sorted(self.factors.items())), "default_factor": self.default_factor,
                 "per_op_us": self.per_op_ms * 1e3}
 
@@ -259,11 +293,26 @@ def _solve(samples: Sequence[Sample], groups: list[str], per_call_ms: float, lam
     return dict(zip(groups, (float(v) for v in res.x[:G]))), float(res.x[G])
 
 
-def _loo(samples: Sequence[Sample], groups: list[str], per_call_ms: float, lam: float) -> list[float]:
+def _solve_structure(samples: Sequence[Sample], groups: list[str], per_call_ms: float, lam: float, structure: str):
+    """(factors, beta) of one candidate structure: ``sum`` -- nothing fitted (every factor 1, no
+    per-op term: the plain sum of isolated ops); ``scale`` -- one factor for every group and the
+    per-op term; ``groups`` -- a factor per group, shrunk towards their mean with weight ``lam``."""
+    if structure == "sum":
+        return {g: 1.0 for g in groups}, 0.0
+    if structure == "scale":
+        merged = [Sample(s.name, {"all": sum(s.features.get(g, 0.0) for g in groups)}, s.n_ops, s.measured_ms,
+                         role=s.role) for s in samples]
+        f, beta = _solve(merged, ["all"], per_call_ms, 0.0)
+        return {g: f["all"] for g in groups}, beta
+    return _solve(samples, groups, per_call_ms, lam)
+
+
+def _loo(samples: Sequence[Sample], groups: list[str], per_call_ms: float, lam: float,
+         structure: str = "groups") -> list[float]:
     out = []
     for i in range(len(samples)):
         rest = [s for j, s in enumerate(samples) if j != i]
-        f, beta = _solve(rest, groups, per_call_ms, lam)
+        f, beta = _solve_structure(rest, groups, per_call_ms, lam, structure)
         m = _model(f, beta, per_call_ms, lam, rest, [])
         out.append(m.predict(samples[i].features, samples[i].n_ops))
     return out
@@ -277,12 +326,17 @@ def _model(factors, beta, per_call_ms, lam, samples, loo) -> InContextModel:
 
 
 def fit_in_context(samples: Sequence[Sample], per_call_ms: float = 0.0, lambdas: Sequence[float] = LAMBDAS,
-                   backend: str = "", host: dict | None = None, created: str = "") -> InContextModel:
+                   backend: str = "", host: dict | None = None, created: str = "",
+                   structures: Sequence[str] = STRUCTURES) -> InContextModel:
     """Fit the in-context model on whole networks measured on the table's device.
 
-    ``lambda`` (shrinkage of the per-group factors towards their mean) is the
-    one of ``lambdas`` with the lowest leave-one-out relative error; the
-    returned model keeps those leave-one-out residuals for its intervals.
+    The structure -- the plain sum (nothing fitted), one common factor, or a
+    factor per op group with ``lambda`` shrinking them towards their mean (each
+    of ``lambdas``) -- is the candidate with the lowest leave-one-out relative
+    error, the simpler one on a tie: a calibration never predicts the networks
+    it holds out worse than the sum it starts from, and few or unlike networks
+    (a model zoo of many families) fit few parameters.  The returned model
+    keeps the chosen candidate's leave-one-out residuals for its intervals.
     """
     samples = list(samples)
     if len(samples) < 2:
@@ -293,16 +347,23 @@ def fit_in_context(samples: Sequence[Sample], per_call_ms: float = 0.0, lambdas:
     groups = sorted({g for s in samples for g, x in s.features.items() if x > 0})
     if not groups:
         raise HwcostError("the calibration networks have no op time from the table")
+    unknown = sorted(set(structures) - set(STRUCTURES))
+    if unknown or not structures:
+        raise HwcostError(f"unknown in-context structure {', '.join(unknown) or '(none given)'}; "
+                          f"known: {', '.join(STRUCTURES)}")
     y = np.array([s.measured_ms for s in samples])
     best = None
-    for lam in lambdas:
-        pred = np.array(_loo(samples, groups, per_call_ms, lam))
+    candidates = [(st, 0.0) for st in STRUCTURES[:2] if st in structures]
+    candidates += [("groups", lam) for lam in lambdas] if "groups" in structures else []
+    for structure, lam in candidates:
+        pred = np.array(_loo(samples, groups, per_call_ms, lam, structure))
         err = float(np.mean(((y - pred) / np.maximum(pred, 1e-12)) ** 2)) if np.all(pred > 0) else math.inf
         if best is None or err < best[0] - 1e-12:
-            best = (err, lam, pred)
-    _, lam, loo_pred = best
-    factors, beta = _solve(samples, groups, per_call_ms, lam)
+            best = (err, structure, lam, pred)
+    _, structure, lam, loo_pred = best
+    factors, beta = _solve_structure(samples, groups, per_call_ms, lam, structure)
     model = _model(factors, beta, per_call_ms, lam, samples, [])
+    model.structure = structure
     model.loo = [float(v) for v in y / np.maximum(loo_pred, 1e-12) - 1]
     model.loo_ms = [float(v) for v in loo_pred]
     model.fit_ms = [model.predict(s.features, s.n_ops) for s in samples]
@@ -324,5 +385,5 @@ def model_of(table) -> InContextModel | None:
         raise TableError(f"table {getattr(table, 'source', None) or ''}: calibration: {e}") from None
 
 
-__all__ = ["DEFAULT_CONFIDENCE", "InContextModel", "Sample", "check_confidence", "fit_in_context",
+__all__ = ["DEFAULT_CONFIDENCE", "STRUCTURES", "InContextModel", "Sample", "check_confidence", "fit_in_context",
            "group_features", "model_of", "op_group"]

@@ -19,6 +19,7 @@ Layout::
       "default_factor": 0.97,           # for a group no calibration network had
       "per_op_ms": 0.0004,              # fitted per-op-call term (either sign)
       "lambda": 0.1,                    # shrinkage of the factors towards their mean
+      "structure": "groups",            # optional: sum (nothing fitted) | scale (one factor) | groups
       "networks": [{"name", "spec", "measured_ms", "p10_ms", "p90_ms", "features": {group: ms},
                     "n_ops", "fit_ms", "loo_ms", "role", "reference_ms"}],
       "residuals": {"n", "mean", "std", "loo": [...]}   # leave-one-out measured/predicted - 1
@@ -35,6 +36,8 @@ from .errors import TableError
 MODEL_TAG = "hwcost.in_context/1"
 FIELDS = ("model", "created", "host", "backend", "per_call_ms", "factors", "default_factor", "per_op_ms",
           "lambda", "networks", "residuals")
+OPTIONAL_FIELDS = ("structure",)
+STRUCTURES = ("sum", "scale", "groups")
 NETWORK_FIELDS = ("name", "spec", "measured_ms", "features", "n_ops")
 ROLES = ("calibration", "verify")
 
@@ -62,11 +65,13 @@ def check_calibration(c: Any) -> None:
     if not isinstance(c, dict):
         raise TableError(f"{w}: must be an object, got {type(c).__name__}")
     missing = [f for f in FIELDS if f not in c]
-    unknown = sorted(set(c) - set(FIELDS))
+    unknown = sorted(set(c) - set(FIELDS) - set(OPTIONAL_FIELDS))
     if missing:
         raise TableError(f"{w}: missing field {', '.join(missing)}")
     if unknown:
         raise TableError(f"{w}: unknown field {', '.join(unknown)}")
+    if c.get("structure", "groups") not in STRUCTURES:
+        raise TableError(f"{w}.structure: one of {', '.join(STRUCTURES)}, got {c['structure']!r}")
     if c["model"] != MODEL_TAG:
         raise TableError(f"{w}.model: this hwcost reads {MODEL_TAG!r}, got {c['model']!r}")
     try:

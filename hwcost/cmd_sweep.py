@@ -12,7 +12,9 @@ def _search_options(p: argparse.ArgumentParser, cost_mode_default: str) -> None:
     g.add_argument("--strategy", default="darts", help="darts | darts-2nd | pcdarts")
     g.add_argument("--data", default="digits", help="digits | synthetic | cifar10:DIR | imagefolder:DIR")
     g.add_argument("--network", default="cifar10", help="the deployed network whose costs count: cifar10 | imagenet")
-    g.add_argument("--table", help="device table (path or bundled name) for latency terms")
+    g.add_argument("--table", action="append", metavar="[NAME=]TABLE",
+                   help="device table (path or bundled name) for latency terms; several devices: --table NAME=TABLE "
+                        "(repeatable) and budgets latency@NAME=...")
     g.add_argument("--surrogate", help="op-level surrogate for keys the table lacks")
     g.add_argument("--penalty", action="append", default=[], metavar="NAME=LAMBDA",
                    help="an extra soft term every search carries (repeatable)")
@@ -40,7 +42,10 @@ def _search_options(p: argparse.ArgumentParser, cost_mode_default: str) -> None:
 
 
 def _range_options(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--range", metavar="NAME=LOW:HIGH", help=f"spread {what} over a range, e.g. params=1M:4M")
+    p.add_argument("--range", action="append", metavar="NAME=LOW:HIGH",
+                   help=f"spread {what} over a range, e.g. params=1M:4M" + (
+                       "; repeat it for a second resource (a grid of searches, a 2-D Pareto front), e.g. "
+                       "--range latency@pi=5ms:9ms --range latency@gpu=1ms:2ms" if what == "budgets" else ""))
     p.add_argument("--count", type=int, default=5, help="how many values --range spreads (default 5)")
     p.add_argument("--log", action="store_true", help="spread log-evenly")
 
@@ -56,8 +61,9 @@ def add_sweep_parser(sub) -> argparse.ArgumentParser:
     k.add_argument("--rounds", type=int, default=2, help="coarse, then finer rounds (default 2)")
     _search_options(k, "derived")
 
-    k = kinds.add_parser("budgets", help="hard budgets at several values: a Pareto front")
-    k.add_argument("--budget", action="append", default=[], metavar="NAME=VALUE", help="repeatable")
+    k = kinds.add_parser("budgets", help="hard budgets at several values: a Pareto front (two resources: a grid)")
+    k.add_argument("--budget", action="append", default=[], metavar="NAME=VALUE",
+                   help="repeatable; values of two resources (e.g. latency@pi and latency@gpu) make a grid")
     _range_options(k, "budgets")
     _search_options(k, "derived")
 
@@ -84,12 +90,24 @@ def _lambda_range(text: str | None):
     return lo, hi
 
 
+def _tables(tables: list[str] | None) -> dict:
+    """``--table`` given as in ``hwcost search``: one bare table, or every device named."""
+    from device_tables.errors import HwcostError
+    if not tables:
+        return {}
+    if all("=" in t for t in tables):
+        return {"devices": list(tables)}
+    if len(tables) == 1:
+        return {"table": tables[0]}
+    raise HwcostError("--table: give one bare table, or name every device (--table NAME=TABLE)")
+
+
 def cmd_sweep(args) -> int:
     from search.run import SearchConfig
     from search.sweep import SweepOptions, budget_sweep, lambda_sweep, lookup_sweep, spread
     from device_tables.errors import HwcostError
     base = SearchConfig(space=args.space, strategy=args.strategy, data=args.data, network=args.network,
-                        table=args.table, surrogate=args.surrogate, penalties=args.penalty,
+                        **_tables(args.table), surrogate=args.surrogate, penalties=args.penalty,
                         cost_mode=args.cost_mode, budget_floor=args.budget_floor, epochs=args.epochs,
                         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, C=args.C,
                         layers=args.layers, partial_k=args.partial_k, max_w=args.max_w, seed=args.seed,
@@ -102,10 +120,15 @@ def cmd_sweep(args) -> int:
     else:
         values = args.budget if args.kind == "budgets" else args.constraint
         if args.range:
-            if values:
-                raise HwcostError(f"give either --range or --{'budget' if args.kind == 'budgets' else 'constraint'}, "
-                                  f"not both")
-            values = spread(args.range, args.count, args.log)
+            from search.sweep import split_spec
+            flag = "budget" if args.kind == "budgets" else "constraint"
+            if args.kind != "budgets" and (values or len(args.range) > 1):
+                raise HwcostError("a look-up graph varies one search constraint: give either --range once or "
+                                  "--constraint values")
+            both = {split_spec(r)[0] for r in args.range} & {split_spec(v)[0] for v in values}
+            if both:
+                raise HwcostError(f"give either --range or --{flag} for {', '.join(sorted(both))}, not both")
+            values = list(values) + [v for r in args.range for v in spread(r, args.count, args.log)]
         if args.kind == "budgets":
             doc = budget_sweep(base, opts, values)
         else:
@@ -129,8 +152,19 @@ def cmd_sweep(args) -> int:
         if s["largest"] is not None:
             print(f"  largest under it: {s['largest']['name']} ({s['metric']} {s['largest']['cost']:.6g})")
     elif args.kind == "budgets":
-        print(f"  {s['under_budget']}/{len(s['budgets'])} searches met their budget; Pareto front: "
-              f"{', '.join(doc['pareto']) or 'none'}")
+        print(f"  {s['under_budget']}/{doc['searches']} searches met their budget"
+              f"{'s' if s.get('metrics') else ''}; Pareto front: {', '.join(doc['pareto']) or 'none'}")
+        if s.get("metrics"):
+            from search.objective import user_name
+            ms = s["metrics"]
+            print("  " + "  ".join(f"{'budget ' + user_name(m):>20}" for m in ms) + "  "
+                  + "  ".join(f"{'derived ' + user_name(m):>20}" for m in ms) + "  accuracy  front")
+            for r in doc["rows"]:
+                costs = [r.get(f"cost@{m}") for m in ms]
+                print("  " + "  ".join(f"{r[f'budget@{m}']:>20.6g}" for m in ms) + "  "
+                      + "  ".join(f"{c:>20.6g}" if c is not None else f"{r['status']:>20}" for c in costs)
+                      + (f"  {r['supernet_val_accuracy']:8.3f}" if r.get("supernet_val_accuracy") is not None
+                         else f"{'':>10}") + ("  *" if r.get("pareto") else ""))
     else:
         g = s["lookup"]
         for x, y in g["points"]:

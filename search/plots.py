@@ -96,6 +96,34 @@ def plot_pareto(rows: list[dict], path: Path, budget_lines: Iterable[float] = ()
     _save(fig, path)
 
 
+def plot_pareto_2d(rows: list[dict], path: Path, metrics: list[str], grid: dict | None = None) -> None:
+    """A sweep over budgets on two resources (e.g. the latency on two devices): each search's derived
+    costs on the two axes, coloured by supernet validation accuracy, the front (taken over every swept
+    cost and the accuracy) ringed in red, the budget grid dashed."""
+    plt = _pyplot()
+    mx, my = metrics[:2]
+    ok = [r for r in rows if r["status"] == "ok" and r.get(f"cost@{mx}") is not None
+          and r.get(f"cost@{my}") is not None and r.get("supernet_val_accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    if ok:
+        sc = ax.scatter([r[f"cost@{mx}"] for r in ok], [r[f"cost@{my}"] for r in ok],
+                        c=[r["supernet_val_accuracy"] for r in ok], cmap="viridis", s=28, zorder=3)
+        fig.colorbar(sc, ax=ax, label="supernet validation accuracy")
+        front = [r for r in ok if r.get("pareto")]
+        ax.scatter([r[f"cost@{mx}"] for r in front], [r[f"cost@{my}"] for r in front], s=110,
+                   facecolors="none", edgecolors="C3", lw=1.5, zorder=4, label="Pareto front")
+        ax.legend(fontsize=8, loc="upper left")
+    for b in (grid or {}).get(mx, []):
+        ax.axvline(b, ls="--", c="0.7", lw=0.8)
+    for b in (grid or {}).get(my, []):
+        ax.axhline(b, ls="--", c="0.7", lw=0.8)
+    ax.set_xlabel(f"derived {mx}")
+    ax.set_ylabel(f"derived {my}")
+    failed = sum(r["status"] != "ok" for r in rows)
+    ax.set_title(f"{len(ok)} searches" + (f", {failed} failed" if failed else "") + ": budgets on two resources")
+    _save(fig, path)
+
+
 def plot_lookup(graph, path: Path, picks: list[dict] = ()) -> None:
     """DCA-NAS's look-up graph (:class:`search.sweep_math.LookupGraph`): searches, fit and picks."""
     plt = _pyplot()

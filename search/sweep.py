@@ -16,7 +16,8 @@ Kinds:
   soft-penalty searches, narrow the range to the bracket where the derived cost
   crosses the budget (:func:`narrow_lambda_range`), repeat; report the best
   network under the budget.
-* ``budgets`` -- hard budgets at several values: a cost/accuracy Pareto front.
+* ``budgets`` -- hard budgets at several values: a cost/accuracy Pareto front; budgets on two
+  resources (the latency on two devices) give a grid of searches and a 2-D front.
 * ``lookup`` -- DCA-NAS's look-up graph (section 3, Algorithm 1): searches at
   several *search* constraints K_d' record the *evaluation*-size cost K_d of
   their derived networks; the monotone fit (:class:`LookupGraph`) then gives
@@ -29,6 +30,7 @@ The pure logic is in :mod:`search.sweep_math`, the backends in
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -42,7 +44,7 @@ import numpy as np
 from spaces.errors import HwcostError
 
 from .objective import parse_term
-from .plots import plot_lookup, plot_pareto
+from .plots import plot_lookup, plot_pareto, plot_pareto_2d
 from .run import SearchConfig
 from .sweep_backends import ProcessBackend, RayBackend, SerialBackend, execute, ray_available
 from .sweep_math import (LookupGraph, budget_text, narrow_lambda_range, pareto_front, safe_name, split_spec,
@@ -165,11 +167,15 @@ class Sweep:
         self.rows.extend(rows)
         return rows  # type: ignore[return-value]
 
-    def write(self, summary: dict, budget_lines: list[float] = ()) -> dict:
-        """Write sweep.json, sweep.csv and pareto.png from the rows so far; return the sweep document."""
-        ok = [r for r in self.rows if r["status"] == "ok" and r.get("cost") is not None
-              and r.get("supernet_val_accuracy") is not None]
-        front = {ok[i]["name"] for i in pareto_front([r["cost"] for r in ok], [r["supernet_val_accuracy"] for r in ok])}
+    def write(self, summary: dict, budget_lines: list[float] = (), metrics: list[str] = ()) -> dict:
+        """Write sweep.json, sweep.csv and pareto.png from the rows so far; return the sweep document.
+        ``metrics``: with two or more, the front is over all of them (``cost@METRIC`` columns) and
+        the plot puts the first two on its axes."""
+        several = len(metrics) > 1
+        ok = [r for r in self.rows if r["status"] == "ok" and r.get("supernet_val_accuracy") is not None
+              and (all(r.get(f"cost@{m}") is not None for m in metrics) if several else r.get("cost") is not None)]
+        costs = [tuple(r[f"cost@{m}"] for m in metrics) if several else r["cost"] for r in ok]
+        front = {ok[i]["name"] for i in pareto_front(costs, [r["supernet_val_accuracy"] for r in ok])}
         for r in self.rows:
             r["pareto"] = r["name"] in front
         doc = {"kind": self.kind, "backend": self.backend_name, "workers": self.opts.workers,
@@ -181,7 +187,10 @@ class Sweep:
         write_atomic(self.out / "sweep.json", json.dumps(doc, indent=1, default=str))
         write_csv(self.out / "sweep.csv", self.rows)
         try:
-            plot_pareto(self.rows, self.out / "pareto.png", budget_lines)
+            if several:
+                plot_pareto_2d(self.rows, self.out / "pareto.png", metrics[:2], summary.get("grid", {}))
+            else:
+                plot_pareto(self.rows, self.out / "pareto.png", budget_lines)
         except ImportError:  # matplotlib missing: the table is the result, the plot optional
             pass
         return doc
@@ -246,21 +255,50 @@ def _lambda_summary(rows: list[dict], term, history: list[dict]) -> dict:
 
 def budget_sweep(base: SearchConfig, opts: SweepOptions, budgets: list[str],
                  search_fn: Callable | None = None) -> dict:
-    """Hard-budget searches at each of ``budgets`` (one resource): a cost/accuracy Pareto front."""
+    """Hard-budget searches at each of ``budgets``: a cost/accuracy Pareto front.
+
+    Budgets on one resource give one search per value. Budgets on several
+    (e.g. the latency on two devices: ``latency@pi=...`` and ``latency@gpu=...``,
+    with ``base.devices`` naming the tables) give one search per combination of
+    their values -- a grid -- and the front is taken over every swept cost at
+    once (no other search is cheaper on every device and at least as accurate).
+    """
     if not budgets:
         raise HwcostError("give budgets: --budget NAME=VALUE (repeatable) or --range NAME=LOW:HIGH --count N")
     terms = [parse_term(b, "hard") for b in budgets]
-    if len({t.metric for t in terms}) != 1:
-        raise HwcostError(f"a budget sweep varies one resource; got {', '.join(sorted({t.metric for t in terms}))}")
-    name = split_spec(budgets[0])[0]
-    tasks = [Task(safe_name(f"budget-{name}{t.value:.6g}"), replace(base, budgets=list(base.budgets) + [b]),
-                  {"budget": t.value, "metric": t.metric}) for b, t in zip(budgets, terms)]
+    by_metric: dict[str, list[tuple[str, object]]] = {}
+    for b, t in zip(budgets, terms):
+        by_metric.setdefault(t.metric, []).append((b, t))
+    clash = sorted(m for m in by_metric if any(parse_term(x, "hard").metric == m for x in base.budgets))
+    if clash:
+        raise HwcostError(f"the sweep sets the {', '.join(clash)} budget itself; drop it from the search options")
+    metrics = list(by_metric)
+    from .costs import latency_tables
+    tables = latency_tables(base.table, base.devices)
+    lacking = [m for m in metrics if m.startswith("latency_ms") and m not in tables]
+    if lacking:
+        from .objective import user_name
+        names = ", ".join(user_name(m) for m in lacking)
+        raise HwcostError(f"a budget on {names} needs its device table: " + (
+            f"--table {lacking[0].partition('@')[2]}=TABLE" if "@" in lacking[0] else "--table TABLE") + (
+            f" (tables given: {', '.join(user_name(m) for m in tables)})" if tables else ""))
+    tasks = []
+    for combo in itertools.product(*by_metric.values()):
+        name = "-".join(f"{split_spec(b)[0]}{t.value:.6g}" for b, t in combo)
+        meta = {"budget": combo[0][1].value, "metric": combo[0][1].metric}
+        if len(metrics) > 1:
+            meta["grid"] = {t.metric: t.value for _, t in combo}
+        tasks.append(Task(safe_name(f"budget-{name}"), replace(base, budgets=list(base.budgets) + [b for b, _ in combo]),
+                          meta))
     with Sweep("budgets", base, opts, search_fn) as sweep:
         rows = sweep.run(tasks)
         ok = [r for r in rows if r["status"] == "ok"]
-        summary = {"metric": terms[0].metric, "budgets": [t.value for t in terms],
+        summary = {"metric": metrics[0], "budgets": [t.value for _, t in by_metric[metrics[0]]],
                    "under_budget": sum(bool(r["within_budget"]) for r in ok)}
-        return sweep.write(summary, [t.value for t in terms])
+        if len(metrics) > 1:
+            summary.update(metrics=metrics, grid={m: [t.value for _, t in v] for m, v in by_metric.items()},
+                           searches=len(tasks))
+        return sweep.write(summary, [t.value for _, t in by_metric[metrics[0]]], metrics)
 
 
 def lookup_sweep(base: SearchConfig, opts: SweepOptions, constraints: list[str], targets: list[str] = (),

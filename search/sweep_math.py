@@ -19,19 +19,21 @@ from .objective import METRICS, parse_term
 
 
 def split_spec(text: str) -> tuple[str, str]:
-    """``"params=1.5M"`` -> ``("params", "1.5M")`` (the name checked against the known resources)."""
+    """``"params=1.5M"`` -> ``("params", "1.5M")``, ``"latency@pi=9ms"`` -> ``("latency@pi", "9ms")``
+    (the resource checked against the known ones; a device name is checked by the search)."""
     name, sep, value = text.partition("=")
-    name = name.strip().lower()
+    resource, at, device = name.strip().partition("@")
+    name = resource.strip().lower() + (f"@{device.strip()}" if at else "")
     if not sep or not value.strip():
         raise HwcostError(f"bad budget {text!r}: write NAME=VALUE[UNIT], e.g. params=1.5M, latency=4ms")
-    if name not in METRICS:
-        raise HwcostError(f"unknown resource {name!r} in {text!r}; known: {', '.join(METRICS)}")
+    if resource.strip().lower() not in METRICS:
+        raise HwcostError(f"unknown resource {resource.strip()!r} in {text!r}; known: {', '.join(METRICS)}")
     return name, value.strip()
 
 
 def budget_text(name: str, value: float) -> str:
     """A budget in base units written so that :func:`parse_term` reads it back exactly."""
-    return f"{name}={value!r}{METRICS[name][1]}"
+    return f"{name}={value!r}{METRICS[name.partition('@')[0]][1]}"
 
 
 def spread(range_text: str, count: int, log: bool = False) -> list[str]:
@@ -88,8 +90,18 @@ def narrow_lambda_range(points: Iterable[tuple[float, float]], budget: float,
     return new
 
 
-def pareto_front(costs: list[float], accuracies: list[float]) -> list[int]:
-    """Indices of the points no other point beats (cost <=, accuracy >=, one of them strictly)."""
+def pareto_front(costs: list, accuracies: list[float]) -> list[int]:
+    """Indices of the points no other point beats (every cost <=, accuracy >=, one of them strictly).
+
+    ``costs``: one number per point, or one tuple per point (several resources, e.g. the latency on
+    two devices: the front of a two-device budget sweep)."""
+    if costs and isinstance(costs[0], (tuple, list)):
+        pts = [(tuple(map(float, c)), float(a)) for c, a in zip(costs, accuracies)]
+
+        def beats(p, q) -> bool:
+            no_worse = all(x <= y for x, y in zip(p[0], q[0])) and p[1] >= q[1]
+            return no_worse and (p[0] != q[0] or p[1] > q[1])
+        return [i for i, q in enumerate(pts) if not any(beats(p, q) for j, p in enumerate(pts) if j != i)]
     order = sorted(range(len(costs)), key=lambda i: (costs[i], -accuracies[i]))
     front, best = [], -math.inf
     for i in order:

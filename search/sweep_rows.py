@@ -36,7 +36,10 @@ def write_atomic(path: Path, text: str) -> None:
 def make_row(task: Task, result: dict | None, status: str, error: str | None, wall) -> dict:
     """One table row: the task's sweep columns, its config, and what its result.json says."""
     cfg = task.config
-    row: dict = {"name": task.name, "status": status, "error": error, **task.meta,
+    grid = task.meta.get("grid") or {}
+    row: dict = {"name": task.name, "status": status, "error": error,
+                 **{k: v for k, v in task.meta.items() if k != "grid"},
+                 **{f"budget@{m}": b for m, b in grid.items()}, **{f"cost@{m}": None for m in grid},
                  "space": cfg.space, "strategy": cfg.strategy, "data": cfg.data, "seed": cfg.seed,
                  "epochs": cfg.epochs, "C": cfg.C, "layers": cfg.layers, "cost_mode": cfg.cost_mode,
                  "budgets": ";".join(cfg.budgets), "penalties": ";".join(cfg.penalties),
@@ -49,7 +52,13 @@ def make_row(task: Task, result: dict | None, status: str, error: str | None, wa
         row["search_seconds"] = result.get("search_seconds")
         metric = task.meta.get("metric")
         row["cost"] = derived.get(metric) if metric else None
-        if "budget" in task.meta and row["cost"] is not None:   # the sweep's own budget (lambda, budgets)
+        if grid:                                                 # several swept budgets: one cost column each
+            for m in grid:
+                row[f"cost@{m}"] = derived.get(m)
+            costs = [derived.get(m) for m in grid]
+            row["within_budget"] = (None if any(c is None for c in costs) else
+                                    all(c <= b for c, b in zip(costs, grid.values())))
+        elif "budget" in task.meta and row["cost"] is not None:   # the sweep's own budget (lambda, budgets)
             row["within_budget"] = row["cost"] <= task.meta["budget"]
         elif result.get("within_budget"):
             row["within_budget"] = all(result["within_budget"].values())

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from costmodels.incontext import Sample, fit_in_context, model_of, op_group
+from costmodels.incontext import InContextModel, Sample, fit_in_context, model_of, op_group
 from device_tables import DeviceTable, OpKey, TableError, load_table, save_table
 from device_tables.calibration import check_calibration
 from device_tables.table import now_iso
@@ -60,6 +60,40 @@ def test_intervals_cover_at_their_stated_rate_on_held_out_networks():
     assert lo9 < lo5 < hi5 < hi9
 
 
+def _law(factors: dict, beta: float, rng, noise: float, n: int) -> list[Sample]:
+    out = []
+    for i in range(n):
+        feats = {"conv": rng.uniform(2, 12), "pool": rng.uniform(0.1, 2), "skip": rng.uniform(0, 1)}
+        n_ops = int(rng.integers(150, 320))
+        t = sum(factors[g] * x for g, x in feats.items()) - (n_ops - 1) * PER_CALL + beta * n_ops
+        out.append(Sample(f"n{i}", feats, n_ops, t * (1 + rng.normal(0, noise))))
+    return out
+
+
+@pytest.mark.parametrize("factors,beta,want", [
+    ({"conv": 1.0, "pool": 1.0, "skip": 1.0}, 0.0, "sum"),      # networks are the sum of their ops
+    ({"conv": 1.2, "pool": 1.2, "skip": 1.2}, 0.001, "scale"),  # one common in-context factor
+    ({"conv": 0.8, "pool": 1.6, "skip": 0.4}, 0.0005, "groups"),
+])
+def test_the_structure_is_the_one_the_networks_follow(factors, beta, want):
+    """Leave-one-out picks nothing fitted for networks that are the plain sum (1 % noise), one factor
+    when every group shares it, a factor per group when they differ -- and the chosen model predicts
+    held-out networks of the same law no worse than the plain sum does."""
+    rng = np.random.default_rng(3)
+    m = fit_in_context(_law(factors, beta, rng, 0.01, 10), PER_CALL)
+    assert m.structure == want
+    if want == "scale":
+        assert len(set(m.factors.values())) == 1 and m.factor("conv") == pytest.approx(1.2, rel=0.03)
+    held = _law(factors, beta, rng, 0.01, 200)
+    plain = fit_in_context(_law(factors, beta, np.random.default_rng(3), 0.01, 10), PER_CALL, structures=("sum",))
+    err = lambda model: np.mean([abs(model.predict(s.features, s.n_ops) / s.measured_ms - 1) for s in held])  # noqa: E731
+    assert err(m) <= err(plain) * 1.05
+    m.created, m.backend = now_iso(), "ort-cpu"
+    assert InContextModel.from_json(json.loads(json.dumps(m.to_json()))).structure == want
+    with pytest.raises(HwcostError, match="unknown in-context structure"):
+        fit_in_context(_law(factors, beta, rng, 0.01, 4), PER_CALL, structures=("per-layer",))
+
+
 def test_unseen_group_takes_the_time_weighted_mean_factor():
     rng = np.random.default_rng(1)
     samples = [_net(rng, 0.0, f"n{i}") for i in range(8)]
@@ -79,8 +113,22 @@ def test_op_groups_of_model_layers():
     assert op_group(conv(groups=32, kernel=3)) == "conv_dw"
     assert op_group(conv(groups=1, kernel=1)) == "conv_1x1"
     assert op_group(conv(groups=1, kernel=3)) == "conv_kxk"
+    assert op_group(conv(groups=4, kernel=3)) == "conv_grouped"
     assert op_group(OpKey("torch", "Hardswish", 1, 8, 8, 4, 4, 1)) == "activation"
     assert op_group(OpKey("darts", "sep_conv_3x3", 1, 8, 8, 4, 4, 1)) == "sep_conv_3x3"
+
+
+def test_op_groups_of_onnx_nodes_are_the_layer_kinds():
+    """A node of ONNX Runtime's optimised graph falls in the same kinds as a PyTorch layer (so the
+    in-context model of a node table has few groups), its domain stripped."""
+    conv = lambda op, **kw: OpKey("onnx", op, 1, 32, 32, 8, 8, 1, tuple(sorted(kw.items())))  # noqa: E731
+    assert op_group(conv("com.microsoft.nchwc.Conv", groups=32, kernel=3)) == "conv_dw"
+    assert op_group(conv("com.microsoft.FusedConv", kernel=1)) == "conv_1x1"
+    assert op_group(conv("Conv", kernel=3)) == "conv_kxk"
+    for op, kind in (("com.microsoft.nchwc.ReorderInput", "layout"), ("Gemm", "linear"), ("HardSigmoid", "activation"),
+                     ("com.microsoft.nchwc.GlobalAveragePool", "pool"), ("Mul", "elementwise"),
+                     ("BatchNormalization", "norm"), ("NonMaxSuppression", "other")):
+        assert op_group(OpKey("onnx", op, 1, 8, 8, 4, 4, 1)) == kind
 
 
 # ---------------------------------------------------------------------------------------------

@@ -310,8 +310,11 @@ def _main(argv):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["budgets", "--budget", "params=1M", "--budget", "latency=3ms"], "one resource"),
+    (["budgets", "--budget", "params=1M", "--budget", "latency=3ms"], "a budget on latency needs its device table"),
+    (["budgets", "--table", "pi=raspi4", "--range", "latency@gpu=1ms:2ms"], "--table gpu=TABLE"),
     (["budgets", "--range", "params=3M:1M"], "LOW must be below HIGH"),
+    (["budgets", "--range", "params=1M:3M", "--budget", "params=2M"], "either --range or --budget for params"),
+    (["lookup", "--range", "params=1M:3M", "--range", "macs=1M:3M"], "varies one search constraint"),
     (["budgets"], "give budgets"),
     (["lookup", "--constraint", "params=1M"], "at least 2"),
     (["lambda", "--budget", "params=-3M"], "NAME=VALUE"),
@@ -331,3 +334,71 @@ def test_without_ray_the_default_backend_is_a_process_pool(tmp_path, monkeypatch
     assert s.backend_name == "process"
     with pytest.raises(HwcostError, match="Ray is not installed"):
         sweep.Sweep("budgets", SearchConfig(), SweepOptions(out=str(tmp_path / "t"), backend="ray"))
+
+
+# --- budgets on two devices: a grid and a 2-D front ------------------------------
+
+
+def fake_two_device_search(cfg: SearchConfig, out, resume=False, progress=False) -> dict:
+    """Lands at 0.9 of the pi budget and 0.8 of the gpu budget; the accuracy depends on the pi budget only,
+    so among searches with one pi budget the one with the smallest gpu budget beats the others."""
+    b = {t.metric: t.value for t in (parse_term(x, "hard") for x in cfg.budgets)}
+    derived = {"latency_ms@pi": 0.9 * b["latency_ms@pi"], "latency_ms@gpu": 0.8 * b["latency_ms@gpu"],
+               "params": 1e6}
+    result = {"derived": derived, "budgets": b, "within_budget": {m: derived[m] <= v for m, v in b.items()},
+              "supernet_val_accuracy": 0.5 + 0.01 * b["latency_ms@pi"], "search_seconds": 0.01}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def test_budget_sweep_over_two_devices_is_a_grid_with_a_2d_front(tmp_path):
+    budgets = spread("latency@pi=10ms:30ms", 3) + ["latency@gpu=1ms", "latency@gpu=2ms"]
+    doc = budget_sweep(SearchConfig(devices=["pi=raspi4", "gpu=titan_rtx_1"]), opts(tmp_path), budgets,
+                       search_fn=fake_two_device_search)
+    rows = doc["rows"]
+    assert len(rows) == 6 and doc["summary"]["metrics"] == ["latency_ms@pi", "latency_ms@gpu"]
+    grid = sorted((r["budget@latency_ms@pi"], r["budget@latency_ms@gpu"]) for r in rows)
+    assert grid == sorted(itertools.product([10.0, 20.0, 30.0], [1.0, 2.0]))
+    for r in rows:
+        assert r["cost@latency_ms@pi"] == pytest.approx(0.9 * r["budget@latency_ms@pi"])
+        assert r["cost@latency_ms@gpu"] == pytest.approx(0.8 * r["budget@latency_ms@gpu"])
+        assert r["within_budget"] is True and "latency@gpu=" in r["budgets"] and "latency@pi=" in r["budgets"]
+    # the front (by construction): for every pi budget, the search with the 1 ms gpu budget
+    assert {(r["budget@latency_ms@pi"], r["budget@latency_ms@gpu"]) for r in rows if r["pareto"]} == {
+        (10.0, 1.0), (20.0, 1.0), (30.0, 1.0)}
+    table = _csv(tmp_path / "sweep" / "sweep.csv")
+    assert {"cost@latency_ms@pi", "cost@latency_ms@gpu", "budget@latency_ms@pi"} <= set(table[0])
+    assert (tmp_path / "sweep" / "pareto.png").stat().st_size > 0
+    with pytest.raises(HwcostError, match="sets the latency_ms@pi budget itself"):
+        budget_sweep(SearchConfig(devices=["pi=raspi4", "gpu=titan_rtx_1"], budgets=["latency@pi=5ms"]),
+                     opts(tmp_path / "again"), budgets, search_fn=fake_two_device_search)
+
+
+def test_pareto_front_over_several_costs():
+    costs = [(1, 5), (2, 2), (5, 1), (3, 3), (2, 2)]
+    acc = [0.5, 0.5, 0.5, 0.4, 0.6]
+    # (3, 3) at 0.4 is beaten by (2, 2) at 0.5; (2, 2) at 0.5 by its twin at 0.6
+    assert pareto_front(costs, acc) == [0, 2, 4]
+    assert pareto_front([1.0, 2.0, 3.0], [0.5, 0.4, 0.7]) == [0, 2]
+
+
+def test_cli_sweep_budgets_on_two_bundled_devices(tmp_path, capsys):
+    from hwcost.cli import main
+    rc = main(["sweep", "budgets", "--space", "nb201", "--data", "synthetic", "--epochs", "1",
+               "--steps-per-epoch", "2", "--batch-size", "16", "--table", "pi=raspi4", "--table", "eye=eyeriss",
+               "--range", "latency@pi=15ms:25ms", "--count", "2", "--budget", "latency@eye=5ms",
+               "--budget", "latency@eye=7ms", "--backend", "serial", "--out", str(tmp_path / "sw")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "4 searches (0 failed)" in out and "budget latency@eye" in out
+    doc = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    from device_tables import ArchKey, bundled_table_path, load_table
+    pi, eye = (load_table(bundled_table_path(n)) for n in ("raspi4", "eyeriss"))
+    for r in doc["rows"]:
+        arch = json.loads((tmp_path / "sw" / "runs" / r["name"] / "result.json").read_text())["arch"]
+        # each search's costs are the devices' own measured latencies of its architecture
+        assert r["cost@latency_ms@pi"] == pi.latency_ms(ArchKey("nb201", arch, "cifar10"))
+        assert r["cost@latency_ms@eye"] == eye.latency_ms(ArchKey("nb201", arch, "cifar10"))
+        assert r["within_budget"] == (r["cost@latency_ms@pi"] <= r["budget@latency_ms@pi"]
+                                      and r["cost@latency_ms@eye"] <= r["budget@latency_ms@eye"])
+    assert doc["pareto"]
