@@ -107,14 +107,15 @@ def space_specs(space: str, network: str, n: int, seed: int = 0, exclude: Sequen
 def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, network: str | None = None,
                   models: Sequence[str] | None = None, exclude: Sequence[dict] = ()) -> list[dict]:
     """``n`` calibration networks for ``table`` (never one of ``exclude``): random derived
-    networks of its space, or for a layer table, other models than the one it was profiled for."""
+    networks of its space, or for a layer table (``torch``) or node table (``onnx``) of a model,
+    other models than the one it was profiled for (for a node table, exported to ONNX)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise HwcostError(f"--networks must be at least 2 (a fit and a held-out residual), got {n!r}")
     if table.kind != "op":
         raise HwcostError(f"table {table.source} is architecture-level: its entries are whole networks already; "
                           f"calibration is for op-level tables")
     space = table.spaces[0]
-    if space == "torch":
+    if space in ("torch", "onnx"):
         excluded = {json.dumps(e, sort_keys=True) for e in exclude}
         specs: list[dict] = []
         own = str(table.provenance.get("model", ""))
@@ -122,7 +123,10 @@ def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, 
         shape = table.provenance.get("input") or [int(table.runtime.get("batch") or 1), 3, 224, 224]
         for m in names:
             if m != own:
-                _unique(specs, {"kind": "model", "model": m, "input": list(shape)}, excluded)
+                spec = {"kind": "model", "model": m, "input": list(shape)}
+                if space == "onnx":     # a node table: the model exported, keyed by the nodes ORT runs
+                    spec["graph"] = "onnx"
+                _unique(specs, spec, excluded)
             if len(specs) == n:
                 break
         if len(specs) < 2:
@@ -160,7 +164,11 @@ def build_spec(spec: dict):
     torch.manual_seed(0)
     if spec["kind"] == "model":
         from profilers.shapes import resolve_model
-        return resolve_model(spec["model"]), tuple(spec["input"])
+        model, shape = resolve_model(spec["model"]).eval(), tuple(spec["input"])
+        if spec.get("graph") == "onnx":
+            from profilers.export import export_graph
+            return export_graph(model, shape, spec["model"]), shape
+        return model, shape
     if spec["kind"] == "nb201":
         net = build_network(Nb201NetConfig(arch=spec["arch"]))
     else:
@@ -180,30 +188,37 @@ def sample_of(model, shape, table: DeviceTable, measurement, name: str, spec: di
     ``prediction``: the network's ``predict_network`` on ``table`` when the caller has it already
     (its per-key rows do not depend on the calibration)."""
     from costmodels.incontext import Sample, group_features
-    from costmodels.predict import predict_network
-    p = prediction or predict_network(model, shape, table, incontext=None)
+    from costmodels.predict import predict_network, predict_onnx
+    p = prediction or (predict_onnx(model, table, incontext=None) if hasattr(model, "model_bytes")
+                       else predict_network(model, shape, table, incontext=None))
     feats, n_ops = group_features(p.per_key)
     return Sample(name, feats, n_ops, measurement.median * 1e3, spec, measurement.p10 * 1e3,
                   measurement.p90 * 1e3, role, reference.median * 1e3 if reference is not None else None)
 
 
 def _profile_missing_layers(table: DeviceTable, built, backend, log) -> DeviceTable:
-    """A layer table gains the layers of the calibration models it lacks (measured now, as
-    ``hwcost profile --model`` would): the models must be priced by the table to be fitted."""
+    """A layer (node) table gains the layers (ORT nodes) of the calibration models it lacks, measured
+    now as ``hwcost profile --model`` would: the models must be priced by the table to be fitted."""
     import tempfile
+
+    from costmodels.predict import runtime_fusion_level
     from device_tables import merge_tables
-    from profilers.profile import model_jobs, profile
+    from profilers.profile import model_jobs, onnx_jobs, profile
     jobs, seen = [], set()
+    level = runtime_fusion_level(table)
     for model, shape in built:
-        for j in model_jobs(model, shape):
+        new = (onnx_jobs(model, level, backend.session_providers()) if hasattr(model, "model_bytes")
+               else model_jobs(model, shape))
+        for j in new:
             if j.key not in table and j.key not in seen:
                 seen.add(j.key)
                 jobs.append(j)
     if not jobs:
         return table
-    log(f"profiling {len(jobs)} layers of the calibration models that the table lacks")
+    what = "nodes" if table.spaces == ["onnx"] else "layers"
+    log(f"profiling {len(jobs)} {what} of the calibration models that the table lacks")
     with tempfile.TemporaryDirectory(prefix="hwcost-calibrate-") as tmp:
-        extra = profile(jobs, backend, Path(tmp) / "layers.json", spaces=["torch"], progress=False,
+        extra = profile(jobs, backend, Path(tmp) / "layers.json", spaces=list(table.spaces), progress=False,
                         provenance={"by": "hwcost calibrate"})
     merged, _ = merge_tables([table, extra], force=True)
     return dataclasses.replace(merged, device=table.device, measurement=table.measurement, created=table.created,
@@ -217,7 +232,7 @@ def measure_specs(table: DeviceTable, specs: Sequence[dict], backend, settings=N
     from profilers.profile import measure_models_with_reference
     settings = settings or network_settings()
     built = [build_spec(s) for s in specs]
-    if table.spaces == ["torch"]:
+    if table.spaces in (["torch"], ["onnx"]):
         table = _profile_missing_layers(table, built, backend, log)
     log(f"measuring {len(built)} networks whole on {backend.name} ({settings.passes} interleaved rounds)")
     measured, ref = measure_models_with_reference(list(built), backend, settings)

@@ -151,6 +151,14 @@ def predict_op_level(args) -> dict:
         if args.input is None:
             raise HwcostError("--model needs --input, e.g. --input 1x3x224x224")
         shape = parse_input_shape(args.input)
+        if table.spaces == ["onnx"]:    # a node table: the model exported, priced by the nodes ORT runs
+            from costmodels.predict import predict_onnx
+            from profilers.export import export_graph
+            check_table_for(table, "onnx", args.backend)
+            graph = export_graph(resolve_model(args.model), shape, args.model)
+            p = predict_onnx(graph, table, _load_surrogate(args, table), backend=args.backend,
+                             confidence=args.confidence)
+            return {**p.to_dict(), "network": args.model, "input_shape": list(shape), "keys": "nodes", **info}
         check_table_for(table, "torch", args.backend)   # before building the model: fail fast
         model, description = resolve_model(args.model), args.model
     else:

@@ -53,6 +53,8 @@ def cmd_profile(args) -> int:
         raise HwcostError("give either --space (profile a search space) or --model torchvision:NAME")
     if args.model is None and args.input is not None:
         raise HwcostError("--input goes with --model; a space's shapes come from --networks")
+    if args.model is None and args.keys is not None:
+        raise HwcostError("--keys goes with --model; a space's keys are its ops")
     check_out_path(args.out, args.resume)  # fail before any slow work
     settings = _settings(args)
     if args.space is not None:
@@ -68,6 +70,14 @@ def cmd_profile(args) -> int:
         if args.networks:
             raise HwcostError("--networks goes with --space; a model's shapes come from --input")
         model, shape = _model_and_shape(args)
+        if args.keys == "nodes" and not _is_onnx(model):
+            if not str(args.backend).startswith("ort"):
+                raise HwcostError(f"--keys nodes keys a model by the nodes ONNX Runtime runs: give an ort backend "
+                                  f"(--backend ort-cpu), not {args.backend}")
+            from profilers.export import export_graph
+            model = export_graph(model, shape, args.model)
+        elif args.keys == "layers" and _is_onnx(model):
+            raise HwcostError(f"{args.model} is an ONNX graph: it has nodes, not PyTorch layers (leave out --keys)")
         _check_onnx_backend(args, model)
         if args.batch is not None and args.batch != shape[0]:
             raise HwcostError(f"--batch {args.batch} differs from the batch of the model's input "
@@ -148,6 +158,10 @@ def add_profile_parsers(sub) -> None:
                                     "ONNX Runtime optimises it (ort backends)")
     p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224 (an ONNX model: only to fix "
                                     "dynamic dims)")
+    p.add_argument("--keys", choices=("layers", "nodes"), default=None,
+                   help="how a PyTorch --model is keyed: its layers (default), or the nodes ONNX Runtime runs "
+                        "once the model is exported (ort backends; fusions and NCHWc reorders as the runtime makes "
+                        "them; more accurate there, see benchmarks/README.md)")
     _add_backend_args(p, max_time=2.0)
     p.add_argument("--batch", type=int, default=None, help="batch size of the keys (default 1)")
     p.add_argument("--out", required=True, help="the table to write (JSON)")

@@ -149,7 +149,11 @@ def cmd_search(args) -> int:
 
     from .verify import DEFAULT_ROUNDS, check_verifiable, verify_default
     verify, why = args.verify, ""
-    if verify:
+    if cfg.devices:
+        if args.verify_rounds is not None:
+            raise HwcostError("--verify-rounds re-derives for one device's table; with several devices the derived "
+                              "network is measured on each device profiled here, without re-deriving")
+    elif verify:
         check_verifiable(cfg.table)            # before training: one error if this machine cannot verify
     elif verify is None:
         verify, why = verify_default(cfg.table)
@@ -165,7 +169,10 @@ def cmd_search(args) -> int:
         return 0
     if (r.get("latency_basis") or "").startswith("uncalibrated"):
         log(f"note: the latency budget is on the {r['latency_basis']}")
-    if verify and "latency_ms" in r["derived"]:
+    if cfg.devices and verify is not False:
+        from .verify import measure_devices
+        r = measure_devices(cfg, args.out, r, log=log)
+    elif verify and "latency_ms" in r["derived"]:
         from .verify import verify_search
         rounds = DEFAULT_ROUNDS if args.verify_rounds is None else args.verify_rounds
         log(f"verify: measuring the derived network on the backend of {r.get('table')} ({rounds} re-derivations "
@@ -189,6 +196,13 @@ def cmd_search(args) -> int:
         last = r["verify"]["rounds"][-1]
         print(f"  measured on this machine: {last['measured_ms']:.6g} ms after {r['verify']['rounds_used']} "
               f"re-derivation(s): {'inside' if r['verify']['met'] else 'OUTSIDE'} [floor, budget]")
+    for name, d in (r.get("measured") or {}).items():
+        if d["measured_ms"] is None:
+            print(f"  {name}: not measured here ({d['not_measured']}); its table's figure stands")
+        else:
+            band = "" if d["in_band"] is None else f": {'inside' if d['in_band'] else 'OUTSIDE'} [floor, budget]"
+            print(f"  {name}: measured on this machine {d['measured_ms']:.6g} ms (predicted {d['predicted_ms']:.6g})"
+                  f"{band}")
     for m in ("latency_ms", *(f"latency_ms@{d}" for d in r.get("devices", {})), "params", "macs"):
         if m in r["derived"] and m not in r["budgets"]:
             print(f"  {m}: {r['derived'][m]:.6g}")

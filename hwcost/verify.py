@@ -196,3 +196,45 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
 
 
 __all__ = ["DEFAULT_ROUNDS", "check_verifiable", "local_margin", "verify_default", "verify_search"]
+
+
+def measure_devices(cfg, out: str | Path, result: dict, settings=None, log: Callable[[str], None] = print) -> dict:
+    """A search over several devices: measure the derived network on every device whose table was
+    profiled on this machine (same CPU, a local backend: :func:`verify_default`), beside what its table
+    predicted; the others (a Raspberry Pi's table, a bundled one) keep their table's figure and say why.
+    No re-derivation: with several budgets one device's measurement alone does not say which way to move.
+    Records ``result["measured"]`` and rewrites ``out/result.json``."""
+    from costmodels.predict import predict_network
+    from device_tables import load_table
+    from profilers.profile import measure_models_with_reference
+    from search.costs import parse_devices
+
+    from .calibrate import network_settings, table_backend
+    settings = settings or network_settings()
+    arch = result.get("arch", result.get("genotype"))
+    budgets = result.get("budgets_given", result["budgets"])
+    measured: dict = {}
+    for name, path in parse_devices(cfg.devices).items():
+        metric = f"latency_ms@{name}"
+        ok, why = verify_default(path)
+        if not ok:
+            measured[name] = {"measured_ms": None, "predicted_ms": result["derived"].get(metric),
+                              "not_measured": why}
+            continue
+        table = load_table(path)
+        backend = table_backend(table)
+        _, model, shape = _build(cfg.space, cfg.network, arch)
+        log(f"measuring the derived network on {name} ({backend.name}, the backend of {path})")
+        (meas,), ref = measure_models_with_reference([(model, shape)], backend, settings, SESSIONS)
+        p = predict_network(model, shape, table)
+        ms, budget = meas.median * 1e3, budgets.get(metric)
+        floor = cfg.budget_floor * budget if budget is not None else None
+        measured[name] = {"measured_ms": ms, "measured_p10_ms": meas.p10 * 1e3, "measured_p90_ms": meas.p90 * 1e3,
+                          "predicted_ms": result["derived"].get(metric), "table_predicted_ms": p.latency_ms,
+                          "low_ms": p.low_ms, "high_ms": p.high_ms, "budget_ms": budget,
+                          "in_band": None if budget is None else floor <= ms <= budget,
+                          "session_medians_ms": [v * 1e3 for v in (meas.session_medians or [])],
+                          "reference_ms": ref.median * 1e3}
+    result["measured"] = measured
+    (Path(out) / "result.json").write_text(json.dumps(result, indent=1))
+    return result

@@ -97,3 +97,20 @@ def export_to_temp(model: nn.Module, inputs, opset: int = DEFAULT_OPSET, check: 
     fd, path = tempfile.mkstemp(suffix=".onnx", dir=directory)
     os.close(fd)
     return export_onnx(model, inputs, path, opset, check)
+
+
+def export_graph(model: nn.Module, input_shape: tuple[int, ...], name: str = "model"):
+    """``model`` exported to ONNX at ``input_shape`` and read back as a
+    :class:`spaces.onnx_graph.OnnxGraph` (no file left behind): how a PyTorch model is keyed by
+    the nodes ONNX Runtime runs (``hwcost profile --keys nodes``, a node table's predictions and
+    calibration)."""
+    import dataclasses
+
+    from spaces.onnx_graph import load_onnx
+    torch.manual_seed(0)
+    result = export_to_temp(model, (torch.randn(*input_shape),), check=False)
+    try:
+        graph = load_onnx(result.path, tuple(input_shape))
+    finally:
+        os.unlink(result.path)
+    return dataclasses.replace(graph, name=name)

@@ -70,3 +70,31 @@ def test_cli_multi_device_bad_input_is_one_error(tmp_path, capsys, argv, match):
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_device_profiled_here_is_measured_beside_its_prediction(tmp_path, capsys):
+    """With several devices, the derived network is measured on each device whose table was profiled on
+    this machine (here: the shipped ORT table re-labelled as this host's); a Raspberry Pi's table keeps its
+    own figure and says why it was not measured."""
+    import dataclasses
+
+    from device_tables import DATA_DIR, save_table
+    from profilers.environment import device_info
+    here = tmp_path / "cpu_ort.json"
+    save_table(dataclasses.replace(load_table(DATA_DIR / "nb201_ort-cpu.json"), device=device_info()), here)
+    out = tmp_path / "run"
+    assert main(["search", "--space", "nb201", "--data", "synthetic", "--epochs", "1", "--steps-per-epoch", "2",
+                 "--batch-size", "16", "--table", f"cpu={here}", "--table", "pi=raspi4",
+                 "--budget", "latency@pi=30ms", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads((out / "result.json").read_text())
+    cpu, pi = r["measured"]["cpu"], r["measured"]["pi"]
+    assert cpu["measured_ms"] > 0 and len(cpu["session_medians_ms"]) == 3
+    assert min(cpu["session_medians_ms"]) <= cpu["measured_ms"] <= max(cpu["session_medians_ms"])
+    assert cpu["predicted_ms"] == r["derived"]["latency_ms@cpu"] and cpu["budget_ms"] is None
+    assert pi["measured_ms"] is None and "bundled" in pi["not_measured"]
+    assert pi["predicted_ms"] == _lat("raspi4", r["arch"])
+    assert "cpu: measured on this machine" in printed and "pi: not measured here" in printed
+    assert main(["search", "--space", "nb201", "--data", "synthetic", "--epochs", "1", "--table", f"cpu={here}",
+                 "--table", "pi=raspi4", "--verify-rounds", "2", "--out", str(tmp_path / "r2")]) == 2
+    assert "without re-deriving" in capsys.readouterr().err

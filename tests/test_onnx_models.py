@@ -146,3 +146,94 @@ def test_bad_onnx_inputs_are_one_clear_error(tmp_path, capsys, net_onnx):
                                                           str(tmp_path / "x.onnx")])
     assert "needs a table of space onnx" in _cli_error(capsys, ["predict", "--table", "darts_ort-cpu", "--model",
                                                                 net_onnx])
+
+
+CAL_NETS = '''
+import torch
+from torch import nn
+
+
+def wide():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=4),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+
+
+def deep():
+    torch.manual_seed(2)
+    layers = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()]
+    for _ in range(4):
+        layers += [nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 16, 1), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+'''
+
+
+def test_a_node_table_calibrates_on_other_models_exported_to_onnx(net_onnx, tmp_path, monkeypatch, capsys):
+    """hwcost calibrate on a table of ONNX nodes: the calibration models are exported to ONNX, their
+    missing nodes profiled into the table, their features are node kinds, and predict applies the fit."""
+    import sys
+
+    from costmodels.incontext import model_of, op_group
+    from device_tables import load_table
+    from spaces.onnx_graph import graph_nodes
+    (tmp_path / "cal_nets.py").write_text(CAL_NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    table = tmp_path / "tiny_ort.json"
+    assert main(["profile", "--model", net_onnx, "--max-time", "0.1", "--passes", "2", "--no-progress",
+                 "--out", str(table)]) == 0
+    n_own = len(load_table(table))
+    out = tmp_path / "cal.json"
+    try:
+        assert main(["calibrate", str(table), "--models", "cal_nets:wide,cal_nets:deep", "--networks", "2",
+                     "--max-time", "0.1", "--out", str(out)]) == 0
+    finally:
+        sys.modules.pop("cal_nets", None)
+    t = load_table(out)
+    m = model_of(t)
+    assert [s.name for s in m.samples] == ["cal_nets:wide", "cal_nets:deep"]
+    assert all(s.spec["graph"] == "onnx" for s in m.samples)
+    # the table gained the calibration models' nodes, and their features are these nodes' kinds
+    assert len(t) > n_own and t.spaces == ["onnx"]
+    import cal_nets  # noqa: F401 - on the path for this test
+    try:
+        from hwcost.calibrate import build_spec
+        graph, shape = build_spec(m.samples[1].spec)
+        kinds = {op_group(k) for k in graph_nodes(graph).keys}
+        assert set(m.samples[1].features) <= kinds and "conv_dw" in kinds
+        assert all(k in t for k in graph_nodes(graph).keys)
+    finally:
+        sys.modules.pop("cal_nets", None)
+    capsys.readouterr()
+    assert main(["predict", "--table", str(out), "--model", net_onnx, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["calibrated"] and d["low_ms"] < d["latency_ms"] < d["high_ms"]
+
+
+def test_a_pytorch_model_keyed_by_the_nodes_ort_runs(tmp_path, monkeypatch, capsys):
+    """profile --keys nodes exports a PyTorch model and keys it by ORT's nodes; predict then prices the
+    same model through that node table (exported the same way), every node from the table."""
+    import sys
+    (tmp_path / "cal_nets.py").write_text(CAL_NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    table = tmp_path / "wide_nodes.json"
+    try:
+        assert main(["profile", "--model", "cal_nets:wide", "--input", "1x3x32x32", "--keys", "nodes",
+                     "--max-time", "0.1", "--passes", "2", "--no-progress", "--out", str(table)]) == 0
+        tab = json.loads(table.read_text())
+        assert tab["spaces"] == ["onnx"] and tab["provenance"]["model"] == "cal_nets:wide"
+        capsys.readouterr()
+        assert main(["predict", "--table", str(table), "--model", "cal_nets:wide", "--input", "1x3x32x32",
+                     "--json"]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert d["keys"] == "nodes" and d["from_table"] == d["n_ops"] == tab["provenance"]["nodes"] > 0
+        # refused: nodes on a PyTorch backend; layers of an ONNX graph; --keys without --model
+        assert main(["profile", "--model", "cal_nets:wide", "--input", "1x3x32x32", "--keys", "nodes",
+                     "--backend", "torch-cpu", "--out", str(tmp_path / "x.json")]) == 2
+        assert "give an ort backend" in capsys.readouterr().err
+    finally:
+        sys.modules.pop("cal_nets", None)
+    onnx_file = export(tiny_net(), tmp_path / "t.onnx")
+    assert main(["profile", "--model", onnx_file, "--keys", "layers", "--out", str(tmp_path / "y.json")]) == 2
+    assert "nodes, not PyTorch layers" in capsys.readouterr().err
+    assert main(["profile", "--space", "nb201", "--keys", "nodes", "--out", str(tmp_path / "z.json")]) == 2
+    assert "--keys goes with --model" in capsys.readouterr().err
