@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/zoo_accuracy.py [--backend ort-cpu] [--zoo torchvision|timm]
         [--models SPEC,SPEC,...] [--via layers|onnx] [--tag NAME] [--out-dir DIR]
+    .venv/bin/python benchmarks/zoo_accuracy.py --darts N [--calibrate K] [--seed S] [--via onnx]
 
 A model SPEC is what ``--model`` takes: ``torchvision:NAME``, ``timm:NAME``,
 ``pkg.module:factory`` or ``NET.onnx``; a bare name is a torchvision one.
@@ -13,6 +14,11 @@ models of 8 families, needs the ``timm`` extra).
 nodes of the graph ONNX Runtime optimises and runs (``hwcost profile --model
 NET.onnx``: fused nodes, NCHWc layout reorders and all, each timed alone as is).
 An ``.onnx`` spec is always keyed by its nodes.
+
+``--darts N`` replaces the zoo by N random DARTS networks (CIFAR-10, C=36, 20
+cells, 1x3x32x32) scored after calibrating on K *other* random ones (another
+seed; what ``hwcost calibrate`` does), keyed by the space's ops or (``--via
+onnx``) by ORT's nodes.
 
 For one backend (1 thread, batch 1, 1x3x224x224):
 
@@ -57,7 +63,8 @@ from profilers.backends import get_backend  # noqa: E402
 from profilers.environment import device_info, host_label  # noqa: E402
 from profilers.measure import Settings  # noqa: E402
 from profilers.export import export_graph  # noqa: E402
-from profilers.profile import measure_models, model_jobs, onnx_jobs, profile  # noqa: E402
+from hwcost.calibrate import build_spec, space_specs  # noqa: E402
+from profilers.profile import measure_models, model_jobs, onnx_jobs, profile, space_jobs  # noqa: E402
 from profilers.shapes import resolve_model  # noqa: E402
 from spaces.onnx_graph import is_onnx_spec, load_onnx  # noqa: E402
 
@@ -80,13 +87,25 @@ def _short(spec: str) -> str:
 
 
 def _subject(spec: str, via: str):
-    """(module or OnnxGraph, its keys' jobs builder) of one spec."""
+    """(module or OnnxGraph, input shape) of one spec."""
     if is_onnx_spec(spec):
-        return load_onnx(spec, IMAGE)
+        return load_onnx(spec, IMAGE), IMAGE
     model = resolve_model(spec if ":" in spec else f"torchvision:{spec}").eval()
     if via == "layers":
-        return model
-    return export_graph(model, IMAGE, _short(spec))
+        return model, IMAGE
+    return export_graph(model, IMAGE, _short(spec)), IMAGE
+
+
+def _darts(n: int, seed: int, via: str, exclude=()) -> tuple[dict, list[dict]]:
+    """``n`` random DARTS networks (CIFAR-10, C=36, 20 cells; what ``hwcost calibrate`` draws), as
+    {name: (subject, shape)} and their specs."""
+    specs = space_specs("darts", "cifar10", n, seed, exclude)
+    out = {}
+    for i, spec in enumerate(specs):
+        model, shape = build_spec(spec)
+        name = f"darts-{seed}-{i:02d}"
+        out[name] = (export_graph(model.eval(), shape, name) if via == "onnx" else model.eval(), tuple(shape))
+    return out, specs
 
 
 def main() -> int:
@@ -96,11 +115,17 @@ def main() -> int:
     ap.add_argument("--models", help="comma-separated model specs (default: the --zoo preset)")
     ap.add_argument("--via", choices=("layers", "onnx"), default="layers")
     ap.add_argument("--tag", help="name of the result files (default: the zoo, +onnx with --via onnx)")
+    ap.add_argument("--darts", type=int, default=0, metavar="N",
+                    help="instead of a zoo: N random DARTS networks (CIFAR-10, C=36, 20 cells), scored after "
+                         "calibrating on --calibrate other ones (not leave-one-out)")
+    ap.add_argument("--calibrate", type=int, default=10, metavar="K", help="with --darts (default 10)")
+    ap.add_argument("--seed", type=int, default=0, help="with --darts: the test networks' seed (calibration: +10000)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     specs = [m for m in (args.models.split(",") if args.models else ZOOS[args.zoo]) if m]
-    tag = args.tag or (args.zoo if not args.models else "custom") + ("-onnx" if args.via == "onnx" else "")
+    zoo = "darts" if args.darts else args.zoo if not args.models else "custom"
+    tag = args.tag or zoo + ("-onnx" if args.via == "onnx" else "")
     if args.via == "onnx" and not args.backend.startswith("ort"):
         ap.error("--via onnx measures ONNX graphs: use an ort backend")
     log = lambda line: print(line, flush=True)  # noqa: E731
@@ -109,15 +134,30 @@ def main() -> int:
     log(f"command: {' '.join(['benchmarks/zoo_accuracy.py'] + sys.argv[1:])}")
     backend = get_backend(args.backend, threads=1)
     t0 = time.perf_counter()
-    models = {_short(s): _subject(s, args.via) for s in specs}
+    calibration: set[str] = set()
+    if args.darts:
+        test, test_specs = _darts(args.darts, args.seed, args.via)
+        cal, _ = _darts(args.calibrate, args.seed + 10_000, args.via, exclude=test_specs)
+        calibration = set(cal)
+        both = {**cal, **test}
+        models = {n: m for n, (m, _) in both.items()}
+        shapes = {n: sh for n, (_, sh) in both.items()}
+        specs = list(models)
+    else:
+        both = {_short(s): _subject(s, args.via) for s in specs}
+        models = {n: m for n, (m, _) in both.items()}
+        shapes = {n: sh for n, (_, sh) in both.items()}
     jobs, seen, spaces = [], set(), set()
     for n, m in models.items():
         if hasattr(m, "model_bytes"):
             spaces.add("onnx")
             new = onnx_jobs(m, "all", backend.session_providers())
+        elif args.darts:                # the space's op keys at the CIFAR-10 network's shapes, once
+            spaces.add("darts")
+            new = [] if jobs else space_jobs("darts", "cifar10")
         else:
             spaces.add("torch")
-            new = model_jobs(m, IMAGE)
+            new = model_jobs(m, shapes[n])
         for j in new:
             if j.key not in seen:
                 seen.add(j.key)
@@ -129,15 +169,15 @@ def main() -> int:
     table_path = out / f"zoo_{tag}_{args.backend}_table.json.gz"
     table_path.unlink(missing_ok=True)
     t1 = time.perf_counter()
-    before = measure_models([(m, IMAGE) for m in models.values()], backend, NET_SETTINGS)
+    before = measure_models([(m, shapes[n]) for n, m in models.items()], backend, NET_SETTINGS)
     log(f"{len(specs)} models measured whole in {time.perf_counter() - t1:.0f} s (load {load()})")
     table = profile(jobs, backend, table_path, spaces=sorted(spaces), progress=False,
-                    provenance={"models": specs, "via": args.via, "input": list(IMAGE),
+                    provenance={"models": specs, "via": args.via, "input": list(IMAGE) if not args.darts else None,
                                 "by": "benchmarks/zoo_accuracy.py"})
     log(f"table: {len(table)} keys of {len(specs)} models ({args.via}) profiled in {time.perf_counter() - t0:.0f} s "
         f"(load {load()}); per-call overhead {Overhead.from_table(table).per_call_ms * 1e3:.2f} us")
     t1 = time.perf_counter()
-    after = measure_models([(m, IMAGE) for m in models.values()], backend, NET_SETTINGS)
+    after = measure_models([(m, shapes[n]) for n, m in models.items()], backend, NET_SETTINGS)
     # the table keeps each key's quietest of passes spread over the whole profile; a model's quietest
     # window is taken over two sets of rounds, before and after the profile, to span the same host phases
     measured = [b if b.median <= a.median else a for b, a in zip(before, after)]
@@ -147,15 +187,17 @@ def main() -> int:
     raws, samples = {}, {}
     for (n, m), meas in zip(models.items(), measured):
         raw = raws[n] = (predict_onnx(m, table, incontext=None) if hasattr(m, "model_bytes")
-                         else predict_network(m, IMAGE, table, incontext=None))
+                         else predict_network(m, shapes[n], table, incontext=None))
         feats, n_ops = group_features(raw.per_key)
         samples[n] = Sample(n, feats, n_ops, meas.median * 1e3, {"kind": "model", "model": n},
                             meas.p10 * 1e3, meas.p90 * 1e3)
     rows = []
+    fixed = fit_in_context([samples[k] for k in calibration], per_call) if calibration else None
     for i, n in enumerate(models):
+        if n in calibration:
+            continue
         raw = raws[n]
-        others = [s for k, s in samples.items() if k != n]
-        ic = fit_in_context(others, per_call)
+        ic = fixed or fit_in_context([s for k, s in samples.items() if k != n], per_call)
         cal = ic.predict(samples[n].features, samples[n].n_ops)
         lo, hi = ic.interval(cal, 0.9)
         y = samples[n].measured_ms
@@ -164,7 +206,7 @@ def main() -> int:
                      "windows_ms": [w * 1e3 for w in (before[i].pass_medians or []) + (after[i].pass_medians or [])],
                      "per_key": [[k.to_str(), c, a, ms] for k, c, a, ms, _ in raw.per_key],
                      "sum_of_ops_ms": raw.latency_ms, "calibrated_ms": cal, "low90_ms": lo, "high90_ms": hi,
-                     "layers": raw.n_calls, "fused": raw.n_fused, "lambda": ic.lam})
+                     "layers": raw.n_calls, "fused": raw.n_fused, "lambda": ic.lam, "structure": ic.structure})
     log(f"\n{'model':<22} {'keys' if args.via == 'onnx' else 'layers':>6} {'measured':>9} {'sum of ops':>11} {'err':>7} {'calibrated':>11} {'err':>7}"
         f"  90% interval")
     for r in rows:
@@ -174,7 +216,8 @@ def main() -> int:
     y = np.array([r["measured_ms"] for r in rows])
     summary = {}
     for field, label in (("sum_of_ops_ms", "sum of ops, nothing fitted"),
-                         ("calibrated_ms", "in-context model fitted on the other models (leave one model out)")):
+                         ("calibrated_ms", f"in-context model fitted on {len(calibration)} other networks"
+                          if calibration else "in-context model fitted on the other models (leave one model out)")):
         p = np.array([r[field] for r in rows])
         s = summary[field] = {**accuracy(y, p), "mean_signed_error": float(np.mean(p / y - 1))}
         log(f"{label}: MAPE {s['mape']:.2%}, within 5% {s['within_5']:.0%}, within 10% {s['within_10']:.0%}, "
