@@ -55,18 +55,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from costmodels.incontext import fit_in_context, group_features  # noqa: E402
-from costmodels.predict import Overhead, predict_network, predict_onnx  # noqa: E402
+from costmodels.incontext import Sample, fit_in_context, group_features  # noqa: E402
+from costmodels.predict import Overhead, predict_network  # noqa: E402
 from costmodels.surrogate import accuracy  # noqa: E402
-from costmodels.incontext import Sample  # noqa: E402
+from hwcost.calibrate import build_spec, space_specs  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
 from profilers.environment import device_info, host_label  # noqa: E402
-from profilers.measure import Settings  # noqa: E402
 from profilers.export import export_graph  # noqa: E402
-from hwcost.calibrate import build_spec, space_specs  # noqa: E402
-from profilers.profile import measure_models, model_jobs, onnx_jobs, profile, space_jobs  # noqa: E402
+from profilers.measure import Settings  # noqa: E402
+from profilers.profile import jobs_for, measure_models, profile, space_jobs  # noqa: E402
 from profilers.shapes import resolve_model  # noqa: E402
-from spaces.onnx_graph import is_onnx_spec, load_onnx  # noqa: E402
+from spaces.onnx_graph import OnnxGraph, is_onnx_spec, load_onnx  # noqa: E402
 
 ZOO = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "squeezenet1_1",
        "shufflenet_v2_x1_0", "mnasnet1_0", "efficientnet_b0", "regnet_x_400mf", "regnet_y_400mf", "googlenet",
@@ -140,24 +139,19 @@ def main() -> int:
         cal, _ = _darts(args.calibrate, args.seed + 10_000, args.via, exclude=test_specs)
         calibration = set(cal)
         both = {**cal, **test}
-        models = {n: m for n, (m, _) in both.items()}
-        shapes = {n: sh for n, (_, sh) in both.items()}
-        specs = list(models)
+        specs = list(both)
     else:
         both = {_short(s): _subject(s, args.via) for s in specs}
-        models = {n: m for n, (m, _) in both.items()}
-        shapes = {n: sh for n, (_, sh) in both.items()}
+    models = {n: m for n, (m, _) in both.items()}
+    shapes = {n: sh for n, (_, sh) in both.items()}
     jobs, seen, spaces = [], set(), set()
     for n, m in models.items():
-        if hasattr(m, "model_bytes"):
-            spaces.add("onnx")
-            new = onnx_jobs(m, "all", backend.session_providers())
-        elif args.darts:                # the space's op keys at the CIFAR-10 network's shapes, once
+        if args.darts and not isinstance(m, OnnxGraph):   # the space's op keys at the network's shapes, once
             spaces.add("darts")
             new = [] if jobs else space_jobs("darts", "cifar10")
         else:
-            spaces.add("torch")
-            new = model_jobs(m, shapes[n])
+            spaces.add("onnx" if isinstance(m, OnnxGraph) else "torch")
+            new = jobs_for(m, shapes[n], "all", backend.session_providers())
         for j in new:
             if j.key not in seen:
                 seen.add(j.key)
@@ -186,8 +180,7 @@ def main() -> int:
     per_call = Overhead.from_table(table).per_call_ms
     raws, samples = {}, {}
     for (n, m), meas in zip(models.items(), measured):
-        raw = raws[n] = (predict_onnx(m, table, incontext=None) if hasattr(m, "model_bytes")
-                         else predict_network(m, shapes[n], table, incontext=None))
+        raw = raws[n] = predict_network(m, shapes[n], table, incontext=None)
         feats, n_ops = group_features(raw.per_key)
         samples[n] = Sample(n, feats, n_ops, meas.median * 1e3, {"kind": "model", "model": n},
                             meas.p10 * 1e3, meas.p90 * 1e3)

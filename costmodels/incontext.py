@@ -234,8 +234,8 @@ class InContextModel:
         d = {"model": MODEL_TAG, "created": self.created, "host": self.host, "backend": self.backend,
              "per_call_ms": self.per_call_ms, "factors": dict(sorted(self.factors.items())),
              "default_factor": self.default_factor, "per_op_ms": self.per_op_ms, "lambda": self.lam,
-             "structure": self.structure, "networks": nets, "residuals": {"n": len(self.loo), "mean": self.mean, "std": self.std,
-                                             "loo": list(self.loo)}}
+             "structure": self.structure, "networks": nets,
+             "residuals": {"n": len(self.loo), "mean": self.mean, "std": self.std, "loo": list(self.loo)}}
         check_calibration(d)
         return d
 

@@ -301,11 +301,15 @@ def predict_network(model: nn.Module, input_shape: tuple[int, ...], table: Devic
                     confidence: float | None = None) -> NetworkPrediction:
     """Predicted latency of ``model`` at ``input_shape`` on the device/runtime of ``table``.
 
-    ``model`` is a network of a searched space (its tagged ops are looked up)
-    or any PyTorch model (its layers, in a ``torch``-space table).
+    ``model`` is a network of a searched space (its tagged ops are looked up),
+    any PyTorch model (its layers, in a ``torch``-space table), or an ONNX graph
+    (:class:`spaces.onnx_graph.OnnxGraph`: its nodes, :func:`predict_onnx`).
     ``incontext``: ``"table"`` (default) uses the table's calibration if it has
     one; ``None`` the plain sum of ops; or an :class:`InContextModel`.
     """
+    from spaces.onnx_graph import OnnxGraph
+    if isinstance(model, OnnxGraph):
+        return predict_onnx(model, table, surrogate, overhead, backend, incontext, confidence)
     spaces = {m.hw_space for m in model.modules() if hasattr(m, "hw_op")}
     space = spaces.pop() if len(spaces) == 1 else ("torch" if not spaces else None)
     if space is None:

@@ -188,9 +188,8 @@ def sample_of(model, shape, table: DeviceTable, measurement, name: str, spec: di
     ``prediction``: the network's ``predict_network`` on ``table`` when the caller has it already
     (its per-key rows do not depend on the calibration)."""
     from costmodels.incontext import Sample, group_features
-    from costmodels.predict import predict_network, predict_onnx
-    p = prediction or (predict_onnx(model, table, incontext=None) if hasattr(model, "model_bytes")
-                       else predict_network(model, shape, table, incontext=None))
+    from costmodels.predict import predict_network
+    p = prediction or predict_network(model, shape, table, incontext=None)
     feats, n_ops = group_features(p.per_key)
     return Sample(name, feats, n_ops, measurement.median * 1e3, spec, measurement.p10 * 1e3,
                   measurement.p90 * 1e3, role, reference.median * 1e3 if reference is not None else None)
@@ -203,13 +202,11 @@ def _profile_missing_layers(table: DeviceTable, built, backend, log) -> DeviceTa
 
     from costmodels.predict import runtime_fusion_level
     from device_tables import merge_tables
-    from profilers.profile import model_jobs, onnx_jobs, profile
+    from profilers.profile import jobs_for, profile
     jobs, seen = [], set()
     level = runtime_fusion_level(table)
     for model, shape in built:
-        new = (onnx_jobs(model, level, backend.session_providers()) if hasattr(model, "model_bytes")
-               else model_jobs(model, shape))
-        for j in new:
+        for j in jobs_for(model, shape, level, backend.session_providers()):
             if j.key not in table and j.key not in seen:
                 seen.add(j.key)
                 jobs.append(j)

@@ -152,13 +152,10 @@ def predict_op_level(args) -> dict:
             raise HwcostError("--model needs --input, e.g. --input 1x3x224x224")
         shape = parse_input_shape(args.input)
         if table.spaces == ["onnx"]:    # a node table: the model exported, priced by the nodes ORT runs
-            from costmodels.predict import predict_onnx
             from profilers.export import export_graph
-            check_table_for(table, "onnx", args.backend)
+            check_table_for(table, "onnx", args.backend)   # before exporting the model: fail fast
             graph = export_graph(resolve_model(args.model), shape, args.model)
-            p = predict_onnx(graph, table, _load_surrogate(args, table), backend=args.backend,
-                             confidence=args.confidence)
-            return {**p.to_dict(), "network": args.model, "input_shape": list(shape), "keys": "nodes", **info}
+            return {**_predict_onnx(args, table, info, graph), "keys": "nodes"}
         check_table_for(table, "torch", args.backend)   # before building the model: fail fast
         model, description = resolve_model(args.model), args.model
     else:
@@ -184,12 +181,15 @@ def _load_surrogate(args, table):
     return load_surrogate(args.surrogate, table=table)
 
 
-def _predict_onnx(args, table, info: dict) -> dict:
-    """An ONNX model: its nodes as ONNX Runtime optimises them at the table's level, each priced by its key."""
+def _predict_onnx(args, table, info: dict, graph=None) -> dict:
+    """An ONNX model (``graph``, else the file ``--model``): its nodes as ONNX Runtime optimises them at the
+    table's level, each priced by its key."""
     from costmodels.predict import check_table_for, predict_onnx
     from profilers.shapes import resolve_source
     check_table_for(table, "onnx", args.backend)   # before reading the model: fail fast
-    graph, shape = resolve_source(args.model, args.input)
+    if graph is None:
+        graph, _ = resolve_source(args.model, args.input)
+    shape = graph.input_shape
     p = predict_onnx(graph, table, _load_surrogate(args, table), backend=args.backend, confidence=args.confidence)
     return {**p.to_dict(), "network": args.model, "input_shape": list(shape), **info}
 

@@ -122,14 +122,8 @@ def _given_settings(args) -> dict:
     """The SearchConfig fields the command line set explicitly (every option defaults to None, so an
     option left out is absent here and SearchConfig's default -- or, on --resume, the run's -- holds)."""
     given = {f: getattr(args, f) for f in _SETTINGS if getattr(args, f) is not None}
-    if args.table:
-        named = ["=" in t for t in args.table]
-        if all(named):
-            given["devices"] = list(args.table)
-        elif len(args.table) == 1:
-            given["table"] = args.table[0]
-        else:
-            raise HwcostError("--table: give one bare table, or name every device (--table NAME=TABLE)")
+    from search.costs import table_fields
+    given.update(table_fields(args.table))
     for flag, field in (("budget", "budgets"), ("penalty", "penalties")):
         if getattr(args, flag) is not None:
             given[field] = getattr(args, flag)

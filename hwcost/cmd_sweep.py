@@ -90,24 +90,13 @@ def _lambda_range(text: str | None):
     return lo, hi
 
 
-def _tables(tables: list[str] | None) -> dict:
-    """``--table`` given as in ``hwcost search``: one bare table, or every device named."""
-    from device_tables.errors import HwcostError
-    if not tables:
-        return {}
-    if all("=" in t for t in tables):
-        return {"devices": list(tables)}
-    if len(tables) == 1:
-        return {"table": tables[0]}
-    raise HwcostError("--table: give one bare table, or name every device (--table NAME=TABLE)")
-
-
 def cmd_sweep(args) -> int:
+    from search.costs import table_fields
     from search.run import SearchConfig
     from search.sweep import SweepOptions, budget_sweep, lambda_sweep, lookup_sweep, spread
     from device_tables.errors import HwcostError
     base = SearchConfig(space=args.space, strategy=args.strategy, data=args.data, network=args.network,
-                        **_tables(args.table), surrogate=args.surrogate, penalties=args.penalty,
+                        **table_fields(args.table), surrogate=args.surrogate, penalties=args.penalty,
                         cost_mode=args.cost_mode, budget_floor=args.budget_floor, epochs=args.epochs,
                         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, C=args.C,
                         layers=args.layers, partial_k=args.partial_k, max_w=args.max_w, seed=args.seed,

@@ -100,15 +100,31 @@ def _build(space: str, network: str, arch):
     return spec, model, shape
 
 
+def _measure_derived(model, shape, table, backend, settings, budget: float | None, floor: float | None,
+                     confidence: float | None = None):
+    """Measure a derived network on ``backend`` (:data:`SESSIONS` sessions, the host's reference kernel
+    beside it) and predict it with ``table``: (record, measurement, reference, prediction). The record's
+    ``in_band`` is None without a budget."""
+    from costmodels.predict import predict_network
+    from profilers.profile import measure_models_with_reference
+    p = predict_network(model, shape, table, confidence=confidence)
+    (meas,), ref = measure_models_with_reference([(model, shape)], backend, settings, SESSIONS)
+    ms = meas.median * 1e3
+    rec = {"table_predicted_ms": p.latency_ms, "low_ms": p.low_ms, "high_ms": p.high_ms, "confidence": p.confidence,
+           "measured_ms": ms, "measured_p10_ms": meas.p10 * 1e3, "measured_p90_ms": meas.p90 * 1e3,
+           "session_medians_ms": [v * 1e3 for v in (meas.session_medians or [])], "budget_ms": budget,
+           "floor_ms": floor, "in_band": None if budget is None else floor <= ms <= budget,
+           "reference_ms": ref.median * 1e3}
+    return rec, meas, ref, p
+
+
 def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUNDS, settings=None,
                   log: Callable[[str], None] = print) -> dict:
     """Measure the derived network; while it lies outside [floor * B, B], add it to the table's
     calibration and re-derive (at most ``rounds`` times). Returns the final result, with
     ``verify`` recording every round; writes it to ``out/result.json``."""
     from costmodels.incontext import model_of
-    from costmodels.predict import predict_network
     from device_tables import load_table, save_table
-    from profilers.profile import measure_models_with_reference
     from search.run import run_search
 
     from .calibrate import calibrate, fit_table, network_settings, sample_of, table_backend
@@ -127,16 +143,11 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     for r in range(rounds + 1):
         arch = result.get("arch", result.get("genotype"))
         spec, model, shape = _build(cfg.space, cfg.network, arch)
-        p = predict_network(model, shape, table, confidence=confidence)
-        (meas,), ref = measure_models_with_reference([(model, shape)], backend, settings, SESSIONS)
-        ms = meas.median * 1e3
-        ref_ms, ref_cal = ref.median * 1e3, (model_of(table).reference_ms if table.calibration is not None else None)
-        inside = budget is None or (floor <= ms <= budget)
-        rec = {"round": r, "predicted_ms": result["derived"]["latency_ms"], "table_predicted_ms": p.latency_ms,
-               "low_ms": p.low_ms, "high_ms": p.high_ms, "confidence": p.confidence, "measured_ms": ms,
-               "measured_p10_ms": meas.p10 * 1e3, "measured_p90_ms": meas.p90 * 1e3, "budget_ms": budget,
-               "session_medians_ms": [v * 1e3 for v in (meas.session_medians or [])],
-               "floor_ms": floor, "in_band": inside, "reference_ms": ref_ms,
+        measured, meas, ref, p = _measure_derived(model, shape, table, backend, settings, budget, floor, confidence)
+        ms, ref_ms = measured["measured_ms"], measured["reference_ms"]
+        ref_cal = model_of(table).reference_ms if table.calibration is not None else None
+        inside = measured["in_band"] is not False          # no budget: nothing to move towards
+        rec = {"round": r, "predicted_ms": result["derived"]["latency_ms"], **measured, "in_band": inside,
                "host_vs_calibration": (ref_ms / ref_cal) if ref_cal else None, "arch": json.dumps(arch, sort_keys=True)
                if isinstance(arch, dict) else str(arch), "calibrated": p.calibrated}
         history.append(rec)
@@ -204,9 +215,7 @@ def measure_devices(cfg, out: str | Path, result: dict, settings=None, log: Call
     predicted; the others (a Raspberry Pi's table, a bundled one) keep their table's figure and say why.
     No re-derivation: with several budgets one device's measurement alone does not say which way to move.
     Records ``result["measured"]`` and rewrites ``out/result.json``."""
-    from costmodels.predict import predict_network
     from device_tables import load_table
-    from profilers.profile import measure_models_with_reference
     from search.costs import parse_devices
 
     from .calibrate import network_settings, table_backend
@@ -214,6 +223,7 @@ def measure_devices(cfg, out: str | Path, result: dict, settings=None, log: Call
     arch = result.get("arch", result.get("genotype"))
     budgets = result.get("budgets_given", result["budgets"])
     measured: dict = {}
+    built = None
     for name, path in parse_devices(cfg.devices).items():
         metric = f"latency_ms@{name}"
         ok, why = verify_default(path)
@@ -223,18 +233,12 @@ def measure_devices(cfg, out: str | Path, result: dict, settings=None, log: Call
             continue
         table = load_table(path)
         backend = table_backend(table)
-        _, model, shape = _build(cfg.space, cfg.network, arch)
+        built = built or _build(cfg.space, cfg.network, arch)      # one network, measured on each device
         log(f"measuring the derived network on {name} ({backend.name}, the backend of {path})")
-        (meas,), ref = measure_models_with_reference([(model, shape)], backend, settings, SESSIONS)
-        p = predict_network(model, shape, table)
-        ms, budget = meas.median * 1e3, budgets.get(metric)
+        budget = budgets.get(metric)
         floor = cfg.budget_floor * budget if budget is not None else None
-        measured[name] = {"measured_ms": ms, "measured_p10_ms": meas.p10 * 1e3, "measured_p90_ms": meas.p90 * 1e3,
-                          "predicted_ms": result["derived"].get(metric), "table_predicted_ms": p.latency_ms,
-                          "low_ms": p.low_ms, "high_ms": p.high_ms, "budget_ms": budget,
-                          "in_band": None if budget is None else floor <= ms <= budget,
-                          "session_medians_ms": [v * 1e3 for v in (meas.session_medians or [])],
-                          "reference_ms": ref.median * 1e3}
+        rec, *_ = _measure_derived(built[1], built[2], table, backend, settings, budget, floor)
+        measured[name] = {"predicted_ms": result["derived"].get(metric), **rec}
     result["measured"] = measured
     (Path(out) / "result.json").write_text(json.dumps(result, indent=1))
     return result

@@ -68,6 +68,16 @@ def onnx_jobs(graph, level: str = "all", providers=("CPUExecutionProvider",)) ->
             for key, node in nodes.first_nodes().items()]
 
 
+def jobs_for(model, input_shape: tuple[int, ...], level: str = "all",
+             providers=("CPUExecutionProvider",)) -> list[Job]:
+    """The jobs of a PyTorch model (:func:`model_jobs`, its layers) or of an ONNX graph
+    (:func:`onnx_jobs`, its nodes at ``level``)."""
+    from spaces.onnx_graph import OnnxGraph
+    if isinstance(model, OnnxGraph):
+        return onnx_jobs(model, level, providers)
+    return model_jobs(model, input_shape)
+
+
 def journal_path(out: str | Path) -> Path:
     return Path(str(out) + ".journal")
 

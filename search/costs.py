@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import os
+from typing import Sequence
 
 import torch
 
@@ -340,6 +341,18 @@ def parse_devices(specs) -> dict[str, str]:
             raise HwcostError(f"--table: device {name!r} is named twice")
         out[name] = path
     return out
+
+
+def table_fields(tables: Sequence[str] | None) -> dict:
+    """The SearchConfig fields of a command line's ``--table`` (repeatable): one bare table
+    (``{"table": T}``), or every device named (``{"devices": ["pi=raspi4", ...]}``)."""
+    if not tables:
+        return {}
+    if all("=" in t for t in tables):
+        return {"devices": list(tables)}
+    if len(tables) == 1:
+        return {"table": tables[0]}
+    raise HwcostError("--table: give one bare table, or name every device (--table NAME=TABLE)")
 
 
 def latency_tables(table: str | None, devices=None) -> dict[str, str]:
