@@ -115,6 +115,14 @@ def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, 
         raise HwcostError(f"table {table.source} is architecture-level: its entries are whole networks already; "
                           f"calibration is for op-level tables")
     space = table.spaces[0]
+    node_space = table.provenance.get("space") if space == "onnx" else None
+    if node_space:     # a node table of a search space: random networks of that space, exported to ONNX
+        if models:
+            raise HwcostError(f"table {table.source} keys the nodes of {node_space} networks; it is calibrated on "
+                              f"random networks of that space, not on --models")
+        plain = [{k: v for k, v in e.items() if k != "graph"} for e in exclude]
+        specs = space_specs(str(node_space), network or str(table.provenance.get("network") or "cifar10"), n, seed, plain)
+        return [{**s, "graph": "onnx"} for s in specs]
     if space in ("torch", "onnx"):
         excluded = {json.dumps(e, sort_keys=True) for e in exclude}
         specs: list[dict] = []
@@ -174,7 +182,11 @@ def build_spec(spec: dict):
     else:
         g = genotype_from_dict(spec["genotype"]).validate(spec["space"])
         net = build_network(network_config(spec["network"], g, spec["space"]))
-    return net, tuple(net.input_shape(1))
+    shape = tuple(net.input_shape(1))
+    if spec.get("graph") == "onnx":    # a node table of the space: the network as ONNX Runtime runs it
+        from profilers.export import export_graph
+        return export_graph(net.eval(), shape, spec_name(spec)), shape
+    return net, shape
 
 
 # ---------------------------------------------------------------------------------------------

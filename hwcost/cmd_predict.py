@@ -164,11 +164,16 @@ def predict_op_level(args) -> dict:
         space = args.space or ("nb201" if args.arch is not None else "darts")
         if table.kind == "arch":
             return _arch_lookup(table, space, args, info)
-        check_table_for(table, space, args.backend)
+        nodes = table.spaces == ["onnx"]   # a node table: the network exported, priced by the nodes ORT runs
+        check_table_for(table, "onnx" if nodes else space, args.backend)
         target = resolve_target(space, args.genotype, args.arch, args.network or "cifar10")
         model, shape = target.model, target.input_shape
         description = " ".join(str(target.description[k]) for k in ("space", "genotype", "arch", "network")
                                if k in target.description)
+        if nodes:
+            from profilers.export import export_graph
+            graph = export_graph(model.eval(), tuple(shape), description)
+            return {**_predict_onnx(args, table, info, graph), "network": description, "keys": "nodes"}
     p = predict_network(model, shape, table, _load_surrogate(args, table), backend=args.backend,
                         confidence=args.confidence)
     return {**p.to_dict(), "network": description, "input_shape": list(shape), **info}

@@ -8,6 +8,7 @@ import time
 
 from device_tables.errors import HwcostError
 
+DEFAULT_RANDOM = 20   # random networks whose ORT nodes --space S --keys nodes keys
 DEFAULT_NETWORKS = {"darts": "cifar10-search,cifar10", "sharpdarts": "cifar10-search,cifar10", "nb201": "nb201"}
 
 
@@ -53,11 +54,17 @@ def cmd_profile(args) -> int:
         raise HwcostError("give either --space (profile a search space) or --model torchvision:NAME")
     if args.model is None and args.input is not None:
         raise HwcostError("--input goes with --model; a space's shapes come from --networks")
-    if args.model is None and args.keys is not None:
-        raise HwcostError("--keys goes with --model; a space's keys are its ops")
+    if args.model is None and args.keys == "layers":
+        raise HwcostError("--keys layers goes with --model; a space's keys are its ops (or, with --keys nodes, "
+                          "the nodes ONNX Runtime runs for its networks)")
+    if args.random is not None and not (args.space is not None and args.keys == "nodes"):
+        raise HwcostError("--random N goes with --space S --keys nodes (the random networks whose nodes to key)")
     check_out_path(args.out, args.resume)  # fail before any slow work
     settings = _settings(args)
-    if args.space is not None:
+    if args.space is not None and args.keys == "nodes":
+        backend, jobs, provenance = _space_node_jobs(args)
+        spaces = ["onnx"]
+    elif args.space is not None:
         from spaces import get_space
         get_space(args.space)
         networks = args.networks or DEFAULT_NETWORKS.get(args.space, "")
@@ -112,6 +119,42 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def _space_node_jobs(args):
+    """(backend, jobs, provenance) of ``--space S --keys nodes``: the nodes ONNX Runtime runs for
+    ``--random N`` random derived networks of the space (each exported, optimised at the backend's
+    level), every distinct node key once -- a node table of the space, which ``hwcost calibrate``
+    calibrates on other random networks of it and ``hwcost predict --genotype`` prices by nodes."""
+    from hwcost.calibrate import build_spec, eval_network, space_specs
+    from profilers.backends import get_backend
+    from profilers.profile import onnx_jobs
+    from spaces import get_space
+    get_space(args.space)
+    if not str(args.backend).startswith("ort"):
+        raise HwcostError(f"--keys nodes keys networks by the nodes ONNX Runtime runs: give an ort backend "
+                          f"(--backend ort-cpu), not {args.backend}")
+    names = [n for n in (args.networks or "").split(",") if n]
+    if len(names) > 1:
+        raise HwcostError(f"--space {args.space} --keys nodes keys one deployed network, got --networks {args.networks}")
+    if args.batch not in (None, 1):
+        raise HwcostError("--space S --keys nodes keys batch-1 networks; leave out --batch")
+    network = eval_network(args.space, names)
+    n = DEFAULT_RANDOM if args.random is None else args.random
+    if isinstance(n, bool) or n < 1:
+        raise HwcostError(f"--random must be at least 1, got {n}")
+    backend = get_backend(args.backend, threads=args.threads, batch=1)
+    level, providers = backend.graph_optimization, backend.session_providers()
+    jobs, seen = [], set()
+    for spec in space_specs(args.space, network, max(n, 2), args.seed)[:n]:
+        graph, _ = build_spec({**spec, "graph": "onnx"})
+        for j in onnx_jobs(graph, level, providers):
+            if j.key not in seen:
+                seen.add(j.key)
+                jobs.append(j)
+    provenance = {"space": args.space, "network": network, "random_networks": n, "seed": args.seed,
+                  "graph_optimization": level}
+    return backend, jobs, provenance
+
+
 def cmd_measure(args) -> int:
     from profilers.backends import get_backend
     from profilers.profile import measure_model
@@ -161,7 +204,12 @@ def add_profile_parsers(sub) -> None:
     p.add_argument("--keys", choices=("layers", "nodes"), default=None,
                    help="how a PyTorch --model is keyed: its layers (default), or the nodes ONNX Runtime runs "
                         "once the model is exported (ort backends; fusions and NCHWc reorders as the runtime makes "
-                        "them; more accurate there, see benchmarks/README.md)")
+                        "them; more accurate there, see benchmarks/README.md); with --space: the nodes of random "
+                        "networks of the space (--random N) instead of its ops")
+    p.add_argument("--random", type=int, default=None, metavar="N",
+                   help=f"with --space S --keys nodes: how many random derived networks to key (default "
+                        f"{DEFAULT_RANDOM}); their network is --networks (default cifar10)")
+    p.add_argument("--seed", type=int, default=0, help="with --random: the networks' seed (default 0)")
     _add_backend_args(p, max_time=2.0)
     p.add_argument("--batch", type=int, default=None, help="batch size of the keys (default 1)")
     p.add_argument("--out", required=True, help="the table to write (JSON)")

@@ -235,5 +235,47 @@ def test_a_pytorch_model_keyed_by_the_nodes_ort_runs(tmp_path, monkeypatch, caps
     onnx_file = export(tiny_net(), tmp_path / "t.onnx")
     assert main(["profile", "--model", onnx_file, "--keys", "layers", "--out", str(tmp_path / "y.json")]) == 2
     assert "nodes, not PyTorch layers" in capsys.readouterr().err
-    assert main(["profile", "--space", "nb201", "--keys", "nodes", "--out", str(tmp_path / "z.json")]) == 2
-    assert "--keys goes with --model" in capsys.readouterr().err
+    assert main(["profile", "--space", "nb201", "--keys", "layers", "--out", str(tmp_path / "z.json")]) == 2
+    assert "--keys layers goes with --model" in capsys.readouterr().err
+
+
+def test_a_space_keyed_by_the_nodes_ort_runs(tmp_path, capsys):
+    """profile --space S --keys nodes keys random networks of the space by ORT's nodes (every node of
+    every one of them, counted here from the exported graphs); predict --arch prices a network of the
+    space by them; calibrate draws other random networks of the space, exported, for the fit."""
+    from costmodels.incontext import model_of
+    from device_tables import load_table
+    from hwcost.calibrate import build_spec, space_specs
+    from spaces.onnx_graph import graph_nodes
+    table = tmp_path / "nb201_nodes.json"
+    assert main(["profile", "--space", "nb201", "--keys", "nodes", "--random", "2", "--seed", "3",
+                 "--max-time", "0.05", "--passes", "2", "--no-progress", "--out", str(table)]) == 0
+    t = load_table(table)
+    assert t.spaces == ["onnx"] and t.provenance["space"] == "nb201" and t.provenance["random_networks"] == 2
+    specs = space_specs("nb201", "nb201", 2, 3)
+    graphs = [build_spec({**s, "graph": "onnx"})[0] for s in specs]
+    nodes = [graph_nodes(g, "all") for g in graphs]
+    assert {e.key for e in t.entries} == set().union(*(n.keys for n in nodes))
+    capsys.readouterr()
+    assert main(["predict", "--table", str(table), "--space", "nb201", "--arch", specs[0]["arch"], "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["keys"] == "nodes" and d["from_table"] == d["n_ops"] == sum(nodes[0].counts().values())
+    assert not d["calibrated"]
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", str(table), "--networks", "2", "--seed", "5", "--max-time", "0.1",
+                 "--out", str(out)]) == 0
+    m = model_of(load_table(out))
+    assert len(m.samples) == 2 and all(s.spec["kind"] == "nb201" and s.spec["graph"] == "onnx" for s in m.samples)
+    assert {s.spec["arch"] for s in m.samples} == {s["arch"] for s in space_specs("nb201", "nb201", 2, 5)}
+    capsys.readouterr()
+    assert main(["predict", "--table", str(out), "--space", "nb201", "--arch", specs[1]["arch"], "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["calibrated"] and d["low_ms"] < d["latency_ms"] < d["high_ms"]
+    # refused: --random without --keys nodes; nodes on a PyTorch backend; models for a space's node table
+    assert main(["profile", "--space", "nb201", "--random", "3", "--out", str(tmp_path / "a.json")]) == 2
+    assert "--random N goes with --space S --keys nodes" in capsys.readouterr().err
+    assert main(["profile", "--space", "nb201", "--keys", "nodes", "--backend", "torch-cpu",
+                 "--out", str(tmp_path / "b.json")]) == 2
+    assert "give an ort backend" in capsys.readouterr().err
+    assert main(["calibrate", str(table), "--models", "torchvision:resnet18", "--out", str(tmp_path / "c.json")]) == 2
+    assert "random networks of that space" in capsys.readouterr().err
