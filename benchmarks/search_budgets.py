@@ -1,7 +1,7 @@
 """Budgets that hold on the device: one search per latency budget, the derived network measured.
 
     .venv/bin/python benchmarks/search_budgets.py [--parts darts,nb201] [--backends ort-cpu,torch-cpu]
-                     [--epochs 8] [--k 10] [--out benchmarks/results/budgets]
+                     [--epochs 8] [--k 10] [--keys ops|nodes] [--calibrate 10] [--out benchmarks/results/budgets]
 
 * darts, per backend: the DARTS CIFAR-10 eval network's table (C=36, 20
   cells) profiled on this machine (``OUT/darts_<backend>.json``, reused when an
@@ -13,7 +13,11 @@
   rounds at most -- no per-budget tuning), on its own copy of the calibrated
   table (so budgets do not learn from each other's verify rounds); the derived
   network exported and measured whole on the backend, every verify round
-  recorded.
+  recorded.  ``--keys nodes`` (ort backends): the table keys the nodes ONNX
+  Runtime runs for 60 random networks (``hwcost profile --space darts --keys
+  nodes``), the search's op costs are fitted on them, and each derived network
+  is priced by its own nodes before it is measured (``hwcost.verify.price_by_nodes``,
+  as ``hwcost search`` does).
 * nb201: the bundled ``raspi4`` architecture-level table (HW-NAS-Bench's
   Raspberry Pi 4 latencies); ``k`` budgets between the 10th and 90th
   percentile of the table's 15,625 latencies; the derived architecture's real
@@ -50,20 +54,21 @@ def machine() -> str:
 def darts_part(args, out: Path, backend: str) -> list[dict]:
     from hwcost.calibrate import calibrate
     from hwcost.pipeline import budget_ladder, ensure_table, random_derived_costs
-    from hwcost.verify import verify_search
+    from hwcost.verify import price_by_nodes, verify_search
     from search.costs import cached_search_cost_tensor
     from search.run import SearchConfig, run_search
     from spaces import get_space
 
-    table_path = out / f"darts_{backend}.json"
+    nodes = args.keys == "nodes"
+    table_path = out / f"darts_{backend}{'_nodes' if nodes else ''}.json"
     t0 = time.perf_counter()
     table, measured = ensure_table(table_path, "darts", "cifar10", backend, progress=False,
-                                   log=lambda s: print(s, flush=True))
+                                   log=lambda s: print(s, flush=True), keys=args.keys)
     print(f"darts on {backend}: table {table_path} ({len(table)} keys, {'profiled' if measured else 'reused'}, "
           f"{time.perf_counter() - t0:.0f} s)", flush=True)
     if table.calibration is None:
         t0 = time.perf_counter()
-        table, ic = calibrate(table, table_path, n=10, seed=0, log=lambda s: print("  " + s, flush=True))
+        table, ic = calibrate(table, table_path, n=args.calibrate, seed=0, log=lambda s: print("  " + s, flush=True))
         print(f"  calibrated in {time.perf_counter() - t0:.0f} s", flush=True)
     else:
         from costmodels.incontext import model_of
@@ -78,7 +83,7 @@ def darts_part(args, out: Path, backend: str) -> list[dict]:
           flush=True)
     rows = []
     for b in budgets:
-        run = out / f"darts_{backend}_{b:.2f}ms"
+        run = out / f"darts_{backend}{'_nodes' if nodes else ''}_{b:.2f}ms"
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir(parents=True)
         own = run.parent / f"{run.name}.table.json"
@@ -88,6 +93,7 @@ def darts_part(args, out: Path, backend: str) -> list[dict]:
         t0 = time.perf_counter()
         r = run_search(cfg, str(run), progress=False)
         secs = time.perf_counter() - t0
+        r = price_by_nodes(cfg, run, r, log=lambda s: print("   " + s, flush=True))   # no-op for an op table
         r = verify_search(cfg, run, r, rounds=3, log=lambda s: print("   " + s, flush=True))
         last = r["verify"]["rounds"][-1]
         again = remeasure(r, own)
@@ -96,7 +102,8 @@ def darts_part(args, out: Path, backend: str) -> list[dict]:
                "measured_ms": last["measured_ms"], "measured_p10_ms": last["measured_p10_ms"],
                "measured_p90_ms": last["measured_p90_ms"], "verify_rounds": r["verify"]["rounds_used"],
                "remeasured_ms": again, "rounds": r["verify"]["rounds"], "search_s": round(secs, 1),
-               "params": r["derived"]["params"],
+               "params": r["derived"]["params"], "keys": args.keys,
+               "node_rounds": (r.get("nodes") or {}).get("rounds"),
                "genotype": r["genotype"]}
         rows.append(row)
         print(f"  budget {b:6.2f} ms (aimed {row['aimed_ms']:.2f}): predicted {row['predicted_ms']:6.2f} "
@@ -157,6 +164,9 @@ def main() -> int:
     ap.add_argument("--backends", default="ort-cpu,torch-cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--nb201-table", default="raspi4")
+    ap.add_argument("--keys", choices=("ops", "nodes"), default="ops",
+                    help="darts tables keyed by the space's ops, or by the nodes ORT runs (ort backends)")
+    ap.add_argument("--calibrate", type=int, default=10, help="networks calibrating each darts table")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/budgets"))
     args = ap.parse_args()
     out = Path(args.out)

@@ -83,8 +83,10 @@ def _unique(specs: list[dict], spec: dict, exclude: set[str]) -> None:
         specs.append(spec)
 
 
-def space_specs(space: str, network: str, n: int, seed: int = 0, exclude: Sequence[dict] = ()) -> list[dict]:
-    """``n`` distinct random derived networks of ``space`` (never one of ``exclude``)."""
+def space_specs(space: str, network: str, n: int, seed: int = 0, exclude: Sequence[dict] = (),
+                skew: float | None = None) -> list[dict]:
+    """``n`` distinct random derived networks of ``space`` (never one of ``exclude``); ``skew``: each
+    cell's ops drawn from its own Dirichlet(``skew``) mix (:func:`spaces.genotypes.random_genotype`)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise HwcostError(f"--networks must be at least 2 (a fit and a held-out residual), got {n!r}")
     rng = random.Random(seed)
@@ -96,7 +98,7 @@ def space_specs(space: str, network: str, n: int, seed: int = 0, exclude: Sequen
         draw = lambda: arch_spec("nb201", "cifar10", rng.choice(archs).to_str())  # noqa: E731
     else:
         from spaces import random_genotype
-        draw = lambda: arch_spec(space, network, random_genotype(rng, space))  # noqa: E731
+        draw = lambda: arch_spec(space, network, random_genotype(rng, space, skew=skew))  # noqa: E731
     for _ in range(100 * n):
         _unique(specs, draw(), excluded)
         if len(specs) == n:
@@ -105,7 +107,8 @@ def space_specs(space: str, network: str, n: int, seed: int = 0, exclude: Sequen
 
 
 def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, network: str | None = None,
-                  models: Sequence[str] | None = None, exclude: Sequence[dict] = ()) -> list[dict]:
+                  models: Sequence[str] | None = None, exclude: Sequence[dict] = (),
+                  skew: float | None = None) -> list[dict]:
     """``n`` calibration networks for ``table`` (never one of ``exclude``): random derived
     networks of its space, or for a layer table (``torch``) or node table (``onnx``) of a model,
     other models than the one it was profiled for (for a node table, exported to ONNX)."""
@@ -121,7 +124,8 @@ def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, 
             raise HwcostError(f"table {table.source} keys the nodes of {node_space} networks; it is calibrated on "
                               f"random networks of that space, not on --models")
         plain = [{k: v for k, v in e.items() if k != "graph"} for e in exclude]
-        specs = space_specs(str(node_space), network or str(table.provenance.get("network") or "cifar10"), n, seed, plain)
+        specs = space_specs(str(node_space), network or str(table.provenance.get("network") or "cifar10"), n, seed, plain,
+                            skew)
         return [{**s, "graph": "onnx"} for s in specs]
     if space in ("torch", "onnx"):
         excluded = {json.dumps(e, sort_keys=True) for e in exclude}
@@ -144,7 +148,7 @@ def network_specs(table: DeviceTable, n: int = DEFAULT_NETWORKS, seed: int = 0, 
         raise HwcostError("--models calibrates a layer table of a model; a space's table is calibrated on random "
                           "networks of its space")
     net = eval_network(space, table.provenance.get("networks") or [], network)
-    return space_specs(space, net, n, seed, exclude)
+    return space_specs(space, net, n, seed, exclude, skew)
 
 
 def arch_spec(space: str, network: str, arch) -> dict:
@@ -231,7 +235,7 @@ def _profile_missing_layers(table: DeviceTable, built, backend, log) -> DeviceTa
                         provenance={"by": "hwcost calibrate"})
     merged, _ = merge_tables([table, extra], force=True)
     return dataclasses.replace(merged, device=table.device, measurement=table.measurement, created=table.created,
-                               provenance=table.provenance, source=table.source)
+                               provenance=table.provenance, source=table.source, calibration=table.calibration)
 
 
 def measure_specs(table: DeviceTable, specs: Sequence[dict], backend, settings=None,
@@ -309,10 +313,12 @@ def fit_remote(table: DeviceTable, rows: Sequence[dict]) -> tuple[DeviceTable, o
 
 def calibrate(table: DeviceTable, out: str | Path, n: int = DEFAULT_NETWORKS, seed: int = 0,
               network: str | None = None, models: Sequence[str] | None = None, backend: str | None = None,
-              settings=None, exclude: Sequence[dict] = (), log: Callable[[str], None] = print):
-    """Measure ``n`` networks, fit, write the calibrated table to ``out``; returns (table, model)."""
+              settings=None, exclude: Sequence[dict] = (), log: Callable[[str], None] = print,
+              skew: float | None = None):
+    """Measure ``n`` networks, fit, write the calibrated table to ``out``; returns (table, model).
+    ``skew``: random networks of a space drawn with skewed op mixes (:func:`space_specs`)."""
     be = table_backend(table, backend)
-    specs = network_specs(table, n, seed, network, models, exclude)
+    specs = network_specs(table, n, seed, network, models, exclude, skew)
     table, samples = measure_specs(table, specs, be, settings, log)
     side = Path(str(out) + ".calibration-samples.json")
     side.write_text(json.dumps([s.to_json() for s in samples], indent=1) + "\n")

@@ -26,6 +26,10 @@ def add_calibrate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("table", help="op-level device table profiled on this machine (a path)")
     p.add_argument("--networks", type=int, default=10, help="networks to measure (default 10, at least 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random calibration networks")
+    p.add_argument("--skew", type=float, default=None, metavar="A",
+                   help="draw each cell's ops from its own Dirichlet(A) mix (0.5: cells of mostly one or two ops, "
+                        "as searches derive) instead of uniformly; with op keys this calibrates the networks a "
+                        "search derives better (benchmarks/searched_keys.py)")
     p.add_argument("--network", default=None, help="network preset of a space table (default: the table's "
                                                    "deployed network, cifar10)")
     p.add_argument("--models", default=None, help="comma-separated models for a layer table "
@@ -49,8 +53,15 @@ def cmd_calibrate(args) -> int:
     models = [m for m in args.models.split(",") if m] if args.models else None
     t0 = time.perf_counter()
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    if args.skew is not None and not (args.skew > 0):
+        raise HwcostError(f"--skew must be a positive Dirichlet concentration (e.g. 0.5), got {args.skew}")
+    if args.skew is not None and (models or table.spaces == ["torch"] or
+                                  (table.spaces == ["onnx"] and not table.provenance.get("space"))):
+        raise HwcostError("--skew draws random networks of a search space; a model's table is calibrated on "
+                          "other models")
     table, model = calibrate(table, out, n=args.networks, seed=args.seed, network=args.network, models=models,
-                             backend=args.backend, settings=network_settings(args.max_time), log=log)
+                             backend=args.backend, settings=network_settings(args.max_time), log=log,
+                             skew=args.skew)
     s = model.summary()
     if args.json:
         print(json.dumps({**s, "table": str(out), "seconds": time.perf_counter() - t0,

@@ -8,7 +8,6 @@ import time
 
 from device_tables.errors import HwcostError
 
-DEFAULT_RANDOM = 20   # random networks whose ORT nodes --space S --keys nodes keys
 DEFAULT_NETWORKS = {"darts": "cifar10-search,cifar10", "sharpdarts": "cifar10-search,cifar10", "nb201": "nb201"}
 
 
@@ -120,15 +119,10 @@ def cmd_profile(args) -> int:
 
 
 def _space_node_jobs(args):
-    """(backend, jobs, provenance) of ``--space S --keys nodes``: the nodes ONNX Runtime runs for
-    ``--random N`` random derived networks of the space (each exported, optimised at the backend's
-    level), every distinct node key once -- a node table of the space, which ``hwcost calibrate``
-    calibrates on other random networks of it and ``hwcost predict --genotype`` prices by nodes."""
-    from hwcost.calibrate import build_spec, eval_network, space_specs
+    """(backend, jobs, provenance) of ``--space S --keys nodes`` (:func:`hwcost.pipeline.space_node_jobs`)."""
     from profilers.backends import get_backend
-    from profilers.profile import onnx_jobs
-    from spaces import get_space
-    get_space(args.space)
+
+    from .pipeline import DEFAULT_RANDOM, space_node_jobs
     if not str(args.backend).startswith("ort"):
         raise HwcostError(f"--keys nodes keys networks by the nodes ONNX Runtime runs: give an ort backend "
                           f"(--backend ort-cpu), not {args.backend}")
@@ -137,21 +131,10 @@ def _space_node_jobs(args):
         raise HwcostError(f"--space {args.space} --keys nodes keys one deployed network, got --networks {args.networks}")
     if args.batch not in (None, 1):
         raise HwcostError("--space S --keys nodes keys batch-1 networks; leave out --batch")
-    network = eval_network(args.space, names)
     n = DEFAULT_RANDOM if args.random is None else args.random
-    if isinstance(n, bool) or n < 1:
-        raise HwcostError(f"--random must be at least 1, got {n}")
     backend = get_backend(args.backend, threads=args.threads, batch=1)
-    level, providers = backend.graph_optimization, backend.session_providers()
-    jobs, seen = [], set()
-    for spec in space_specs(args.space, network, max(n, 2), args.seed)[:n]:
-        graph, _ = build_spec({**spec, "graph": "onnx"})
-        for j in onnx_jobs(graph, level, providers):
-            if j.key not in seen:
-                seen.add(j.key)
-                jobs.append(j)
-    provenance = {"space": args.space, "network": network, "random_networks": n, "seed": args.seed,
-                  "graph_optimization": level}
+    jobs, provenance = space_node_jobs(args.space, names[0] if names else None, n, args.seed, backend,
+                                       progress=not args.no_progress)
     return backend, jobs, provenance
 
 
@@ -207,8 +190,9 @@ def add_profile_parsers(sub) -> None:
                         "them; more accurate there, see benchmarks/README.md); with --space: the nodes of random "
                         "networks of the space (--random N) instead of its ops")
     p.add_argument("--random", type=int, default=None, metavar="N",
-                   help=f"with --space S --keys nodes: how many random derived networks to key (default "
-                        f"{DEFAULT_RANDOM}); their network is --networks (default cifar10)")
+                   help="with --space S --keys nodes: how many random derived networks to key (default 60: "
+                        "their node keys and the fit of each op's cost in context); their network is --networks "
+                        "(default cifar10)")
     p.add_argument("--seed", type=int, default=0, help="with --random: the networks' seed (default 0)")
     _add_backend_args(p, max_time=2.0)
     p.add_argument("--batch", type=int, default=None, help="batch size of the keys (default 1)")

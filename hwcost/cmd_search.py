@@ -163,6 +163,8 @@ def cmd_search(args) -> int:
         return 0
     if (r.get("latency_basis") or "").startswith("uncalibrated"):
         log(f"note: the latency budget is on the {r['latency_basis']}")
+    from .verify import price_by_nodes
+    r = price_by_nodes(cfg, args.out, r, log=log)       # a space node table: the network's own nodes
     if cfg.devices and verify is not False:
         from .verify import measure_devices
         r = measure_devices(cfg, args.out, r, log=log)

@@ -26,6 +26,15 @@ def _fmt_dict(d: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(d.items())) or "-"
 
 
+def _short_provenance(p: dict[str, Any]) -> dict[str, Any]:
+    """The provenance with a space node table's record of keyed networks as a count."""
+    from costmodels.node_tensor import RECORD
+    rec = p.get(RECORD)
+    if not isinstance(rec, dict):
+        return p
+    return {**p, RECORD: f"{len(rec.get('networks') or [])} networks over {len(rec.get('keys') or [])} node keys"}
+
+
 def _aligned(rows: list[list[str]], right: set[int]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
@@ -77,7 +86,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ["runtime", _fmt_dict(table.runtime)],
         ["measurement", _fmt_dict({k: v for k, v in table.measurement.items() if k != "host_reference"})],
         ["created", table.created],
-        ["provenance", _fmt_dict(table.provenance)],
+        ["provenance", _fmt_dict(_short_provenance(table.provenance))],
         *([["host phases", line]] if (line := _host_phases_line(table)) else []),
         ["calibration", _calibration_line(table)],
         ["entries", f"{len(table)}" + (f" (median {min(medians):.4g} .. {max(medians):.4g} ms)" if medians else "")

@@ -13,11 +13,15 @@ import torch
 
 from spaces.errors import HwcostError
 
+DEFAULT_RANDOM = 60   # random networks a space node table keys (node coverage, and the fit of each op's cost)
+
 
 def ensure_table(path: str | Path, space: str = "darts", networks: str = "cifar10", backend: str = "ort-cpu",
-                 threads: int = 1, progress: bool | None = None, log=print):
+                 threads: int = 1, progress: bool | None = None, log=print, keys: str = "ops",
+                 random: int = DEFAULT_RANDOM):
     """The op-level table at ``path`` if it exists (and was measured here, on ``backend``), else
-    profile it now; an interrupted profile is resumed from its journal."""
+    profile it now; an interrupted profile is resumed from its journal. ``keys="nodes"``: a space
+    node table (the nodes ORT runs for ``random`` random networks of ``networks``)."""
     from device_tables import load_table
     from profilers.backends import get_backend
     from profilers.environment import same_host
@@ -40,11 +44,54 @@ def ensure_table(path: str | Path, space: str = "darts", networks: str = "cifar1
     path.parent.mkdir(parents=True, exist_ok=True)
     resume = journal_path(path).exists()
     be = get_backend(backend, threads=threads, batch=1)
-    jobs = space_jobs(space, networks, 1)
-    table = profile(jobs, be, path, spaces=[space], resume=resume, progress=progress,
-                    provenance={"space": space, "networks": networks.split(","), "tool": "hwcost demo"},
+    if keys == "nodes":
+        jobs, provenance = space_node_jobs(space, networks, random, 0, be, progress=bool(progress),
+                                           log=lambda line: log("   " + line))
+        spaces = ["onnx"]
+    else:
+        jobs, spaces = space_jobs(space, networks, 1), [space]
+        provenance = {"space": space, "networks": networks.split(","), "tool": "hwcost demo"}
+    table = profile(jobs, be, path, spaces=spaces, resume=resume, progress=progress, provenance=provenance,
                     announce=lambda line: log("   " + line))
     return table, True
+
+
+def space_node_jobs(space: str, network: str | None, n: int, seed: int, backend, progress: bool = True,
+                    log=lambda s: print(s, file=sys.stderr)):
+    """(jobs, provenance) of a space node table: the nodes ONNX Runtime runs for ``n`` random derived
+    networks of ``space`` (each exported and optimised at the backend's level), every distinct node
+    key once, and the record of which nodes each network has (``costmodels.node_tensor``)."""
+    from collections import Counter
+
+    from costmodels.node_tensor import RECORD, record_networks
+    from profilers.profile import onnx_jobs
+    from spaces import get_space
+
+    from .calibrate import build_spec, eval_network, space_specs
+    get_space(space)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise HwcostError(f"--random must be a positive number of networks, got {n!r}")
+    network = eval_network(space, [network] if network else [])
+    level, providers = backend.graph_optimization, backend.session_providers()
+    specs = space_specs(space, network, max(n, 2), seed)[:n]
+    log(f"exporting {len(specs)} random {space} {network} networks, keyed by the nodes ONNX Runtime runs")
+    items = specs
+    if progress and progress_default():
+        from tqdm import tqdm
+        items = tqdm(specs, desc="export", unit="network", dynamic_ncols=True)
+    jobs, seen, archs, counts = [], set(), [], []
+    for spec in items:
+        graph, _ = build_spec({**spec, "graph": "onnx"})
+        mine = onnx_jobs(graph, level, providers)
+        archs.append(spec["arch"] if spec["kind"] == "nb201" else spec["genotype"])
+        counts.append(Counter({j.key: j.extra["count"] for j in mine}))
+        for j in mine:
+            if j.key not in seen:
+                seen.add(j.key)
+                jobs.append(j)
+    provenance = {"space": space, "network": network, "random_networks": n, "seed": seed,
+                  "graph_optimization": level, RECORD: record_networks(archs, counts)}
+    return jobs, provenance
 
 
 def random_derived_costs(cost_tensor, n: int = 500, seed: int = 0) -> torch.Tensor:

@@ -93,11 +93,106 @@ def local_margin(session_ms: list[float]) -> float:
     return min(max(spread, MARGIN_MIN), MARGIN_MAX)
 
 
-def _build(space: str, network: str, arch):
+def _build(space: str, network: str, arch, table=None):
+    """(spec, network, input shape) of a derived architecture; for a space node table the network is
+    the ONNX graph ORT runs (its nodes are the table's keys)."""
+    from costmodels.node_tensor import is_space_node_table
+
     from .calibrate import arch_spec, build_spec
     spec = arch_spec(space, network, arch)
+    if table is not None and is_space_node_table(table):
+        spec["graph"] = "onnx"
     model, shape = build_spec(spec)
     return spec, model, shape
+
+
+def _with_nodes_of(table, table_path, model, shape, log):
+    """A node table that lacks some nodes of ``model`` (an ONNX graph) gains them, profiled now on the
+    table's backend when it was profiled on this machine, and is saved; else it stays as it is."""
+    from costmodels.predict import runtime_fusion_level
+    from device_tables import save_table
+    from spaces.onnx_graph import OnnxGraph, graph_nodes
+
+    from .calibrate import _profile_missing_layers, table_backend
+    if not isinstance(model, OnnxGraph) or all(k in table for k in graph_nodes(model, runtime_fusion_level(table)).keys):
+        return table
+    try:
+        backend = table_backend(table)
+    except HwcostError as e:
+        log(f"   the derived network has nodes the table lacks, and they cannot be profiled here ({e})")
+        return table
+    table = _profile_missing_layers(table, [(model, shape)], backend, lambda s: log("   " + s))
+    if table_path is not None and Path(table_path).is_file():
+        save_table(table, table_path)
+    return table
+
+
+NODE_ROUNDS = 3         # re-derivations around the derived network's node price, at most
+
+
+def price_by_nodes(cfg, out: str | Path, result: dict, log: Callable[[str], None] = print) -> dict:
+    """A search on a space node table (``hwcost profile --space S --keys nodes``): price the derived
+    network by its own nodes -- exported, optimised by ONNX Runtime, each node from the table, through
+    its in-context model -- and while that price lies outside the aimed band [floor B, B / u], derive
+    again with the cost model scaled to it (the per-op costs are a fit; the network's nodes are not),
+    at most :data:`NODE_ROUNDS` times. Nothing is measured. The result's ``derived.latency_ms`` becomes
+    the node price (``latency_ms_model`` keeps the cost model's); ``nodes`` records every round."""
+    from costmodels.node_tensor import is_space_node_table
+    from costmodels.predict import predict_network
+    from device_tables import bundled_table_path, load_table
+    from search.run import run_search
+    if cfg.table is None or cfg.devices or "latency_ms" not in result.get("derived", {}):
+        return result
+    table = load_table(bundled_table_path(cfg.table))
+    if not is_space_node_table(table):
+        return result
+    out = Path(out)
+    given = (result.get("budgets_given") or {}).get("latency_ms")
+    margin = result.get("confidence") or {}
+    u, confidence = float(margin.get("upper_factor") or 1.0), margin.get("confidence")
+    aim = given / u if given is not None else None
+    floor = cfg.budget_floor * given if given is not None else None
+    history, seen, stopped, inside = [], set(), None, True
+    for r in range(NODE_ROUNDS + 1):
+        arch = result.get("arch", result.get("genotype"))
+        key = json.dumps(arch, sort_keys=True) if isinstance(arch, dict) else str(arch)
+        seen.add(key)
+        _, graph, shape = _build(cfg.space, cfg.network, arch, table)
+        table = _with_nodes_of(table, cfg.table, graph, shape, log)
+        try:
+            p = predict_network(graph, shape, table, confidence=confidence)
+        except HwcostError as e:
+            log(f"   node price: {e}; the cost model's figure stands")
+            stopped = f"not priced by its nodes: {e}"
+            break
+        model_ms = float(result["derived"]["latency_ms"])
+        ms = p.latency_ms
+        inside = aim is None or floor <= ms <= aim
+        history.append({"round": r, "model_ms": model_ms, "nodes_ms": ms, "low_ms": p.low_ms, "high_ms": p.high_ms,
+                        "aimed_ms": aim, "floor_ms": floor, "in_band": inside, "arch": key})
+        log(f"   priced by its {p.n_calls} ONNX Runtime nodes: {ms:.3f} ms (the op-cost fit said {model_ms:.3f} ms)"
+            + ("" if aim is None else f"; aimed band [{floor:.3f}, {aim:.3f}]: {'inside' if inside else 'outside'}"))
+        result["derived"]["latency_ms_model"] = model_ms
+        result["derived"]["latency_ms"] = ms
+        result["derived"]["latency_source"] = "the derived network's own ONNX Runtime nodes (node table)"
+        if given is not None:
+            result["within_budget"]["latency_ms"] = ms <= given
+        if inside or r == NODE_ROUNDS:
+            break
+        if not (ms > 0 and model_ms > 0):
+            stopped = "a non-positive price"
+            break
+        again = run_search(cfg, str(out), resume=True, progress=False,
+                           correction={"scale": ms / model_ms, "margin": 0.0, "basis": "nodes"})
+        new = again.get("arch", again.get("genotype"))
+        if (json.dumps(new, sort_keys=True) if isinstance(new, dict) else str(new)) in seen:
+            stopped = "re-derived a network priced already"
+            log("   the corrected costs derive a network priced already; stopping")
+            break
+        result = again
+    result["nodes"] = {"rounds": history, "met": inside, "rounds_used": max(len(history) - 1, 0), "stopped": stopped}
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result
 
 
 def _measure_derived(model, shape, table, backend, settings, budget: float | None, floor: float | None,
@@ -124,6 +219,7 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     calibration and re-derive (at most ``rounds`` times). Returns the final result, with
     ``verify`` recording every round; writes it to ``out/result.json``."""
     from costmodels.incontext import model_of
+    from costmodels.node_tensor import is_space_node_table
     from device_tables import load_table, save_table
     from search.run import run_search
 
@@ -138,11 +234,13 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     budget = result.get("budgets_given", result["budgets"]).get("latency_ms")
     floor = cfg.budget_floor * budget if budget is not None else None
     history, seen, stopped = [], set(), None
+    nodes_record = result.get("nodes")
     margin = result.get("confidence")          # the search's own (global) margin, kept in the result
     confidence = (margin or {}).get("confidence")
     for r in range(rounds + 1):
         arch = result.get("arch", result.get("genotype"))
-        spec, model, shape = _build(cfg.space, cfg.network, arch)
+        spec, model, shape = _build(cfg.space, cfg.network, arch, table)
+        table = _with_nodes_of(table, table_path, model, shape, log)
         measured, meas, ref, p = _measure_derived(model, shape, table, backend, settings, budget, floor, confidence)
         ms, ref_ms = measured["measured_ms"], measured["reference_ms"]
         ref_cal = model_of(table).reference_ms if table.calibration is not None else None
@@ -153,8 +251,13 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
         history.append(rec)
         where = ("" if budget is None else f" ({ms / budget:.0%} of the budget {budget:.3f} ms: "
                                            f"{'inside' if inside else 'outside'} [{floor:.3f}, {budget:.3f}])")
-        log(f"   verify round {r}: predicted {rec['predicted_ms']:.3f} ms"
+        # after a re-derivation the search's (locally scaled) model and the refitted table can differ:
+        # the interval belongs to the table's figure, so both are shown then
+        table_note = (f" (the table: {p.latency_ms:.3f} ms" if abs(p.latency_ms / rec["predicted_ms"] - 1) > 0.005
+                      else "")
+        log(f"   verify round {r}: predicted {rec['predicted_ms']:.3f} ms{table_note}"
             + (f" [{p.low_ms:.3f}, {p.high_ms:.3f}]" if p.calibrated else " (uncalibrated)")
+            + (")" if table_note else "")
             + f", measured {ms:.3f} ms{where}")
         if ref_cal and ref_ms / ref_cal > HOST_SLOW:
             log(f"   note: the host runs a reference kernel {ref_ms / ref_cal - 1:+.0%} slower than when the table was "
@@ -173,6 +276,8 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
         # Neighbours of this network share most of its error: scale the refitted model to its measurement
         # and aim inside the band by the measurement's own spread (search.costs.local_correction).
         refit_ms = model_ic.predict(sample.features, sample.n_ops)   # = predict_network on the refitted table
+        if is_space_node_table(table):   # the search's costs are a fit over the node-priced networks
+            refit_ms = _cost_model_ms(cfg, table_path, arch)
         correction = {"scale": ms / refit_ms, "margin": local_margin(rec["session_medians_ms"] or [ms])}
         rec["correction"] = correction
         log(f"   added it to {table_path}'s calibration ({len(model_ic.samples)} networks; leave-one-out "
@@ -196,6 +301,8 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
             break
         result = again
     met = history[-1]["in_band"]
+    if nodes_record is not None:      # the node-price rounds that chose the network of round 0
+        result.setdefault("nodes", nodes_record)
     local = result.get("confidence") if result.get("confidence") is not margin else None
     result["confidence"] = margin
     result["verify"] = {"rounds": history, "met": met, "rounds_used": len(history) - 1, "stopped": stopped,
@@ -206,7 +313,17 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     return result
 
 
-__all__ = ["DEFAULT_ROUNDS", "check_verifiable", "local_margin", "verify_default", "verify_search"]
+def _cost_model_ms(cfg, table_path, arch) -> float:
+    """The search cost model's latency of ``arch`` on the table as it is now (rebuilt: it was refitted)."""
+    from search.costs import derived_latency, search_cost_tensor
+    from search.supernet import SupernetConfig
+    from spaces.genotypes import genotype_from_dict
+    ct, _ = search_cost_tensor(cfg.space, cfg.network, SupernetConfig(space=cfg.space).ops(), str(table_path))
+    arch = genotype_from_dict(arch) if isinstance(arch, dict) else arch
+    return float(derived_latency(cfg.space, arch, ct, None)["latency_ms_predicted"])
+
+
+__all__ = ["DEFAULT_ROUNDS", "price_by_nodes", "check_verifiable", "local_margin", "verify_default", "verify_search"]
 
 
 def measure_devices(cfg, out: str | Path, result: dict, settings=None, log: Callable[[str], None] = print) -> dict:

@@ -86,10 +86,7 @@ def local_correction(cost_tensor: CostTensor, terms, correction: dict, floor: fl
     rho, delta = float(correction["scale"]), float(correction["margin"])
     if not (rho > 0 and 0 <= delta < 0.5):
         raise HwcostError(f"a verify correction needs scale > 0 and 0 <= margin < 0.5, got {correction!r}")
-    i = cost_tensor.index("latency_ms")
-    c, fixed = cost_tensor.c.clone(), cost_tensor.fixed.clone()
-    c[..., i] *= rho
-    fixed[i] *= rho
+    scaled = scale_latency(cost_tensor, rho)
     for t in terms:
         if t.kind == "hard" and t.metric == "latency_ms":
             t.given = t.value if t.given is None else t.given
@@ -97,7 +94,16 @@ def local_correction(cost_tensor: CostTensor, terms, correction: dict, floor: fl
             t.floor = min(floor * (1 + delta) / (1 - delta), 0.99) if floor > 0 else 0.0
     margin = {"confidence": None, "upper_factor": 1.0, "local_scale": rho, "local_margin": delta,
               "basis": "verify: the model scaled to the network measured last"}
-    return dataclasses.replace(cost_tensor, c=c, fixed=fixed), margin
+    return scaled, margin
+
+
+def scale_latency(cost_tensor: CostTensor, rho: float) -> CostTensor:
+    """The cost tensor with its latency (every op and the fixed part) scaled by ``rho``."""
+    i = cost_tensor.index("latency_ms")
+    c, fixed = cost_tensor.c.clone(), cost_tensor.fixed.clone()
+    c[..., i] *= rho
+    fixed[i] *= rho
+    return dataclasses.replace(cost_tensor, c=c, fixed=fixed)
 
 
 def target_config(space: str, network: str):
@@ -127,6 +133,9 @@ def search_cost_tensor(space: str, network: str, ops: tuple[str, ...], table_pat
         c = torch.cat([ct.c, torch.as_tensor(theta, dtype=ct.c.dtype)[None, :, :, None]], dim=-1)
         fixed = torch.cat([ct.fixed, torch.tensor([b], dtype=ct.fixed.dtype)])
         return dataclasses.replace(ct, c=c, fixed=fixed, metrics=ct.metrics + ("latency_ms",)), notes
+    from costmodels.node_tensor import is_space_node_table
+    if is_space_node_table(table):
+        return _node_cost_tensor(space, network, ops, table, target, notes)
     if space not in table.spaces:
         raise HwcostError(f"table {table_path} was measured for space(s) {', '.join(table.spaces)}, "
                           f"but a {space} table is needed")
@@ -146,6 +155,33 @@ def search_cost_tensor(space: str, network: str, ops: tuple[str, ...], table_pat
                            primitives=ops)
     notes["latency_sources"] = dict(model.sources)
     ct = _remove_isolation_overhead(ct, table, target, notes, incontext)
+    return ct, notes
+
+
+def _node_cost_tensor(space: str, network: str, ops: tuple[str, ...], table: DeviceTable, target,
+                      notes: dict) -> tuple[CostTensor, dict]:
+    """The cost tensor of a space node table (``hwcost profile --space S --keys nodes``): each candidate
+    op's latency per occurrence in a cell type, fitted on the networks the table keyed, each priced by
+    its own nodes through the table's in-context model (``costmodels.node_tensor``)."""
+    from costmodels.incontext import model_of
+    from costmodels.node_tensor import check_finite, fit_op_costs
+    keyed = str(table.provenance.get("network") or "")
+    if space != "nb201" and keyed != network:      # nb201 has one network
+        raise HwcostError(f"table {table.source} keys the nodes of {table.provenance.get('space')} {keyed} networks; "
+                          f"this search's target is {network} (profile it with --networks {network})")
+    ct = build_cost_tensor(space, target, metrics=ANALYTICAL, primitives=ops)
+    theta, fixed, report = fit_op_costs(table, space, ct.cell_types, ops)
+    check_finite(theta, fixed, table)
+    lat = torch.as_tensor(theta, dtype=ct.c.dtype)[:, None, :, None].expand(-1, len(ct.edges), -1, -1)
+    notes["latency_decomposition"] = report
+    notes["latency_sources"] = {"nodes": "the table's nodes of each keyed network, fitted per op and cell type"}
+    incontext = model_of(table)
+    if incontext is not None:
+        notes["calibration"] = {"networks": len(incontext.samples), "created": incontext.created,
+                                "host": incontext.host, "loo_mean": incontext.mean, "loo_std": incontext.std}
+    ct = dataclasses.replace(ct, c=torch.cat([lat, ct.c], dim=-1),
+                             fixed=torch.cat([torch.tensor([fixed], dtype=ct.fixed.dtype), ct.fixed]),
+                             metrics=("latency_ms",) + ct.metrics)
     return ct, notes
 
 

@@ -232,7 +232,14 @@ class SearchRun:
         else:
             latency = "latency_ms" in self.cost_tensor.metrics
             self.margin = confidence_margin(cfg.table, cfg.confidence) if latency else None
-            if correction is not None and latency:  # hardware in the loop: re-derive around a measured network
+            if correction is not None and latency and correction.get("basis") == "nodes":
+                # a space node table: the model scaled to the derived network's own node price, the
+                # budget still aimed at the table's confidence (hwcost.verify.price_by_nodes)
+                from .costs import scale_latency
+                self.cost_tensor = scale_latency(self.cost_tensor, float(correction["scale"]))
+                self.expected = ExpectedCost(self.cost_tensor, mode=cfg.cost_mode)
+                apply_margin(self.terms, self.margin, cfg.budget_floor)
+            elif correction is not None and latency:  # hardware in the loop: re-derive around a measured network
                 from .costs import local_correction
                 self.cost_tensor, self.margin = local_correction(self.cost_tensor, self.terms, correction,
                                                                  cfg.budget_floor)

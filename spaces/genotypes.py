@@ -186,20 +186,25 @@ def load_genotype(name_or_path: str, space: str | None = None) -> tuple[str, Gen
     return space, parse_genotype(text, str(path)).validate(space)
 
 
-def random_genotype(rng, space: str = "darts", steps: int = 4) -> Genotype:
+def random_genotype(rng, space: str = "darts", steps: int = 4, skew: float | None = None) -> Genotype:
     """A random derived genotype: each node takes 2 distinct earlier states, each through a
     random non-``none`` op of ``space`` (what a DARTS derivation can produce). ``rng`` is a
-    ``random.Random`` or a seed."""
+    ``random.Random`` or a seed.
+
+    ``skew``: each cell draws its ops from its own mix, op weights ~ Dirichlet(``skew``) (small:
+    a cell of mostly one or two ops, as searches derive -- pools and skips in one cell type,
+    convolutions in the other); None: every op equally likely."""
     import random
     from .registry import get_space
     rng = rng if isinstance(rng, random.Random) else random.Random(rng)
     ops = [o for o in get_space(space).searchable_ops() if o != "none"]
     cells = []
     for _ in range(2):
+        weights = None if skew is None else [rng.gammavariate(skew, 1.0) + 1e-12 for _ in ops]
         edges = []
         for node in range(steps):
             for src in sorted(rng.sample(range(node + 2), 2)):
-                edges.append((rng.choice(ops), src))
+                edges.append((rng.choice(ops) if weights is None else rng.choices(ops, weights)[0], src))
         cells.append(tuple(edges))
     concat = tuple(range(2, steps + 2))
     return Genotype(cells[0], concat, cells[1], concat).validate(space)

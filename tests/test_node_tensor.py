@@ -1,0 +1,163 @@
+"""A search space priced by ONNX Runtime nodes: the op-cost fit of a space node table, its cost
+tensor, and the search that prices its derived network by its own nodes."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from costmodels.node_tensor import RECORD, fit_op_costs, record_networks, recorded_networks
+from device_tables import DeviceTable, Entry, OpKey, save_table
+from device_tables.errors import HwcostError
+from hwcost.cli import main
+from spaces import get_space, random_genotype
+
+OPS = tuple(get_space("darts").primitives)          # none first, as the search lists them
+REAL = [o for o in OPS if o != "none"]
+TRUE_FIXED = 1.0
+
+
+def true_cost(k: int, op: str) -> float:
+    """A hand-made additive truth: each op of each cell type costs this per occurrence."""
+    return 0.05 + 0.01 * (7 * k + REAL.index(op)) ** 1.5
+
+
+def _key(name: str) -> OpKey:
+    return OpKey("onnx", name, 1, 8, 8, 4, 4, 1)
+
+
+def _counts(genotype) -> Counter:
+    c = Counter({_key("Fixed"): 1})
+    for k, cell in enumerate((genotype.normal, genotype.reduce)):
+        for op, _ in cell:
+            c[_key(f"Op{k}_{op}")] += 1
+    return c
+
+
+def _truth(genotype) -> float:
+    return TRUE_FIXED + sum(true_cost(k, op) for k, cell in enumerate((genotype.normal, genotype.reduce))
+                            for op, _ in cell)
+
+
+def synthetic_table(n: int, seed: int = 0, record=None) -> DeviceTable:
+    """A darts node table whose networks' node sums are exactly additive over (cell type, op)."""
+    rng = random.Random(seed)
+    genotypes = [random_genotype(rng, "darts") for _ in range(n)]
+    keys = [(_key("Fixed"), TRUE_FIXED)] + [(_key(f"Op{k}_{o}"), true_cost(k, o)) for k in (0, 1) for o in REAL]
+    entries = tuple(Entry(key, ms, ms, ms, 10) for key, ms in keys)
+    rec = record if record is not None else record_networks([g.to_dict() for g in genotypes],
+                                                            [_counts(g) for g in genotypes])
+    return DeviceTable(kind="op", spaces=["onnx"], device={"name": "box"},
+                       runtime={"backend": "ort-cpu", "threads": 1, "dtype": "float32", "batch": 1},
+                       entries=entries, measurement={"per_call_overhead_ms": 0.0},
+                       provenance={"space": "darts", "network": "cifar10", RECORD: rec})
+
+
+def test_the_op_costs_fitted_on_node_priced_networks_recover_an_additive_truth():
+    table = synthetic_table(40)
+    theta, fixed, report = fit_op_costs(table, "darts", ("normal", "reduce"), OPS)
+    rng = random.Random(99)
+    for g in (random_genotype(rng, "darts") for _ in range(20)):        # networks the fit never saw
+        pred = fixed + sum(theta[k, OPS.index(op)] for k, cell in enumerate((g.normal, g.reduce)) for op, _ in cell)
+        assert pred == pytest.approx(_truth(g), rel=1e-4)
+    for k in (0, 1):
+        # every cell has 8 edges: the costs are fixed up to a common shift, taken so the cheapest costs 0
+        diffs = [theta[k, OPS.index(o)] - theta[k, OPS.index(REAL[0])] for o in REAL]
+        assert diffs == pytest.approx([true_cost(k, o) - true_cost(k, REAL[0]) for o in REAL], abs=1e-4)
+        assert min(theta[k, OPS.index(o)] for o in REAL) == pytest.approx(0.0, abs=1e-6)
+        assert theta[k, OPS.index("none")] == 0.0           # absent from a derived darts network
+    assert report["networks"] == 40 and report["heldout_mape"] < 1e-3
+
+
+def test_the_cost_tensor_of_a_node_table_prices_a_derived_network_as_the_truth(tmp_path):
+    from costmodels.expected_cost import ExpectedCost, arch_weights
+    from search.costs import search_cost_tensor
+    path = tmp_path / "nodes.json"
+    save_table(synthetic_table(40), path)
+    ct, notes = search_cost_tensor("darts", "cifar10", OPS, str(path))
+    assert ct.metrics[0] == "latency_ms" and notes["latency_decomposition"]["networks"] == 40
+    i = ct.index("latency_ms")
+    assert bool((ct.c[:, :, :, i] == ct.c[:, :1, :, i]).all())      # per (cell type, op), on every edge
+    g = random_genotype(random.Random(5), "darts")
+    derived = float(ExpectedCost(ct, mode="derived")(weights=arch_weights(g, OPS))[i])
+    assert derived == pytest.approx(_truth(g), rel=1e-4)
+    # the analytical metrics are the op table's: the same network's parameter count either way
+    ct_plain, _ = search_cost_tensor("darts", "cifar10", OPS, None)
+    assert torch_equal(ct.c[..., ct.index("params")], ct_plain.c[..., ct_plain.index("params")])
+    with pytest.raises(HwcostError, match="keys the nodes of darts cifar10 networks"):
+        search_cost_tensor("darts", "imagenet", OPS, str(path))
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+    return bool(torch.equal(a, b))
+
+
+def test_a_bad_record_of_keyed_networks_is_one_clear_error():
+    with pytest.raises(HwcostError, match="records no keyed networks"):
+        recorded_networks(dataclasses.replace(synthetic_table(3), provenance={"space": "darts"}))
+    bad = {"keys": ["onnx/Fixed|b1|cin8|cout8|h4|w4|s1"], "networks": [{"arch": {}, "nodes": [[7, 1]]}]}
+    with pytest.raises(HwcostError, match="malformed provenance"):
+        recorded_networks(synthetic_table(3, record=bad))
+    with pytest.raises(HwcostError, match="needs at least"):
+        fit_op_costs(synthetic_table(5), "darts", ("normal", "reduce"), OPS)
+    with pytest.raises(HwcostError, match="not nb201"):
+        fit_op_costs(synthetic_table(40), "nb201", ("cell",), OPS)
+
+
+def test_a_search_on_a_space_node_table_prices_its_network_by_its_nodes(tmp_path, capsys):
+    """profile --space nb201 --keys nodes, calibrate, search under a budget: the derived network's
+    latency is its own node price -- what predict --arch says of it from the same table -- and verify
+    measures it beside that price."""
+    table = tmp_path / "nodes.json"
+    assert main(["profile", "--space", "nb201", "--keys", "nodes", "--random", "16", "--max-time", "0.05",
+                 "--passes", "2", "--no-progress", "--out", str(table)]) == 0
+    assert main(["calibrate", str(table), "--networks", "3", "--max-time", "0.3"]) == 0
+    from hwcost.pipeline import random_derived_costs
+    from search.costs import search_cost_tensor
+    from search.supernet import SupernetConfig
+    ct, _ = search_cost_tensor("nb201", "cifar10", SupernetConfig(space="nb201").ops(), str(table))
+    lat = random_derived_costs(ct, 200)[:, ct.index("latency_ms")].numpy()
+    budget = round(float(np.quantile(lat, 0.6)), 3)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["search", "--space", "nb201", "--table", str(table), "--budget", f"latency={budget}ms",
+                 "--epochs", "1", "--verify-rounds", "0", "--out", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    rounds = r["nodes"]["rounds"]
+    assert rounds and r["derived"]["latency_ms"] == rounds[-1]["nodes_ms"]
+    assert r["derived"]["latency_ms_model"] == rounds[-1]["model_ms"]
+    assert main(["predict", "--table", str(table), "--space", "nb201", "--arch", r["arch"], "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["keys"] == "nodes" and p["latency_ms"] == pytest.approx(r["derived"]["latency_ms"], rel=1e-9)
+    assert r["within_budget"]["latency_ms"] == (r["derived"]["latency_ms"] <= budget)
+    v = r["verify"]["rounds"][0]
+    assert v["predicted_ms"] == r["derived"]["latency_ms"] and v["measured_ms"] > 0
+    assert np.isfinite(v["table_predicted_ms"])
+
+
+def test_skewed_random_networks_have_cells_of_few_ops(capsys):
+    """--skew draws each cell's ops from its own Dirichlet mix: cells of mostly one or two ops (a
+    search's kind of network), where uniform draws use most of the 7 ops; the calibration specs of a
+    space table follow it, and the CLI refuses a skew that is no concentration."""
+    from device_tables import bundled_table_path, load_table
+    from hwcost.calibrate import network_specs
+
+    def distinct(g):
+        return [len({op for op, _ in cell}) for cell in (g.normal, g.reduce)]
+    rng_u, rng_s = random.Random(1), random.Random(1)
+    uniform = [d for _ in range(300) for d in distinct(random_genotype(rng_u, "darts"))]
+    skewed = [d for _ in range(300) for d in distinct(random_genotype(rng_s, "darts", skew=0.2))]
+    # 8 edges over 7 equally likely ops: 7 * (1 - (6/7)^8) = 4.95 distinct ops expected per cell
+    assert np.mean(uniform) == pytest.approx(7 * (1 - (6 / 7) ** 8), abs=0.15)
+    assert np.mean(skewed) < np.mean(uniform) - 1.5
+    table = load_table(bundled_table_path("darts_ort-cpu"))
+    from spaces.genotypes import genotype_from_dict
+    specs = network_specs(table, 40, seed=3, skew=0.2)
+    assert np.mean([d for s in specs for d in distinct(genotype_from_dict(s["genotype"]))]) < np.mean(uniform) - 1.5
+    assert main(["calibrate", str(bundled_table_path("darts_ort-cpu")), "--skew", "0", "--out", "/dev/null"]) == 2
+    assert "--skew must be a positive" in capsys.readouterr().err
