@@ -153,6 +153,8 @@ def price_by_nodes(cfg, out: str | Path, result: dict, log: Callable[[str], None
     aim = given / u if given is not None else None
     floor = cfg.budget_floor * given if given is not None else None
     history, seen, stopped, inside = [], set(), None, True
+    priced: list[tuple[dict, float]] = []    # (result, node price) of every round
+    scale = 1.0                              # of the fitted model, relative to the table's own fit
     for r in range(NODE_ROUNDS + 1):
         arch = result.get("arch", result.get("genotype"))
         key = json.dumps(arch, sort_keys=True) if isinstance(arch, dict) else str(arch)
@@ -177,20 +179,31 @@ def price_by_nodes(cfg, out: str | Path, result: dict, log: Callable[[str], None
         result["derived"]["latency_source"] = "the derived network's own ONNX Runtime nodes (node table)"
         if given is not None:
             result["within_budget"]["latency_ms"] = ms <= given
+        priced.append((result, ms))
         if inside or r == NODE_ROUNDS:
             break
         if not (ms > 0 and model_ms > 0):
             stopped = "a non-positive price"
             break
+        scale *= ms / model_ms          # each re-derivation scales the table's own fit afresh
         again = run_search(cfg, str(out), resume=True, progress=False,
-                           correction={"scale": ms / model_ms, "margin": 0.0, "basis": "nodes"})
+                           correction={"scale": scale, "margin": 0.0, "basis": "nodes"})
         new = again.get("arch", again.get("genotype"))
         if (json.dumps(new, sort_keys=True) if isinstance(new, dict) else str(new)) in seen:
             stopped = "re-derived a network priced already"
             log("   the corrected costs derive a network priced already; stopping")
             break
         result = again
-    result["nodes"] = {"rounds": history, "met": inside, "rounds_used": max(len(history) - 1, 0), "stopped": stopped}
+    if not inside and len(priced) > 1 and aim is not None:
+        # none in the band: keep the priciest network under the aim (closest to the band from below),
+        # else the cheapest one -- never the last one for being last
+        under = [(res, ms) for res, ms in priced if ms <= aim]
+        best = max(under, key=lambda t: t[1]) if under else min(priced, key=lambda t: t[1])
+        if best[0] is not result:
+            result = best[0]
+            log(f"   keeping the network priced at {best[1]:.3f} ms (the closest to the band)")
+    result["nodes"] = {"rounds": history, "met": inside, "rounds_used": max(len(history) - 1, 0), "stopped": stopped,
+                       "kept": next(i for i, (res, _) in enumerate(priced) if res is result) if priced else None}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
 

@@ -161,3 +161,43 @@ def test_skewed_random_networks_have_cells_of_few_ops(capsys):
     assert np.mean([d for s in specs for d in distinct(genotype_from_dict(s["genotype"]))]) < np.mean(uniform) - 1.5
     assert main(["calibrate", str(bundled_table_path("darts_ort-cpu")), "--skew", "0", "--out", "/dev/null"]) == 2
     assert "--skew must be a positive" in capsys.readouterr().err
+
+
+def test_the_node_price_rounds_scale_the_fit_cumulatively_and_keep_the_closest_network(tmp_path, monkeypatch):
+    """price_by_nodes with a stand-in search and node prices: each re-derivation gets the product of the
+    price / model ratios so far (the table's own fit scaled afresh), and when no round lands in the band
+    the network kept is the priciest one under the aimed budget."""
+    from types import SimpleNamespace
+
+    import costmodels.predict as cp
+    import hwcost.verify as hv
+    import search.run as sr
+    path = tmp_path / "nodes.json"
+    save_table(synthetic_table(40), path)
+    # budget 10 ms at u = 1.25: aimed at 8 ms, floor 0.85 x 10 = 8.5 ms -- an empty band, so no round lands
+    # in it and the loop runs out of rounds
+    prices = {"a": 6.0, "b": 7.5, "c": 9.0, "d": 7.0}
+    models = {"a": 8.0, "b": 8.0, "c": 8.0, "d": 8.0}
+    order = iter(["b", "c", "d"])
+    scales = []
+
+    def result_of(name):
+        return {"arch": name, "derived": {"latency_ms": models[name]}, "budgets_given": {"latency_ms": 10.0},
+                "confidence": {"upper_factor": 1.25, "confidence": 0.9}, "within_budget": {}}
+
+    def fake_search(cfg, out, resume, progress, correction):
+        scales.append(correction["scale"])
+        return result_of(next(order))
+    monkeypatch.setattr(sr, "run_search", fake_search)
+    monkeypatch.setattr(hv, "_build", lambda space, network, arch, table=None: ({}, arch, (1,)))
+    monkeypatch.setattr(hv, "_with_nodes_of", lambda table, path, model, shape, log: table)
+    monkeypatch.setattr(cp, "predict_network", lambda graph, shape, table, confidence=None: SimpleNamespace(
+        latency_ms=prices[graph], low_ms=None, high_ms=None, n_calls=1))
+    cfg = SimpleNamespace(table=str(path), devices=None, space="darts", network="cifar10", budget_floor=0.85)
+    logs = []
+    r = hv.price_by_nodes(cfg, tmp_path, result_of("a"), log=logs.append)
+    assert scales == pytest.approx([6 / 8, 6 / 8 * 7.5 / 8, 6 / 8 * 7.5 / 8 * 9 / 8])
+    assert [h["nodes_ms"] for h in r["nodes"]["rounds"]] == [6.0, 7.5, 9.0, 7.0]
+    assert r["arch"] == "b" and r["derived"]["latency_ms"] == 7.5 and r["nodes"]["kept"] == 1
+    assert r["nodes"]["met"] is False and r["within_budget"]["latency_ms"] is True
+    assert json.loads((tmp_path / "result.json").read_text())["arch"] == "b"
