@@ -208,18 +208,69 @@ def price_by_nodes(cfg, out: str | Path, result: dict, log: Callable[[str], None
     return result
 
 
+CANDLES = 3     # calibration networks measured again beside a derived network (the host's phase)
+
+
+def candles(table, k: int = CANDLES) -> list[tuple]:
+    """``k`` of the table's calibration networks, rebuilt, with what they measured when it was
+    calibrated: (network, input shape, measured ms then). Timed again beside a derived network they
+    say how fast the host runs *now* for networks of this kind -- a DARTS network's time drifted by
+    up to +-12% over tens of minutes here while a lone convolution (the reference kernel) moved 3%."""
+    from costmodels.incontext import model_of
+
+    from .calibrate import build_spec
+    model = model_of(table)
+    if model is None or k <= 0:
+        return []
+    out = []
+    for s in [s for s in model.samples if s.role == "calibration" and s.spec][:k]:
+        net, shape = build_spec(s.spec)
+        out.append((net, shape, s.measured_ms))
+    return out
+
+
+def measure_in_phase(model, shape, table, backend, settings, sessions: int = SESSIONS, k: int = CANDLES):
+    """A network measured on ``backend`` in :data:`SESSIONS` sessions (the median one), interleaved with
+    ``k`` calibration networks of the table and the host's reference kernel: ``(measurement, raw
+    measurement, reference, phase)`` where ``phase`` = the median of the candles' now / then (None
+    without a calibration). When the host runs them slower now (phase > 1) the measurement is brought
+    back to the calibration's speed (raw / phase); when faster, it stands: the quietest phase seen is the
+    device's speed (a slow calibration is then corrected by the refit, not by this)."""
+    import copy
+    import dataclasses
+    import statistics
+
+    from profilers.profile import measure_models, reference_module
+    lit = candles(table, k)
+    own = [(copy.deepcopy(model) if sessions > 1 else model, shape) for _ in range(sessions)]
+    out = measure_models(own + [(n, sh) for n, sh, _ in lit] + [reference_module()], backend, settings)
+    mine, lights, ref = out[:sessions], out[sessions:sessions + len(lit)], out[-1]
+    order = sorted(range(sessions), key=lambda j: mine[j].median)
+    raw = mine[order[(sessions - 1) // 2]]
+    raw.session_medians = [m.median for m in mine]
+    if not lit:
+        return raw, raw, ref, None
+    phase = statistics.median(m.median * 1e3 / then for m, (_, _, then) in zip(lights, lit))
+    if phase <= 1.0:
+        return raw, raw, ref, phase
+    scaled = dataclasses.replace(raw, samples=[x / phase for x in raw.samples],
+                                 session_medians=[m.median / phase for m in mine])
+    return scaled, raw, ref, phase
+
+
 def _measure_derived(model, shape, table, backend, settings, budget: float | None, floor: float | None,
                      confidence: float | None = None):
-    """Measure a derived network on ``backend`` (:data:`SESSIONS` sessions, the host's reference kernel
-    beside it) and predict it with ``table``: (record, measurement, reference, prediction). The record's
-    ``in_band`` is None without a budget."""
+    """Measure a derived network on ``backend`` in the calibration's host phase (:func:`measure_in_phase`)
+    and predict it with ``table``: (record, measurement, reference, prediction). The record's
+    ``in_band`` is None without a budget; ``measured_ms`` is the phase-corrected figure,
+    ``measured_raw_ms`` the clock's."""
     from costmodels.predict import predict_network
-    from profilers.profile import measure_models_with_reference
     p = predict_network(model, shape, table, confidence=confidence)
-    (meas,), ref = measure_models_with_reference([(model, shape)], backend, settings, SESSIONS)
+    meas, raw, ref, phase = measure_in_phase(model, shape, table, backend, settings)
     ms = meas.median * 1e3
     rec = {"table_predicted_ms": p.latency_ms, "low_ms": p.low_ms, "high_ms": p.high_ms, "confidence": p.confidence,
            "measured_ms": ms, "measured_p10_ms": meas.p10 * 1e3, "measured_p90_ms": meas.p90 * 1e3,
+           "measured_raw_ms": raw.median * 1e3, "phase": phase,
            "session_medians_ms": [v * 1e3 for v in (meas.session_medians or [])], "budget_ms": budget,
            "floor_ms": floor, "in_band": None if budget is None else floor <= ms <= budget,
            "reference_ms": ref.median * 1e3}
@@ -271,7 +322,9 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
         log(f"   verify round {r}: predicted {rec['predicted_ms']:.3f} ms{table_note}"
             + (f" [{p.low_ms:.3f}, {p.high_ms:.3f}]" if p.calibrated else " (uncalibrated)")
             + (")" if table_note else "")
-            + f", measured {ms:.3f} ms{where}")
+            + f", measured {ms:.3f} ms{where}"
+            + (f"; the clock said {rec['measured_raw_ms']:.3f} ms, in a phase where calibration networks beside it "
+               f"ran {rec['phase'] - 1:+.0%} against their calibrated time" if (rec.get("phase") or 0) > 1.0 else ""))
         if ref_cal and ref_ms / ref_cal > HOST_SLOW:
             log(f"   note: the host runs a reference kernel {ref_ms / ref_cal - 1:+.0%} slower than when the table was "
                 f"calibrated: this measurement did not meet the host's quiet phase")

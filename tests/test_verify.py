@@ -226,3 +226,31 @@ def test_verify_recovers_from_a_calibration_measured_in_a_slow_phase(toy_table, 
     assert r["verify"]["met"] and 0.85 * budget <= rounds[-1]["measured_ms"] <= budget
     assert rounds[0]["correction"]["scale"] < 1.0
     assert r["verify"]["correction"]["local_scale"] == rounds[-2]["correction"]["scale"]
+
+
+def test_a_measurement_in_a_slower_phase_is_brought_back_by_calibration_networks_beside_it(toy_table):
+    """Calibration networks timed again beside a derived network say how fast the host runs networks
+    now: 30% slower than at calibration -> the measurement is divided by 1.3 (back to the calibrated
+    speed); 20% faster -> it stands (the quietest phase seen is the device's speed)."""
+    from hwcost.calibrate import build_spec, calibrate, network_settings, table_backend
+    from hwcost.verify import CANDLES, candles, measure_in_phase
+    calibrate(load_table(toy_table), toy_table, n=4, log=lambda s: None)
+    table = load_table(toy_table)
+    lit = candles(table)
+    assert len(lit) == CANDLES and all(then > 0 for _, _, then in lit)
+    net, shape = build_spec({"kind": "nb201", "arch": "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|"
+                                                     "avg_pool_3x3~0|none~1|nor_conv_3x3~2|"})
+    true_ms = SLOWDOWN * predict_network(net, shape, table, incontext=None).latency_ms + EXTRA_MS
+    backend = table_backend(table)
+    for phase, corrected in ((1.3, True), (0.8, False)):
+        _Toy.phase = phase
+        meas, raw, ref, seen = measure_in_phase(net, shape, table, backend, network_settings(0.1))
+        assert raw.median * 1e3 == pytest.approx(SLOWDOWN * predict_network(net, shape, table, incontext=None)
+                                                 .latency_ms * phase + EXTRA_MS, rel=1e-6)
+        # the toy's per-network constant (20 us) does not scale with the phase: the candles' ratio is
+        # a little under the phase, so the correction lands within 1% of the calibrated-speed time
+        assert seen == pytest.approx(phase, rel=0.02)
+        if corrected:
+            assert meas.median * 1e3 == pytest.approx(true_ms, rel=0.01) and meas.median < raw.median
+        else:
+            assert meas.median == raw.median
