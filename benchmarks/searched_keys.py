@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from costmodels.incontext import Sample, fit_in_context, group_features  # noqa: E402
 from costmodels.predict import Overhead, predict_network  # noqa: E402
+from costmodels.surrogate import accuracy  # noqa: E402
 from device_tables import load_table  # noqa: E402
 from hwcost.calibrate import _profile_missing_layers, arch_spec, build_spec, space_specs  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
@@ -59,9 +60,11 @@ def searched_specs(path: Path, backend: str) -> list[dict]:
     return [arch_spec("darts", "cifar10", json.loads(a)) for a in archs]
 
 
-def summary(errors: np.ndarray) -> dict:
-    return {"mean_signed": float(errors.mean()), "sd": float(errors.std()), "mape": float(np.abs(errors).mean()),
-            "within_5": float(np.mean(np.abs(errors) <= 0.05)), "within_10": float(np.mean(np.abs(errors) <= 0.10))}
+def summary(predicted, measured) -> dict:
+    """The field's figures (``costmodels.surrogate.accuracy``) with the relative error's mean and sd."""
+    errors = np.asarray(predicted, float) / np.asarray(measured, float) - 1
+    return {**accuracy(measured, predicted), "mean_signed": float(errors.mean()), "sd": float(errors.std()),
+            "errors": errors.tolist()}
 
 
 def main() -> int:
@@ -124,11 +127,10 @@ def main() -> int:
         for cal in [k for k in sets if k.startswith("calibration")]:
             ic = fit_in_context([samples[j] for j in span[cal]], Overhead.from_table(table).per_call_ms)
             for scored in ("searched", "random"):
-                err = np.array([ic.predict(samples[j].features, samples[j].n_ops) / samples[j].measured_ms - 1
-                                for j in span[scored]])
-                s = summary(err)
+                s = summary([ic.predict(samples[j].features, samples[j].n_ops) for j in span[scored]],
+                            [samples[j].measured_ms for j in span[scored]])
                 out["fits"].append({"keys": keys, "calibration": cal, "structure": ic.structure, "lambda": ic.lam,
-                                    "scored": scored, **s, "errors": err.tolist()})
+                                    "scored": scored, **s})
                 log(f"{keys:>5} {cal[13:]:<24} {ic.structure:<9} {scored:<9} {s['mean_signed']:>+7.1%} "
                     f"{s['sd']:>6.1%} {s['mape']:>6.2%} {s['within_5']:>5.0%} {s['within_10']:>6.0%}")
     d = Path(args.out_dir)

@@ -22,9 +22,9 @@ intercept = the fixed part; bounded: no op costs less than nothing).  On host C,
 error of this additive fit MAPE 2.0% (sd 2.6%) from 40 networks on
 (cell type, op) -- per (cell type, source, op) or per edge it needed more
 networks for no gain.  Where that is not exact enough, the derived network
-itself is priced by its nodes (:func:`node_price`) and the derivation
-corrected around it (``hwcost.verify.price_by_nodes``: exporting a network is a
-profiler's job, so that loop is a pipeline).
+itself is priced by its nodes and the derivation corrected around it
+(``hwcost.verify.price_by_nodes``: exporting a network is a profiler's job,
+so that loop is a pipeline).
 """
 from __future__ import annotations
 
@@ -141,12 +141,9 @@ def fit_op_costs(table: DeviceTable, space: str, cell_types: Sequence[str], ops:
         pred = X[test][:, used] @ c[:-1] + c[-1]
         errors += list(pred / y[test] - 1)
     e = np.array(errors)
+    if not (np.all(np.isfinite(theta)) and math.isfinite(coef[-1])):
+        raise HwcostError(f"table {table.source}: the op-cost fit is not finite; profile more random networks")
     report = {"networks": len(y), "features": "occurrences of each op per cell type", "op_costs": int(used.sum()),
               "heldout_mape": float(np.mean(np.abs(e))), "heldout_sd": float(np.std(e)),
               "heldout_max": float(np.max(np.abs(e)))}
     return theta.reshape(len(cell_types), len(ops)), float(coef[-1]), report
-
-
-def check_finite(theta: np.ndarray, fixed: float, table: DeviceTable) -> None:
-    if not (np.all(np.isfinite(theta)) and math.isfinite(fixed)):
-        raise HwcostError(f"table {table.source}: the op-cost fit is not finite; profile more random networks")

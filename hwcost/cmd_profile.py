@@ -46,6 +46,13 @@ def _check_onnx_backend(args, model) -> None:
                           f"ort:<ExecutionProvider>, not {args.backend}")
 
 
+def _require_ort(args, what: str) -> None:
+    """``--keys nodes`` keys ``what`` by the nodes ONNX Runtime runs: an ort backend only."""
+    if not str(args.backend).startswith("ort"):
+        raise HwcostError(f"--keys nodes keys {what} by the nodes ONNX Runtime runs: give an ort backend "
+                          f"(--backend ort-cpu), not {args.backend}")
+
+
 def cmd_profile(args) -> int:
     from profilers.backends import get_backend
     from profilers.profile import ProfileInterrupted, check_out_path, model_jobs, profile, space_jobs, summarize
@@ -77,9 +84,7 @@ def cmd_profile(args) -> int:
             raise HwcostError("--networks goes with --space; a model's shapes come from --input")
         model, shape = _model_and_shape(args)
         if args.keys == "nodes" and not _is_onnx(model):
-            if not str(args.backend).startswith("ort"):
-                raise HwcostError(f"--keys nodes keys a model by the nodes ONNX Runtime runs: give an ort backend "
-                                  f"(--backend ort-cpu), not {args.backend}")
+            _require_ort(args, "a model")
             from profilers.export import export_graph
             model = export_graph(model, shape, args.model)
         elif args.keys == "layers" and _is_onnx(model):
@@ -123,9 +128,7 @@ def _space_node_jobs(args):
     from profilers.backends import get_backend
 
     from .pipeline import DEFAULT_RANDOM, space_node_jobs
-    if not str(args.backend).startswith("ort"):
-        raise HwcostError(f"--keys nodes keys networks by the nodes ONNX Runtime runs: give an ort backend "
-                          f"(--backend ort-cpu), not {args.backend}")
+    _require_ort(args, "networks")
     names = [n for n in (args.networks or "").split(",") if n]
     if len(names) > 1:
         raise HwcostError(f"--space {args.space} --keys nodes keys one deployed network, got --networks {args.networks}")

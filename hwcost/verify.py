@@ -106,25 +106,35 @@ def _build(space: str, network: str, arch, table=None):
     return spec, model, shape
 
 
-def _with_nodes_of(table, table_path, model, shape, log):
-    """A node table that lacks some nodes of ``model`` (an ONNX graph) gains them, profiled now on the
-    table's backend when it was profiled on this machine, and is saved; else it stays as it is."""
-    from costmodels.predict import runtime_fusion_level
-    from device_tables import save_table
-    from spaces.onnx_graph import OnnxGraph, graph_nodes
+def _arch_text(arch) -> str:
+    """One spelling of a derived architecture in records and ``seen`` sets: a genotype dict as sorted
+    JSON, anything else as its string."""
+    return json.dumps(arch, sort_keys=True) if isinstance(arch, dict) else str(arch)
+
+
+def _priced(table, table_path, model, shape, confidence, log):
+    """``(table, prediction)`` of a derived network. A node table that lacks some nodes of ``model``
+    (an ONNX graph) gains them first -- profiled now on the table's backend when it was profiled on
+    this machine, and saved -- and prices it then; what cannot be priced raises as ``predict_network``."""
+    from costmodels.predict import predict_network
+    from device_tables import MissingKeyError, save_table
+    from spaces.onnx_graph import OnnxGraph
 
     from .calibrate import _profile_missing_layers, table_backend
-    if not isinstance(model, OnnxGraph) or all(k in table for k in graph_nodes(model, runtime_fusion_level(table)).keys):
-        return table
     try:
-        backend = table_backend(table)
-    except HwcostError as e:
-        log(f"   the derived network has nodes the table lacks, and they cannot be profiled here ({e})")
-        return table
+        return table, predict_network(model, shape, table, confidence=confidence)
+    except MissingKeyError as missing:
+        if not isinstance(model, OnnxGraph):
+            raise
+        try:
+            backend = table_backend(table)
+        except HwcostError as e:
+            log(f"   the derived network has nodes the table lacks, and they cannot be profiled here ({e})")
+            raise missing from None
     table = _profile_missing_layers(table, [(model, shape)], backend, lambda s: log("   " + s))
     if table_path is not None and Path(table_path).is_file():
         save_table(table, table_path)
-    return table
+    return table, predict_network(model, shape, table, confidence=confidence)
 
 
 NODE_ROUNDS = 3         # re-derivations around the derived network's node price, at most
@@ -138,12 +148,11 @@ def price_by_nodes(cfg, out: str | Path, result: dict, log: Callable[[str], None
     at most :data:`NODE_ROUNDS` times. Nothing is measured. The result's ``derived.latency_ms`` becomes
     the node price (``latency_ms_model`` keeps the cost model's); ``nodes`` records every round."""
     from costmodels.node_tensor import is_space_node_table
-    from costmodels.predict import predict_network
-    from device_tables import bundled_table_path, load_table
+    from search.costs import _table
     from search.run import run_search
     if cfg.table is None or cfg.devices or "latency_ms" not in result.get("derived", {}):
         return result
-    table = load_table(bundled_table_path(cfg.table))
+    table = _table(cfg.table)         # the search's own copy, loaded once
     if not is_space_node_table(table):
         return result
     out = Path(out)
@@ -157,12 +166,11 @@ def price_by_nodes(cfg, out: str | Path, result: dict, log: Callable[[str], None
     scale = 1.0                              # of the fitted model, relative to the table's own fit
     for r in range(NODE_ROUNDS + 1):
         arch = result.get("arch", result.get("genotype"))
-        key = json.dumps(arch, sort_keys=True) if isinstance(arch, dict) else str(arch)
+        key = _arch_text(arch)
         seen.add(key)
         _, graph, shape = _build(cfg.space, cfg.network, arch, table)
-        table = _with_nodes_of(table, cfg.table, graph, shape, log)
         try:
-            p = predict_network(graph, shape, table, confidence=confidence)
+            table, p = _priced(table, cfg.table, graph, shape, confidence, log)
         except HwcostError as e:
             log(f"   node price: {e}; the cost model's figure stands")
             stopped = f"not priced by its nodes: {e}"
@@ -189,7 +197,7 @@ def price_by_nodes(cfg, out: str | Path, result: dict, log: Callable[[str], None
         again = run_search(cfg, str(out), resume=True, progress=False,
                            correction={"scale": scale, "margin": 0.0, "basis": "nodes"})
         new = again.get("arch", again.get("genotype"))
-        if (json.dumps(new, sort_keys=True) if isinstance(new, dict) else str(new)) in seen:
+        if _arch_text(new) in seen:
             stopped = "re-derived a network priced already"
             log("   the corrected costs derive a network priced already; stopping")
             break
@@ -240,14 +248,12 @@ def measure_in_phase(model, shape, table, backend, settings, sessions: int = SES
     import dataclasses
     import statistics
 
-    from profilers.profile import measure_models, reference_module
+    from profilers.profile import measure_models, median_session, reference_module
     lit = candles(table, k)
     own = [(copy.deepcopy(model) if sessions > 1 else model, shape) for _ in range(sessions)]
     out = measure_models(own + [(n, sh) for n, sh, _ in lit] + [reference_module()], backend, settings)
     mine, lights, ref = out[:sessions], out[sessions:sessions + len(lit)], out[-1]
-    order = sorted(range(sessions), key=lambda j: mine[j].median)
-    raw = mine[order[(sessions - 1) // 2]]
-    raw.session_medians = [m.median for m in mine]
+    raw = median_session(mine)
     if not lit:
         return raw, raw, ref, None
     phase = statistics.median(m.median * 1e3 / then for m, (_, _, then) in zip(lights, lit))
@@ -259,13 +265,13 @@ def measure_in_phase(model, shape, table, backend, settings, sessions: int = SES
 
 
 def _measure_derived(model, shape, table, backend, settings, budget: float | None, floor: float | None,
-                     confidence: float | None = None):
+                     confidence: float | None = None, prediction=None):
     """Measure a derived network on ``backend`` in the calibration's host phase (:func:`measure_in_phase`)
     and predict it with ``table``: (record, measurement, reference, prediction). The record's
     ``in_band`` is None without a budget; ``measured_ms`` is the phase-corrected figure,
-    ``measured_raw_ms`` the clock's."""
+    ``measured_raw_ms`` the clock's. ``prediction``: the network's on ``table``, when the caller has it."""
     from costmodels.predict import predict_network
-    p = predict_network(model, shape, table, confidence=confidence)
+    p = prediction or predict_network(model, shape, table, confidence=confidence)
     meas, raw, ref, phase = measure_in_phase(model, shape, table, backend, settings)
     ms = meas.median * 1e3
     rec = {"table_predicted_ms": p.latency_ms, "low_ms": p.low_ms, "high_ms": p.high_ms, "confidence": p.confidence,
@@ -304,14 +310,14 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     for r in range(rounds + 1):
         arch = result.get("arch", result.get("genotype"))
         spec, model, shape = _build(cfg.space, cfg.network, arch, table)
-        table = _with_nodes_of(table, table_path, model, shape, log)
-        measured, meas, ref, p = _measure_derived(model, shape, table, backend, settings, budget, floor, confidence)
+        table, p = _priced(table, table_path, model, shape, confidence, log)
+        measured, meas, ref, p = _measure_derived(model, shape, table, backend, settings, budget, floor, confidence, p)
         ms, ref_ms = measured["measured_ms"], measured["reference_ms"]
         ref_cal = model_of(table).reference_ms if table.calibration is not None else None
         inside = measured["in_band"] is not False          # no budget: nothing to move towards
         rec = {"round": r, "predicted_ms": result["derived"]["latency_ms"], **measured, "in_band": inside,
-               "host_vs_calibration": (ref_ms / ref_cal) if ref_cal else None, "arch": json.dumps(arch, sort_keys=True)
-               if isinstance(arch, dict) else str(arch), "calibrated": p.calibrated}
+               "host_vs_calibration": (ref_ms / ref_cal) if ref_cal else None, "arch": _arch_text(arch),
+               "calibrated": p.calibrated}
         history.append(rec)
         where = ("" if budget is None else f" ({ms / budget:.0%} of the budget {budget:.3f} ms: "
                                            f"{'inside' if inside else 'outside'} [{floor:.3f}, {budget:.3f}])")
@@ -356,8 +362,7 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
             log(f"   re-derivation refused: {e}; stopping")
             stopped = f"re-derivation refused: {e}"
             break
-        new_key = (json.dumps(again.get("genotype"), sort_keys=True) if "genotype" in again
-                   else str(again.get("arch")))
+        new_key = _arch_text(again.get("genotype") if "genotype" in again else again.get("arch"))
         if new_key in seen:
             # the corrected costs lead back to a network measured already: nothing new to learn. The
             # result stays the network of the last round, so result.json and verify.rounds agree.

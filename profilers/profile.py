@@ -267,14 +267,16 @@ def measure_models(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Bac
                     raise HwcostError(f"{type(model).__name__} cannot run at input "
                                       f"{'x'.join(map(str, shape))}: {str(e).splitlines()[0]}") from None
         measured = backend.measure_interleaved(fns, settings)
-    out = []
-    for i in range(len(models)):
-        mine = measured[i * sessions:(i + 1) * sessions]
-        order = sorted(range(sessions), key=lambda j: mine[j].median)
-        chosen = mine[order[(sessions - 1) // 2]]
-        chosen.session_medians = [m.median for m in mine]
-        out.append(chosen)
-    return out
+    return [median_session(measured[i * sessions:(i + 1) * sessions]) for i in range(len(models))]
+
+
+def median_session(sessions: list[Measurement]) -> Measurement:
+    """The session with the median time among one network's sessions (the lower middle one of an even
+    number), recording every session's median (``session_medians``)."""
+    order = sorted(range(len(sessions)), key=lambda j: sessions[j].median)
+    chosen = sessions[order[(len(sessions) - 1) // 2]]
+    chosen.session_medians = [m.median for m in sessions]
+    return chosen
 
 
 def reference_module() -> tuple[nn.Module, tuple[int, ...]]:

@@ -164,25 +164,29 @@ def _node_cost_tensor(space: str, network: str, ops: tuple[str, ...], table: Dev
     op's latency per occurrence in a cell type, fitted on the networks the table keyed, each priced by
     its own nodes through the table's in-context model (``costmodels.node_tensor``)."""
     from costmodels.incontext import model_of
-    from costmodels.node_tensor import check_finite, fit_op_costs
+    from costmodels.node_tensor import fit_op_costs
     keyed = str(table.provenance.get("network") or "")
     if space != "nb201" and keyed != network:      # nb201 has one network
         raise HwcostError(f"table {table.source} keys the nodes of {table.provenance.get('space')} {keyed} networks; "
                           f"this search's target is {network} (profile it with --networks {network})")
     ct = build_cost_tensor(space, target, metrics=ANALYTICAL, primitives=ops)
     theta, fixed, report = fit_op_costs(table, space, ct.cell_types, ops)
-    check_finite(theta, fixed, table)
     lat = torch.as_tensor(theta, dtype=ct.c.dtype)[:, None, :, None].expand(-1, len(ct.edges), -1, -1)
     notes["latency_decomposition"] = report
     notes["latency_sources"] = {"nodes": "the table's nodes of each keyed network, fitted per op and cell type"}
     incontext = model_of(table)
     if incontext is not None:
-        notes["calibration"] = {"networks": len(incontext.samples), "created": incontext.created,
-                                "host": incontext.host, "loo_mean": incontext.mean, "loo_std": incontext.std}
+        notes["calibration"] = _calibration_notes(incontext)
     ct = dataclasses.replace(ct, c=torch.cat([lat, ct.c], dim=-1),
                              fixed=torch.cat([torch.tensor([fixed], dtype=ct.fixed.dtype), ct.fixed]),
                              metrics=("latency_ms",) + ct.metrics)
     return ct, notes
+
+
+def _calibration_notes(incontext) -> dict:
+    """What a cost tensor's notes say of the table's in-context model."""
+    return {"networks": len(incontext.samples), "created": incontext.created, "host": incontext.host,
+            "loo_mean": incontext.mean, "loo_std": incontext.std}
 
 
 def _remove_isolation_overhead(ct: CostTensor, table: DeviceTable, target, notes: dict,
@@ -208,8 +212,7 @@ def _remove_isolation_overhead(ct: CostTensor, table: DeviceTable, target, notes
     fixed[ct.index("latency_ms")] -= removed
     if incontext is not None:
         fixed[ct.index("latency_ms")] += incontext.per_op_ms * n_calls
-        notes["calibration"] = {"networks": len(incontext.samples), "created": incontext.created,
-                                "host": incontext.host, "loo_mean": incontext.mean, "loo_std": incontext.std}
+        notes["calibration"] = _calibration_notes(incontext)
     return dataclasses.replace(ct, fixed=fixed)
 
 

@@ -169,7 +169,6 @@ def test_the_node_price_rounds_scale_the_fit_cumulatively_and_keep_the_closest_n
     the network kept is the priciest one under the aimed budget."""
     from types import SimpleNamespace
 
-    import costmodels.predict as cp
     import hwcost.verify as hv
     import search.run as sr
     path = tmp_path / "nodes.json"
@@ -190,9 +189,8 @@ def test_the_node_price_rounds_scale_the_fit_cumulatively_and_keep_the_closest_n
         return result_of(next(order))
     monkeypatch.setattr(sr, "run_search", fake_search)
     monkeypatch.setattr(hv, "_build", lambda space, network, arch, table=None: ({}, arch, (1,)))
-    monkeypatch.setattr(hv, "_with_nodes_of", lambda table, path, model, shape, log: table)
-    monkeypatch.setattr(cp, "predict_network", lambda graph, shape, table, confidence=None: SimpleNamespace(
-        latency_ms=prices[graph], low_ms=None, high_ms=None, n_calls=1))
+    monkeypatch.setattr(hv, "_priced", lambda table, path, graph, shape, confidence, log: (table, SimpleNamespace(
+        latency_ms=prices[graph], low_ms=None, high_ms=None, n_calls=1)))
     cfg = SimpleNamespace(table=str(path), devices=None, space="darts", network="cifar10", budget_floor=0.85)
     logs = []
     r = hv.price_by_nodes(cfg, tmp_path, result_of("a"), log=logs.append)
