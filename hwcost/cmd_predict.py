@@ -151,11 +151,8 @@ def predict_op_level(args) -> dict:
         if args.input is None:
             raise HwcostError("--model needs --input, e.g. --input 1x3x224x224")
         shape = parse_input_shape(args.input)
-        if table.spaces == ["onnx"]:    # a node table: the model exported, priced by the nodes ORT runs
-            from profilers.export import export_graph
-            check_table_for(table, "onnx", args.backend)   # before exporting the model: fail fast
-            graph = export_graph(resolve_model(args.model), shape, args.model)
-            return {**_predict_onnx(args, table, info, graph), "keys": "nodes"}
+        if table.spaces == ["onnx"]:
+            return _predict_exported(args, table, info, lambda: resolve_model(args.model), shape, args.model)
         check_table_for(table, "torch", args.backend)   # before building the model: fail fast
         model, description = resolve_model(args.model), args.model
     else:
@@ -171,9 +168,7 @@ def predict_op_level(args) -> dict:
         description = " ".join(str(target.description[k]) for k in ("space", "genotype", "arch", "network")
                                if k in target.description)
         if nodes:
-            from profilers.export import export_graph
-            graph = export_graph(model.eval(), tuple(shape), description)
-            return {**_predict_onnx(args, table, info, graph), "network": description, "keys": "nodes"}
+            return _predict_exported(args, table, info, model.eval, shape, description)
     p = predict_network(model, shape, table, _load_surrogate(args, table), backend=args.backend,
                         confidence=args.confidence)
     return {**p.to_dict(), "network": description, "input_shape": list(shape), **info}
@@ -184,6 +179,16 @@ def _load_surrogate(args, table):
         return None
     from costmodels.surrogate import load_surrogate
     return load_surrogate(args.surrogate, table=table)
+
+
+def _predict_exported(args, table, info: dict, build, shape, description: str) -> dict:
+    """A node table (``hwcost profile --model NET.onnx`` or ``--space S --keys nodes``): the network
+    ``build()`` makes exported to ONNX and priced by the nodes ONNX Runtime runs for it."""
+    from costmodels.predict import check_table_for
+    from profilers.export import export_graph
+    check_table_for(table, "onnx", args.backend)   # before building and exporting: fail fast
+    graph = export_graph(build(), tuple(shape), description)
+    return {**_predict_onnx(args, table, info, graph), "network": description, "keys": "nodes"}
 
 
 def _predict_onnx(args, table, info: dict, graph=None) -> dict:

@@ -101,11 +101,17 @@ def cmd_sweep(args) -> int:
                         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, C=args.C,
                         layers=args.layers, partial_k=args.partial_k, max_w=args.max_w, seed=args.seed,
                         fast=not args.plain)
+    search_fn = None
+    if base.table is not None and not base.devices:
+        from costmodels.node_tensor import is_space_node_table
+        from search.costs import _table
+        if is_space_node_table(_table(base.table)):       # each derived network priced by its own nodes
+            from .verify import search_priced_by_nodes as search_fn
     opts = SweepOptions(out=args.out, workers=args.workers, threads_per_search=args.threads_per_search,
                         backend=args.backend, address=args.address, resume=args.resume, progress=not args.json)
     if args.kind == "lambda":
         doc = lambda_sweep(base, opts, args.budget, _lambda_range(args.lambda_range), args.per_round,
-                           args.rounds, seed=args.seed)
+                           args.rounds, seed=args.seed, search_fn=search_fn)
     else:
         values = args.budget if args.kind == "budgets" else args.constraint
         if args.range:
@@ -119,9 +125,9 @@ def cmd_sweep(args) -> int:
                 raise HwcostError(f"give either --range or --{flag} for {', '.join(sorted(both))}, not both")
             values = list(values) + [v for r in args.range for v in spread(r, args.count, args.log)]
         if args.kind == "budgets":
-            doc = budget_sweep(base, opts, values)
+            doc = budget_sweep(base, opts, values, search_fn=search_fn)
         else:
-            doc = lookup_sweep(base, opts, values, args.target, args.verify)
+            doc = lookup_sweep(base, opts, values, args.target, args.verify, search_fn=search_fn)
     if args.json:
         print(json.dumps({k: v for k, v in doc.items() if k != "rows"}, indent=1, default=str))
         _refuse_unanswered(args, doc)

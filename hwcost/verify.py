@@ -112,10 +112,12 @@ def _arch_text(arch) -> str:
     return json.dumps(arch, sort_keys=True) if isinstance(arch, dict) else str(arch)
 
 
-def _priced(table, table_path, model, shape, confidence, log):
+def _priced(table, table_path, model, shape, confidence, log, profile_missing: bool = True):
     """``(table, prediction)`` of a derived network. A node table that lacks some nodes of ``model``
     (an ONNX graph) gains them first -- profiled now on the table's backend when it was profiled on
-    this machine, and saved -- and prices it then; what cannot be priced raises as ``predict_network``."""
+    this machine, and saved -- and prices it then; what cannot be priced raises as ``predict_network``
+    (so does a missing node when ``profile_missing`` is false: searches of a sweep run side by side and
+    share the table, neither a quiet host nor one writer)."""
     from costmodels.predict import predict_network
     from device_tables import MissingKeyError, save_table
     from spaces.onnx_graph import OnnxGraph
@@ -124,7 +126,7 @@ def _priced(table, table_path, model, shape, confidence, log):
     try:
         return table, predict_network(model, shape, table, confidence=confidence)
     except MissingKeyError as missing:
-        if not isinstance(model, OnnxGraph):
+        if not isinstance(model, OnnxGraph) or not profile_missing:
             raise
         try:
             backend = table_backend(table)
@@ -140,14 +142,17 @@ def _priced(table, table_path, model, shape, confidence, log):
 NODE_ROUNDS = 3         # re-derivations around the derived network's node price, at most
 
 
-def price_by_nodes(cfg, out: str | Path, result: dict, log: Callable[[str], None] = print) -> dict:
+def price_by_nodes(cfg, out: str | Path, result: dict, log: Callable[[str], None] = print,
+                   profile_missing: bool = True) -> dict:
     """A search on a space node table (``hwcost profile --space S --keys nodes``): price the derived
     network by its own nodes -- exported, optimised by ONNX Runtime, each node from the table, through
     its in-context model -- and while that price lies outside the aimed band [floor B, B / u], derive
     again with the cost model scaled to it (the per-op costs are a fit; the network's nodes are not),
-    at most :data:`NODE_ROUNDS` times. Nothing is measured. The result's ``derived.latency_ms`` becomes
-    the node price (``latency_ms_model`` keeps the cost model's); ``nodes`` records every round."""
+    at most :data:`NODE_ROUNDS` times. Nothing is measured but the nodes the table lacks (not even those
+    when ``profile_missing`` is false). The result's ``derived.latency_ms`` becomes the node price
+    (``latency_ms_model`` keeps the cost model's); ``nodes`` records every round."""
     from costmodels.node_tensor import is_space_node_table
+    from device_tables import MissingKeyError
     from search.costs import _table
     from search.run import run_search
     if cfg.table is None or cfg.devices or "latency_ms" not in result.get("derived", {}):
@@ -170,8 +175,10 @@ def price_by_nodes(cfg, out: str | Path, result: dict, log: Callable[[str], None
         seen.add(key)
         _, graph, shape = _build(cfg.space, cfg.network, arch, table)
         try:
-            table, p = _priced(table, cfg.table, graph, shape, confidence, log)
-        except HwcostError as e:
+            table, p = _priced(table, cfg.table, graph, shape, confidence, log, profile_missing)
+        except (HwcostError, MissingKeyError) as e:
+            # e.g. a table from another machine whose nodes this one cannot profile: the search's result
+            # stands on the cost model's figure, said so, rather than lost to an error
             log(f"   node price: {e}; the cost model's figure stands")
             stopped = f"not priced by its nodes: {e}"
             break
@@ -211,9 +218,18 @@ def price_by_nodes(cfg, out: str | Path, result: dict, log: Callable[[str], None
             result = best[0]
             log(f"   keeping the network priced at {best[1]:.3f} ms (the closest to the band)")
     result["nodes"] = {"rounds": history, "met": inside, "rounds_used": max(len(history) - 1, 0), "stopped": stopped,
-                       "kept": next(i for i, (res, _) in enumerate(priced) if res is result) if priced else None}
+                       "kept": next((i for i, (res, _) in enumerate(priced) if res is result), None)}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def search_priced_by_nodes(cfg, out: str, resume: bool = False, progress: bool = False) -> dict:
+    """One search of a sweep (``hwcost sweep``'s search function): run it, and on a space node table price
+    its derived network by its own nodes, re-deriving around that price (:func:`price_by_nodes`) without
+    profiling anything -- the sweep's rows then carry the node price, as ``hwcost search`` would."""
+    from search.run import run_search
+    result = run_search(cfg, out, resume=resume, progress=progress)
+    return price_by_nodes(cfg, out, result, log=lambda line: None, profile_missing=False)
 
 
 CANDLES = 3     # calibration networks measured again beside a derived network (the host's phase)

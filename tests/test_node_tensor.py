@@ -138,6 +138,24 @@ def test_a_search_on_a_space_node_table_prices_its_network_by_its_nodes(tmp_path
     v = r["verify"]["rounds"][0]
     assert v["predicted_ms"] == r["derived"]["latency_ms"] and v["measured_ms"] > 0
     assert np.isfinite(v["table_predicted_ms"])
+    # a budget sweep on the same table: every search's row carries its network's node price (nothing
+    # profiled by the sweep's searches: a node the table lacks leaves the cost model's figure, said so)
+    sweep = tmp_path / "sweep"
+    assert main(["sweep", "budgets", "--space", "nb201", "--table", str(table), "--budget", f"latency={budget}ms",
+                 "--budget", f"latency={budget * 1.3:.3f}ms", "--epochs", "1", "--backend", "serial",
+                 "--out", str(sweep), "--json"]) == 0
+    capsys.readouterr()
+    rows = json.loads((sweep / "sweep.json").read_text())["rows"]
+    assert len(rows) == 2 and all(row["status"] == "ok" for row in rows)
+    for row in rows:
+        res = json.loads((sweep / "runs" / row["name"] / "result.json").read_text())
+        assert row["cost"] == res["derived"]["latency_ms"]
+        if res["nodes"]["stopped"] and res["nodes"]["stopped"].startswith("not priced"):
+            assert "no entry" in res["nodes"]["stopped"] or "lacks" in res["nodes"]["stopped"]
+            continue
+        assert res["derived"]["latency_source"].startswith("the derived network's own")
+        assert main(["predict", "--table", str(table), "--space", "nb201", "--arch", res["arch"], "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["latency_ms"] == pytest.approx(row["cost"], rel=1e-9)
 
 
 def test_skewed_random_networks_have_cells_of_few_ops(capsys):
@@ -189,7 +207,7 @@ def test_the_node_price_rounds_scale_the_fit_cumulatively_and_keep_the_closest_n
         return result_of(next(order))
     monkeypatch.setattr(sr, "run_search", fake_search)
     monkeypatch.setattr(hv, "_build", lambda space, network, arch, table=None: ({}, arch, (1,)))
-    monkeypatch.setattr(hv, "_priced", lambda table, path, graph, shape, confidence, log: (table, SimpleNamespace(
+    monkeypatch.setattr(hv, "_priced", lambda table, path, graph, shape, confidence, log, *rest: (table, SimpleNamespace(
         latency_ms=prices[graph], low_ms=None, high_ms=None, n_calls=1)))
     cfg = SimpleNamespace(table=str(path), devices=None, space="darts", network="cifar10", budget_floor=0.85)
     logs = []
@@ -199,3 +217,39 @@ def test_the_node_price_rounds_scale_the_fit_cumulatively_and_keep_the_closest_n
     assert r["arch"] == "b" and r["derived"]["latency_ms"] == 7.5 and r["nodes"]["kept"] == 1
     assert r["nodes"]["met"] is False and r["within_budget"]["latency_ms"] is True
     assert json.loads((tmp_path / "result.json").read_text())["arch"] == "b"
+
+
+def test_a_derived_network_with_nodes_that_cannot_be_priced_keeps_the_cost_models_figure(tmp_path, monkeypatch):
+    """When the derived network has nodes the table lacks and this machine cannot profile them (a table
+    of another device), the search's result stands on the cost model's figure, says why, and is written --
+    at the first round and after a re-derivation alike -- instead of ending in the missing-key error."""
+    from types import SimpleNamespace
+
+    import hwcost.verify as hv
+    import search.run as sr
+    from device_tables import MissingKeyError
+    path = tmp_path / "nodes.json"
+    save_table(synthetic_table(40), path)
+    prices = {"a": 6.0}                      # "b" has a node the table lacks
+
+    def result_of(name):
+        return {"arch": name, "derived": {"latency_ms": 8.0}, "budgets_given": {"latency_ms": 10.0},
+                "confidence": {"upper_factor": 1.1, "confidence": 0.9}, "within_budget": {}}
+
+    def priced(table, path, graph, shape, confidence, log, profile_missing=True):
+        if graph not in prices:
+            raise MissingKeyError("no entry for onnx/Conv|b1|... (profiled on another machine)")
+        return table, SimpleNamespace(latency_ms=prices[graph], low_ms=None, high_ms=None, n_calls=1)
+    monkeypatch.setattr(sr, "run_search", lambda cfg, out, resume, progress, correction: result_of("b"))
+    monkeypatch.setattr(hv, "_build", lambda space, network, arch, table=None: ({}, arch, (1,)))
+    monkeypatch.setattr(hv, "_priced", priced)
+    cfg = SimpleNamespace(table=str(path), devices=None, space="darts", network="cifar10", budget_floor=0.85)
+    for first, rounds in (("b", 0), ("a", 1)):
+        logs = []
+        r = hv.price_by_nodes(cfg, tmp_path, result_of(first), log=logs.append)
+        assert r["arch"] == "b" and r["derived"]["latency_ms"] == 8.0       # the cost model's figure
+        assert "latency_ms_model" not in r["derived"]
+        assert len(r["nodes"]["rounds"]) == rounds and r["nodes"]["kept"] is None
+        assert "not priced by its nodes" in r["nodes"]["stopped"] and "another machine" in r["nodes"]["stopped"]
+        assert any("the cost model's figure stands" in line for line in logs)
+        assert json.loads((tmp_path / "result.json").read_text())["arch"] == "b"
