@@ -55,7 +55,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from costmodels.incontext import Sample, fit_in_context, group_features  # noqa: E402
+from costmodels.incontext import (UNSEEN_WARN, Sample, fit_in_context, group_features,  # noqa: E402
+                                  op_type_times)
 from costmodels.predict import Overhead, predict_network  # noqa: E402
 from costmodels.surrogate import accuracy  # noqa: E402
 from hwcost.calibrate import build_spec, space_specs  # noqa: E402
@@ -107,6 +108,83 @@ def _darts(n: int, seed: int, via: str, exclude=()) -> tuple[dict, list[dict]]:
     return out, specs
 
 
+def _sample(name: str, per_key, measured_ms: float, p10_ms=None, p90_ms=None) -> Sample:
+    feats, n_ops = group_features(per_key)
+    return Sample(name, feats, n_ops, measured_ms, {"kind": "model", "model": name}, p10_ms, p90_ms,
+                  op_types=op_type_times(per_key))
+
+
+def score(samples: dict, extra: dict, calibration: set, per_call: float, via: str, log) -> tuple[list, dict, float]:
+    """Predict every network not in ``calibration`` through an in-context model fitted on ``calibration``
+    (else on all the other networks: leave one model out); print the per-model table and the summary.
+    Each row names the op types of its network that the fit's networks never held (``unseen``)."""
+    rows = []
+    fixed = fit_in_context([samples[k] for k in calibration], per_call) if calibration else None
+    for n, smp in samples.items():
+        if n in calibration:
+            continue
+        ic = fixed or fit_in_context([s for k, s in samples.items() if k != n], per_call)
+        cal = ic.predict(smp.features, smp.n_ops)
+        lo, hi = ic.interval(cal, 0.9)
+        unseen = ic.unseen(smp.op_types)
+        rows.append({"model": n, **{k: v for k, v in extra[n].items()}, "measured_ms": smp.measured_ms,
+                     "p10_ms": smp.p10_ms, "p90_ms": smp.p90_ms, "calibrated_ms": cal, "low90_ms": lo,
+                     "high90_ms": hi, "lambda": ic.lam, "structure": ic.structure,
+                     "unseen_share": unseen["share"], "unseen_op_types": unseen["types"]})
+    log(f"\n{'model':<22} {'keys' if via == 'onnx' else 'layers':>6} {'measured':>9} {'sum of ops':>11} {'err':>7} "
+        f"{'calibrated':>11} {'err':>7}  90% interval      unseen op types")
+    for r in rows:
+        log(f"{r['model']:<22} {r['layers']:>6} {r['measured_ms']:7.2f}ms {r['sum_of_ops_ms']:9.2f}ms "
+            f"{r['sum_of_ops_ms'] / r['measured_ms'] - 1:>+7.1%} {r['calibrated_ms']:9.2f}ms "
+            f"{r['calibrated_ms'] / r['measured_ms'] - 1:>+7.1%}  [{r['low90_ms']:.2f}, {r['high90_ms']:.2f}]"
+            + (f"  {r['unseen_share']:.0%}: {', '.join(r['unseen_op_types'][:3])}" if r["unseen_op_types"] else ""))
+    y = np.array([r["measured_ms"] for r in rows])
+    summary = {}
+    for field, label in (("sum_of_ops_ms", "sum of ops, nothing fitted"),
+                         ("calibrated_ms", f"in-context model fitted on {len(calibration)} other networks"
+                          if calibration else "in-context model fitted on the other models (leave one model out)")):
+        p = np.array([r[field] for r in rows])
+        s = summary[field] = {**accuracy(y, p), "mean_signed_error": float(np.mean(p / y - 1))}
+        log(f"{label}: MAPE {s['mape']:.2%}, within 5% {s['within_5']:.0%}, within 10% {s['within_10']:.0%}, "
+            f"mean signed {s['mean_signed_error']:+.2%}")
+    warned = [r for r in rows if r["unseen_share"] >= UNSEEN_WARN]
+    if warned:
+        rest = [r for r in rows if r["unseen_share"] < UNSEEN_WARN]
+        ok = lambda rs: sum(abs(r["calibrated_ms"] / r["measured_ms"] - 1) <= 0.10 for r in rs)  # noqa: E731
+        summary["unseen"] = {"warned": [r["model"] for r in warned], "warned_within_10": ok(warned),
+                             "others": len(rest), "others_within_10": ok(rest)}
+        log(f"predictions warned of op types no calibration network held (>= {UNSEEN_WARN:.0%} of their time): "
+            f"{len(warned)} ({', '.join(r['model'] for r in warned)}), {ok(warned)} within 10%; the others "
+            f"{ok(rest)}/{len(rest)} within 10%")
+    cover = float(np.mean([r["low90_ms"] <= r["measured_ms"] <= r["high90_ms"] for r in rows]))
+    log(f"90% interval covers {cover:.0%} of the models")
+    return rows, summary, cover
+
+
+def rescore(path: Path, log) -> int:
+    """Fit and score again from a saved result (its rows' per-key times and measurements) and its
+    table's per-call overhead: nothing measured."""
+    from device_tables import load_table
+    d = json.loads(path.read_text())
+    table = load_table(str(path).replace(".json", "_table.json.gz"))
+    log(f"rescoring {path.name}: measured on {d['machine']['label']}")
+    per_call = Overhead.from_table(table).per_call_ms
+    if "calibration" not in d and any(r["model"].startswith("darts-") for r in d["rows"]):
+        log(f"{path} was written before results kept their calibration networks: a --darts run cannot be rescored")
+        return 2
+    samples, extra, calibration = {}, {}, set(d.get("calibration") or [])
+    from device_tables.keys import parse_key
+    for r in d["rows"] + (d.get("calibration_rows") or []):
+        per_key = [(parse_key(k), c, a, ms, None) for k, c, a, ms in r["per_key"]]
+        samples[r["model"]] = _sample(r["model"], per_key, r["measured_ms"], r.get("p10_ms"), r.get("p90_ms"))
+        extra[r["model"]] = {"sum_of_ops_ms": r["sum_of_ops_ms"], "layers": r["layers"]}
+    if calibration and not calibration <= set(samples):
+        log(f"{path} does not keep its calibration networks' rows: cannot rescore it")
+        return 2
+    score(samples, extra, calibration, per_call, d.get("via", "layers"), log)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="ort-cpu")
@@ -120,8 +198,11 @@ def main() -> int:
     ap.add_argument("--calibrate", type=int, default=10, metavar="K", help="with --darts (default 10)")
     ap.add_argument("--seed", type=int, default=0, help="with --darts: the test networks' seed (calibration: +10000)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--rescore", metavar="RESULT.json", help="fit and score a saved run again (nothing measured)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    if args.rescore:
+        return rescore(Path(args.rescore), lambda line: print(line, flush=True))
     specs = [m for m in (args.models.split(",") if args.models else ZOOS[args.zoo]) if m]
     zoo = "darts" if args.darts else args.zoo if not args.models else "custom"
     tag = args.tag or zoo + ("-onnx" if args.via == "onnx" else "")
@@ -178,48 +259,24 @@ def main() -> int:
     log(f"{len(specs)} models measured whole again in {time.perf_counter() - t1:.0f} s (load {load()}); "
         f"after / before the profile, median {np.median([a.median / b.median for b, a in zip(before, after)]):.3f}")
     per_call = Overhead.from_table(table).per_call_ms
-    raws, samples = {}, {}
-    for (n, m), meas in zip(models.items(), measured):
+    raws, samples, extra = {}, {}, {}
+    for i, ((n, m), meas) in enumerate(zip(models.items(), measured)):
         raw = raws[n] = predict_network(m, shapes[n], table, incontext=None)
-        feats, n_ops = group_features(raw.per_key)
-        samples[n] = Sample(n, feats, n_ops, meas.median * 1e3, {"kind": "model", "model": n},
-                            meas.p10 * 1e3, meas.p90 * 1e3)
-    rows = []
-    fixed = fit_in_context([samples[k] for k in calibration], per_call) if calibration else None
-    for i, n in enumerate(models):
-        if n in calibration:
-            continue
-        raw = raws[n]
-        ic = fixed or fit_in_context([s for k, s in samples.items() if k != n], per_call)
-        cal = ic.predict(samples[n].features, samples[n].n_ops)
-        lo, hi = ic.interval(cal, 0.9)
-        y = samples[n].measured_ms
-        rows.append({"model": n, "spec": specs[i], "measured_ms": y, "p10_ms": samples[n].p10_ms,
-                     "p90_ms": samples[n].p90_ms,
-                     "windows_ms": [w * 1e3 for w in (before[i].pass_medians or []) + (after[i].pass_medians or [])],
-                     "per_key": [[k.to_str(), c, a, ms] for k, c, a, ms, _ in raw.per_key],
-                     "sum_of_ops_ms": raw.latency_ms, "calibrated_ms": cal, "low90_ms": lo, "high90_ms": hi,
-                     "layers": raw.n_calls, "fused": raw.n_fused, "lambda": ic.lam, "structure": ic.structure})
-    log(f"\n{'model':<22} {'keys' if args.via == 'onnx' else 'layers':>6} {'measured':>9} {'sum of ops':>11} {'err':>7} {'calibrated':>11} {'err':>7}"
-        f"  90% interval")
-    for r in rows:
-        log(f"{r['model']:<22} {r['layers']:>6} {r['measured_ms']:7.2f}ms {r['sum_of_ops_ms']:9.2f}ms "
-            f"{r['sum_of_ops_ms'] / r['measured_ms'] - 1:>+7.1%} {r['calibrated_ms']:9.2f}ms "
-            f"{r['calibrated_ms'] / r['measured_ms'] - 1:>+7.1%}  [{r['low90_ms']:.2f}, {r['high90_ms']:.2f}]")
-    y = np.array([r["measured_ms"] for r in rows])
-    summary = {}
-    for field, label in (("sum_of_ops_ms", "sum of ops, nothing fitted"),
-                         ("calibrated_ms", f"in-context model fitted on {len(calibration)} other networks"
-                          if calibration else "in-context model fitted on the other models (leave one model out)")):
-        p = np.array([r[field] for r in rows])
-        s = summary[field] = {**accuracy(y, p), "mean_signed_error": float(np.mean(p / y - 1))}
-        log(f"{label}: MAPE {s['mape']:.2%}, within 5% {s['within_5']:.0%}, within 10% {s['within_10']:.0%}, "
-            f"mean signed {s['mean_signed_error']:+.2%}")
-    cover = float(np.mean([r["low90_ms"] <= r["measured_ms"] <= r["high90_ms"] for r in rows]))
-    log(f"90% interval covers {cover:.0%} of the models; total {time.perf_counter() - t0:.0f} s, load {load()}")
+        samples[n] = _sample(n, raw.per_key, meas.median * 1e3, meas.p10 * 1e3, meas.p90 * 1e3)
+        extra[n] = {"spec": specs[i],
+                    "windows_ms": [w * 1e3 for w in (before[i].pass_medians or []) + (after[i].pass_medians or [])],
+                    "per_key": [[k.to_str(), c, a, ms] for k, c, a, ms, _ in raw.per_key],
+                    "sum_of_ops_ms": raw.latency_ms, "layers": raw.n_calls, "fused": raw.n_fused}
+    rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log)
+    log(f"total {time.perf_counter() - t0:.0f} s, load {load()}")
     path = out / f"zoo_{tag}_{args.backend}.json"
     path.write_text(json.dumps({"backend": args.backend, "via": args.via, "specs": specs, "machine": {**dev, "label": host_label()},
                                 "rows": rows, "summary": summary, "interval90_coverage": cover,
+                                "calibration": sorted(calibration),
+                                "calibration_rows": [{"model": k, "measured_ms": samples[k].measured_ms,
+                                                      "p10_ms": samples[k].p10_ms, "p90_ms": samples[k].p90_ms,
+                                                      **{f: extra[k][f] for f in ("per_key", "sum_of_ops_ms", "layers")}}
+                                                     for k in sorted(calibration)],
                                 "seconds": time.perf_counter() - t0}, indent=1) + "\n")
     log(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0

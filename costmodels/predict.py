@@ -212,6 +212,7 @@ class NetworkPrediction:
     high_ms: float | None = None
     confidence: float | None = None
     calibration: str = "none: the sum of isolated ops (hwcost calibrate TABLE fits the in-context model)"
+    unseen: dict | None = None             # op types no calibration network held (InContextModel.unseen)
 
     @property
     def calibrated(self) -> bool:
@@ -227,7 +228,23 @@ class NetworkPrediction:
         if self.calibrated:
             d.update(uncalibrated_ms=self.uncalibrated_ms, low_ms=self.low_ms, high_ms=self.high_ms,
                      confidence=self.confidence)
+        if self.unseen is not None:
+            d.update(unseen_share=self.unseen["share"], unseen_op_types=self.unseen["types"])
+            if self.unseen_warning:
+                d["calibration_warning"] = self.unseen_warning
         return d
+
+    @property
+    def unseen_warning(self) -> str | None:
+        """A line when much of the network's time is in op types its calibration never measured."""
+        from .incontext import UNSEEN_WARN
+        u = self.unseen
+        if u is None or u["share"] < UNSEEN_WARN:
+            return None
+        names = ", ".join(u["types"][:4]) + (f" and {len(u['types']) - 4} more" if len(u["types"]) > 4 else "")
+        return (f"{u['share']:.0%} of this network's op time is in op types no calibration network had ({names}): "
+                f"their in-context factor is a guess and the interval does not cover it; calibrate with networks "
+                f"that have them (hwcost calibrate TABLE --models ...)")
 
 
 def predict_counts(counts: Mapping[OpKey, int], cost_model: CostModel, overhead: Overhead = Overhead(),
@@ -267,9 +284,10 @@ def predict_counts(counts: Mapping[OpKey, int], cost_model: CostModel, overhead:
         n_keys=len(rows), n_fused=n_fused, from_table=sum(n for _, n, _, _, s in rows if s == "table"),
         from_surrogate=sum(n for _, n, _, _, s in rows if s == "surrogate"), overhead=overhead, per_key=rows)
     if incontext is not None:
-        from .incontext import DEFAULT_CONFIDENCE, group_features
+        from .incontext import DEFAULT_CONFIDENCE, group_features, op_type_times
         confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
         feats, n_ops = group_features(rows)
+        p.unseen = incontext.unseen(op_type_times(rows))
         p.uncalibrated_ms = latency
         p.latency_ms = incontext.predict(feats, n_ops)
         p.low_ms, p.high_ms = incontext.interval(p.latency_ms, confidence)

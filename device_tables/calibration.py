@@ -21,7 +21,8 @@ Layout::
       "lambda": 0.1,                    # shrinkage of the factors towards their mean
       "structure": "groups",            # optional: sum (nothing fitted) | scale (one factor) | groups
       "networks": [{"name", "spec", "measured_ms", "p10_ms", "p90_ms", "features": {group: ms},
-                    "n_ops", "fit_ms", "loo_ms", "role", "reference_ms"}],
+                    "n_ops", "fit_ms", "loo_ms", "role", "reference_ms",
+                    "op_types": {op type: ms}}],   # optional: what a prediction's unseen types are read from
       "residuals": {"n", "mean", "std", "loo": [...]}   # leave-one-out measured/predicted - 1
     }
 """
@@ -108,6 +109,8 @@ def check_calibration(c: Any) -> None:
         for f in ("p10_ms", "p90_ms", "fit_ms", "loo_ms", "reference_ms"):
             if n.get(f) is not None:
                 _num(f"{where}.{f}", n[f], positive=True)
+        if n.get("op_types") is not None:
+            _groups(f"{where}.op_types", n["op_types"])
         if n.get("role", "calibration") not in ROLES:
             raise TableError(f"{where}.role: must be one of {', '.join(ROLES)}, got {n.get('role')!r}")
     r = c["residuals"]

@@ -73,6 +73,8 @@ def cmd_predict(args) -> int:
                   f"{d['uncalibrated_ms']:.3f} ms; {d['calibration']}")
         else:
             print(f"  uncalibrated: {d['calibration']}")
+        if d.get("calibration_warning"):
+            print(f"  warning: {d['calibration_warning']}")
         if d.get("host_warning"):
             print(f"  warning: {d['host_warning']}")
     return 0

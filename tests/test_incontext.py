@@ -286,3 +286,48 @@ def test_search_cost_tensor_uses_the_calibration_as_predict_does(tmp_path):
         want = predict_nb201(arch, t)
         assert want.calibrated
         assert got == pytest.approx(want.latency_ms, rel=1e-9)
+
+
+def test_a_prediction_names_the_op_types_its_calibration_never_measured(tmp_path, capsys):
+    """A calibration records each network's op types; a network with types none of them had gets their
+    share of its isolated time -- the same share counted from its own per-key rows -- and a warning
+    naming them (predict prints it). A calibration from before op types were recorded says nothing."""
+    from costmodels.incontext import op_type_times
+    from costmodels.predict import predict_network
+    from hwcost.api import resolve_target
+    t = load_table(_shipped("nb201_ort-cpu.json"))
+
+    def types_of(arch):
+        tg = resolve_target("nb201", None, arch, "cifar10")
+        return op_type_times(predict_network(tg.model, tg.input_shape, t, incontext=None).per_key)
+    seen = types_of("|nor_conv_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|none~0|nor_conv_1x1~1|skip_connect~2|")
+    rng = np.random.default_rng(0)
+    samples = [dataclasses.replace(_net(rng, 0.01, f"n{i}"), op_types=dict(seen)) for i in range(5)]
+    m = fit_in_context(samples, 0.002, backend="ort-cpu", host={"cpu": "x"}, created=now_iso())
+    save_table(dataclasses.replace(t, calibration=m.to_json()), tmp_path / "t.json")
+    assert model_of(load_table(tmp_path / "t.json")).samples[0].op_types == seen      # round trip
+    pools = "|avg_pool_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|none~0|nor_conv_1x1~1|avg_pool_3x3~2|"
+    mine = types_of(pools)
+    assert main(["predict", "--table", str(tmp_path / "t.json"), "--space", "nb201", "--arch", pools, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["unseen_op_types"] == ["avg_pool_3x3"] and "nor_conv_3x3" not in mine
+    assert d["unseen_share"] == pytest.approx(mine["avg_pool_3x3"] / sum(mine.values()), rel=1e-9)
+    assert d["unseen_share"] > 0.05 and "avg_pool_3x3" in d["calibration_warning"]
+    assert main(["predict", "--table", str(tmp_path / "t.json"), "--space", "nb201", "--arch", pools]) == 0
+    assert "op types no calibration network had (avg_pool_3x3)" in capsys.readouterr().out
+    # a network of seen types only: no types named, no warning
+    assert main(["predict", "--table", str(tmp_path / "t.json"), "--space", "nb201", "--arch",
+                 "|nor_conv_1x1~0|+|nor_conv_3x3~0|skip_connect~1|+|none~0|nor_conv_3x3~1|skip_connect~2|",
+                 "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["unseen_op_types"] == [] and d["unseen_share"] == 0 and "calibration_warning" not in d
+    # recorded before op types were: silent
+    save_table(_calibrated_table(tmp_path), tmp_path / "old.json")
+    assert main(["predict", "--table", str(tmp_path / "old.json"), "--space", "nb201", "--arch", pools, "--json"]) == 0
+    assert "unseen_op_types" not in json.loads(capsys.readouterr().out)
+    # a malformed record is one clear error
+    doc = json.loads((tmp_path / "t.json").read_text())
+    doc["calibration"]["networks"][0]["op_types"] = {"avg_pool_3x3": -1}
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(TableError, match=r"networks\[0\]\.op_types"):
+        load_table(tmp_path / "bad.json")

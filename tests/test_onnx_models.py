@@ -201,12 +201,16 @@ def test_a_node_table_calibrates_on_other_models_exported_to_onnx(net_onnx, tmp_
         kinds = {op_group(k) for k in graph_nodes(graph).keys}
         assert set(m.samples[1].features) <= kinds and "conv_dw" in kinds
         assert all(k in t for k in graph_nodes(graph).keys)
+        # each calibration network records its node types (the op without its domain)
+        assert set(m.samples[1].op_types) == {k.op.rsplit(".", 1)[-1] for k in graph_nodes(graph).keys}
     finally:
         sys.modules.pop("cal_nets", None)
     capsys.readouterr()
     assert main(["predict", "--table", str(out), "--model", net_onnx, "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["calibrated"] and d["low_ms"] < d["latency_ms"] < d["high_ms"]
+    own = {k.op.rsplit(".", 1)[-1] for k in graph_nodes(load_onnx(net_onnx)).keys}
+    assert set(d["unseen_op_types"]) == own - set().union(*(s.op_types for s in m.samples))
 
 
 def test_a_pytorch_model_keyed_by_the_nodes_ort_runs(tmp_path, monkeypatch, capsys):
@@ -271,6 +275,8 @@ def test_a_space_keyed_by_the_nodes_ort_runs(tmp_path, capsys):
     assert main(["predict", "--table", str(out), "--space", "nb201", "--arch", specs[1]["arch"], "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["calibrated"] and d["low_ms"] < d["latency_ms"] < d["high_ms"]
+    own = {k.op.rsplit(".", 1)[-1] for k in nodes[1].keys}
+    assert set(d["unseen_op_types"]) == own - set().union(*(s.op_types for s in m.samples))
     # refused: --random without --keys nodes; nodes on a PyTorch backend; models for a space's node table
     assert main(["profile", "--space", "nb201", "--random", "3", "--out", str(tmp_path / "a.json")]) == 2
     assert "--random N goes with --space S --keys nodes" in capsys.readouterr().err
