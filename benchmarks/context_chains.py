@@ -1,6 +1,6 @@
 """Does a node cost in a network what it costs alone? Chains differenced, on ONNX Runtime.
 
-    .venv/bin/python benchmarks/context_chains.py [--block silu,se] [--k 8] [--backend ort-cpu]
+    .venv/bin/python benchmarks/context_chains.py [--block silu,se,pw] [--k 8] [--backend ort-cpu]
 
 For each block and each of efficientnet_b0's feature-map sizes (96x112x112,
 144x56x56, 480x14x14, 1152x7x7) two chains of ``k`` depthwise 3x3 convolutions
@@ -13,7 +13,11 @@ their nodes cost *alone*.  Their ratio is the in-context factor of the block.
 
 * ``silu``: x * sigmoid(x), which ORT fuses into one ``QuickGelu`` node;
 * ``se``: SiLU, then efficientnet's squeeze-excitation (mean over the map,
-  1x1 reduce, SiLU, 1x1 expand, sigmoid, multiply).
+  1x1 reduce, SiLU, 1x1 expand, sigmoid, multiply);
+* ``pw``: no depthwise convolutions but pairs of 1x1 convolutions expanding
+  to 6x the channels and projecting back (efficientnet's 192<->1152 at 7x7,
+  112<->672 at 14x14, 24<->144 at 56x56), 2 pairs differenced against ``k``:
+  alone each convolution's weights stay in cache; a network streams them.
 
 Prints the machine, every chain (measured, node sum, time per node type) and
 the factor per size.
@@ -59,9 +63,22 @@ def chain(c: int, k: int, block: str | None):
     return Chain().eval()
 
 
+PW = ((24, 144, 56), (112, 672, 14), (192, 1152, 7))
+
+
+def pw_chain(c: int, mid: int, k: int):
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(k):
+        layers += [nn.Conv2d(c, mid, 1), nn.ReLU(), nn.Conv2d(mid, c, 1)]
+    return nn.Sequential(*layers).eval()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--block", default="silu,se")
+    ap.add_argument("--block", default="silu,se,pw")
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--backend", default="ort-cpu")
     args = ap.parse_args()
@@ -76,7 +93,11 @@ def main() -> int:
     blocks = [b for b in args.block.split(",") if b]
     be = get_backend(args.backend, threads=1)
     nets = {}
-    for block in blocks:
+    for block in [b for b in blocks if b == "pw"]:
+        for c, mid, hw in PW:
+            for k in (2, args.k):
+                nets[("pw", c, k)] = (export_graph(pw_chain(c, mid, k), (1, c, hw, hw), f"pw-{c}-{k}"), (1, c, hw, hw))
+    for block in [b for b in blocks if b != "pw"]:
         base = "silu" if block == "se" else None      # se is measured against a SiLU chain
         for c, hw in SIZES:
             shape = (1, c, hw, hw)
@@ -100,9 +121,15 @@ def main() -> int:
             t = k.op.rsplit(".", 1)[-1]
             types[t] = types.get(t, 0.0) + (n - a) * ms
         res[key] = (m.median * 1e3, p.latency_ms)
-        print(f"{str(key[0]):>5} {key[1]:>5}ch: measured {m.median * 1e3:7.3f} ms, node sum {p.latency_ms:7.3f} ms; "
+        print(f"{str(key[0]):>5} {key[1]:>5}ch{'' if len(key) == 2 else f' x{key[2]}'}: measured {m.median * 1e3:7.3f} ms, node sum {p.latency_ms:7.3f} ms; "
               + ", ".join(f"{t} {v:.3f}" for t, v in sorted(types.items(), key=lambda tv: -tv[1])), flush=True)
-    for block in blocks:
+    for c, mid, hw in PW if "pw" in blocks else ():
+        (ma, sa), (mb, sb) = res[("pw", c, 2)], res[("pw", c, args.k)]
+        mb_w = (args.k - 2) * 2 * c * mid * 4 / 1e6
+        print(f"   pw {c}<->{mid} at {hw}x{hw}: {args.k - 2} more pairs ({mb_w:.1f} MB of weights) in context "
+              f"{mb - ma:.3f} ms, their nodes alone {sb - sa:.3f} ms: factor {(mb - ma) / (sb - sa):.2f}; whole "
+              f"chain of {args.k}: measured / node sum {mb / sb:.3f} (of 2: {ma / sa:.3f})")
+    for block in [b for b in blocks if b != "pw"]:
         base = "silu" if block == "se" else None
         for c, hw in SIZES:
             (ma, sa), (mb, sb) = res[(base, c)], res[(block, c)]
