@@ -114,20 +114,47 @@ def _sample(name: str, per_key, measured_ms: float, p10_ms=None, p90_ms=None) ->
                   op_types=op_type_times(per_key))
 
 
+TWIN = 0.5     # networks sharing this much of their keys (multiset Jaccard) are one architecture
+
+
+def twins(extra: dict) -> dict[str, set]:
+    """{model: the other models that share >= TWIN of its keys (counted with their multiplicity)}: the
+    same architecture from two libraries (torchvision's mobilenet_v3_large and timm's
+    mobilenetv3_large_100 share 0.67 of their ORT nodes; the next closest pair of different
+    architectures, resnet50 and timm's resnet26d, 0.45; the rest <= 0.18)."""
+    from collections import Counter
+    bags = {n: Counter({k: c - a for k, c, a, _ in e["per_key"] if c - a > 0}) for n, e in extra.items()}
+    out: dict[str, set] = {n: set() for n in bags}
+    names = list(bags)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            union = sum((bags[a] | bags[b]).values())
+            if union and sum((bags[a] & bags[b]).values()) / union >= TWIN:
+                out[a].add(b)
+                out[b].add(a)
+    return out
+
+
 def score(samples: dict, extra: dict, calibration: set, per_call: float, via: str, log) -> tuple[list, dict, float]:
     """Predict every network not in ``calibration`` through an in-context model fitted on ``calibration``
-    (else on all the other networks: leave one model out); print the per-model table and the summary.
-    Each row names the op types of its network that the fit's networks never held (``unseen``)."""
+    (else on all the other networks: leave one model out -- and its twins, :func:`twins`); print the
+    per-model table and the summary. Each row names the op types of its network that the fit's networks
+    never held (``unseen``)."""
     rows = []
     fixed = fit_in_context([samples[k] for k in calibration], per_call) if calibration else None
+    twin = {} if calibration else twins(extra)
+    for n, held in twin.items():
+        if held and n < min(held):
+            log(f"held out together (the same architecture): {', '.join(sorted({n} | held))}")
     for n, smp in samples.items():
         if n in calibration:
             continue
-        ic = fixed or fit_in_context([s for k, s in samples.items() if k != n], per_call)
+        ic = fixed or fit_in_context([s for k, s in samples.items() if k != n and k not in twin[n]], per_call)
         cal = ic.predict(smp.features, smp.n_ops)
         lo, hi = ic.interval(cal, 0.9)
         unseen = ic.unseen(smp.op_types)
-        rows.append({"model": n, **{k: v for k, v in extra[n].items()}, "measured_ms": smp.measured_ms,
+        rows.append({"model": n, **{k: v for k, v in extra[n].items()}, "held_out_with": sorted(twin.get(n, ())),
+                     "measured_ms": smp.measured_ms,
                      "p10_ms": smp.p10_ms, "p90_ms": smp.p90_ms, "calibrated_ms": cal, "low90_ms": lo,
                      "high90_ms": hi, "lambda": ic.lam, "structure": ic.structure,
                      "unseen_share": unseen["share"], "unseen_op_types": unseen["types"]})
@@ -177,7 +204,7 @@ def rescore(path: Path, log) -> int:
     for r in d["rows"] + (d.get("calibration_rows") or []):
         per_key = [(parse_key(k), c, a, ms, None) for k, c, a, ms in r["per_key"]]
         samples[r["model"]] = _sample(r["model"], per_key, r["measured_ms"], r.get("p10_ms"), r.get("p90_ms"))
-        extra[r["model"]] = {"sum_of_ops_ms": r["sum_of_ops_ms"], "layers": r["layers"]}
+        extra[r["model"]] = {"sum_of_ops_ms": r["sum_of_ops_ms"], "layers": r["layers"], "per_key": r["per_key"]}
     if calibration and not calibration <= set(samples):
         log(f"{path} does not keep its calibration networks' rows: cannot rescore it")
         return 2
