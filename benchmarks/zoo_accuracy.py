@@ -149,7 +149,10 @@ def score(samples: dict, extra: dict, calibration: set, per_call: float, via: st
     for n, smp in samples.items():
         if n in calibration:
             continue
-        ic = fixed or fit_in_context([s for k, s in samples.items() if k != n and k not in twin[n]], per_call)
+        others = [s for k, s in samples.items() if k != n and k not in twin[n]]
+        if not fixed and len(others) < 2:                   # too few left without its twins: keep them
+            others = [s for k, s in samples.items() if k != n]
+        ic = fixed or fit_in_context(others, per_call)
         cal = ic.predict(smp.features, smp.n_ops)
         lo, hi = ic.interval(cal, 0.9)
         unseen = ic.unseen(smp.op_types)

@@ -150,7 +150,9 @@ def price_by_nodes(cfg, out: str | Path, result: dict, log: Callable[[str], None
     again with the cost model scaled to it (the per-op costs are a fit; the network's nodes are not),
     at most :data:`NODE_ROUNDS` times. Nothing is measured but the nodes the table lacks (not even those
     when ``profile_missing`` is false). The result's ``derived.latency_ms`` becomes the node price
-    (``latency_ms_model`` keeps the cost model's); ``nodes`` records every round."""
+    (``latency_ms_model`` keeps the cost model's); ``nodes`` records every round, and ``nodes.kept``
+    is the round of the network kept -- None when it was never priced (its pricing failed: it stands on
+    the cost model's figure, ``nodes.stopped`` says why)."""
     from costmodels.node_tensor import is_space_node_table
     from device_tables import MissingKeyError
     from search.costs import _table

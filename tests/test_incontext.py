@@ -321,6 +321,10 @@ def test_a_prediction_names_the_op_types_its_calibration_never_measured(tmp_path
                  "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["unseen_op_types"] == [] and d["unseen_share"] == 0 and "calibration_warning" not in d
+    # one network without a record (a verify round added to an old calibration): silent, not a false alarm
+    mixed = fit_in_context(samples[:4] + [dataclasses.replace(samples[4], op_types=None)], 0.002,
+                           backend="ort-cpu", host={"cpu": "x"}, created=now_iso())
+    assert mixed.unseen(mine) is None
     # recorded before op types were: silent
     save_table(_calibrated_table(tmp_path), tmp_path / "old.json")
     assert main(["predict", "--table", str(tmp_path / "old.json"), "--space", "nb201", "--arch", pools, "--json"]) == 0
