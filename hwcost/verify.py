@@ -230,8 +230,13 @@ def search_priced_by_nodes(cfg, out: str, resume: bool = False, progress: bool =
     its derived network by its own nodes, re-deriving around that price (:func:`price_by_nodes`) without
     profiling anything -- the sweep's rows then carry the node price, as ``hwcost search`` would."""
     from search.run import run_search
-    result = run_search(cfg, out, resume=resume, progress=progress)
-    return price_by_nodes(cfg, out, result, log=lambda line: None, profile_missing=False)
+    from search.sweep import PENDING
+    result = run_search(cfg, out, resume=resume, progress=progress)   # (it wants its directory to itself)
+    pending = Path(out) / PENDING          # until the rounds are done, result.json is not the final one
+    pending.touch()
+    result = price_by_nodes(cfg, out, result, log=lambda line: None, profile_missing=False)
+    pending.unlink()
+    return result
 
 
 CANDLES = 3     # calibration networks measured again beside a derived network (the host's phase)

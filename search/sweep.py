@@ -57,6 +57,9 @@ __all__ = ["BACKENDS", "KINDS", "ROW_FIRST", "LookupGraph", "ProcessBackend", "R
            "ray_available", "split_spec", "spread", "write_csv"]
 
 KINDS = ("lambda", "budgets", "lookup")
+# A search function that goes on after run_search has written result.json (hwcost's node-price rounds)
+# keeps this file in the run directory until it is done: a resumed sweep runs such a search again.
+PENDING = "result.pending"
 BACKENDS = ("ray", "process", "serial")
 
 
@@ -135,7 +138,7 @@ class Sweep:
         for i, t in enumerate(tasks):
             run_dir = self.runs / t.name
             done = run_dir / "result.json"
-            if self.opts.resume and done.exists():
+            if self.opts.resume and done.exists() and not (run_dir / PENDING).exists():
                 prev = read_json(run_dir / "sweep_task.json") or {}
                 rows[i] = make_row(t, json.loads(done.read_text()), "ok", None, prev.get("wall_seconds"))
                 rows[i]["resumed"] = True

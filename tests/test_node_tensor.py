@@ -150,6 +150,7 @@ def test_a_search_on_a_space_node_table_prices_its_network_by_its_nodes(tmp_path
     for row in rows:
         res = json.loads((sweep / "runs" / row["name"] / "result.json").read_text())
         assert row["cost"] == res["derived"]["latency_ms"]
+        assert not (sweep / "runs" / row["name"] / "result.pending").exists()     # the rounds finished
         if res["nodes"]["stopped"] and res["nodes"]["stopped"].startswith("not priced"):
             assert "no entry" in res["nodes"]["stopped"] or "lacks" in res["nodes"]["stopped"]
             continue

@@ -195,6 +195,13 @@ def test_resume_skips_finished_runs(tmp_path):
     assert CALLS == [unfinished]
     assert [r["cost"] for r in again["rows"]] == [r["cost"] for r in first["rows"]]
     assert [bool(r.get("resumed")) for r in again["rows"]] == [True, False, True]
+    # a search function that was stopped after result.json but before it finished (its pending mark is
+    # still there, e.g. hwcost's node-price rounds) runs again
+    from search.sweep import PENDING
+    (tmp_path / "sweep" / "runs" / unfinished / PENDING).touch()
+    CALLS.clear()
+    budget_sweep(SearchConfig(), opts(tmp_path, resume=True), budgets, search_fn=fake_search)
+    assert CALLS == [unfinished]
 
 
 def test_lookup_sweep_picks_the_constraint_for_a_target(tmp_path):
