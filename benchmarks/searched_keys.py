@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from costmodels.incontext import Sample, fit_in_context, group_features  # noqa: E402
+from costmodels.incontext import Sample, fit_in_context  # noqa: E402
 from costmodels.predict import Overhead, predict_network  # noqa: E402
 from costmodels.surrogate import accuracy  # noqa: E402
 from device_tables import load_table  # noqa: E402
@@ -122,8 +122,8 @@ def main() -> int:
     for keys, table, models in (("ops", op_table, nets), ("nodes", node_table, graphs)):
         samples = []
         for (model, shape), m in zip(models, measured):
-            feats, n_ops = group_features(predict_network(model, shape, table, incontext=None).per_key)
-            samples.append(Sample(keys, feats, n_ops, m.median * 1e3))
+            samples.append(Sample.of_rows(keys, predict_network(model, shape, table, incontext=None).per_key,
+                                          m.median * 1e3))
         for cal in [k for k in sets if k.startswith("calibration")]:
             ic = fit_in_context([samples[j] for j in span[cal]], Overhead.from_table(table).per_call_ms)
             for scored in ("searched", "random"):

@@ -55,8 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from costmodels.incontext import (UNSEEN_WARN, Sample, fit_in_context, group_features,  # noqa: E402
-                                  op_type_times)
+from costmodels.incontext import UNSEEN_WARN, Sample, fit_in_context  # noqa: E402
 from costmodels.predict import Overhead, predict_network  # noqa: E402
 from costmodels.surrogate import accuracy  # noqa: E402
 from hwcost.calibrate import build_spec, space_specs  # noqa: E402
@@ -109,9 +108,7 @@ def _darts(n: int, seed: int, via: str, exclude=()) -> tuple[dict, list[dict]]:
 
 
 def _sample(name: str, per_key, measured_ms: float, p10_ms=None, p90_ms=None) -> Sample:
-    feats, n_ops = group_features(per_key)
-    return Sample(name, feats, n_ops, measured_ms, {"kind": "model", "model": name}, p10_ms, p90_ms,
-                  op_types=op_type_times(per_key))
+    return Sample.of_rows(name, per_key, measured_ms, {"kind": "model", "model": name}, p10_ms=p10_ms, p90_ms=p90_ms)
 
 
 TWIN = 0.5     # networks sharing this much of their keys (multiset Jaccard) are one architecture

@@ -174,6 +174,14 @@ class Sample:
         return d
 
     @classmethod
+    def of_rows(cls, name: str, rows, measured_ms: float, spec: dict | None = None, **kw) -> "Sample":
+        """A network measured at ``measured_ms``, its features, op calls and op-type times read from a
+        prediction's rows ``(key, count, fused, ms, source)`` (``NetworkPrediction.per_key``)."""
+        rows = list(rows)
+        feats, n_ops = group_features(rows)
+        return cls(name, feats, n_ops, measured_ms, dict(spec or {}), op_types=op_type_times(rows), **kw)
+
+    @classmethod
     def from_json(cls, d: dict) -> "Sample":
         types = d.get("op_types")
         return cls(d["name"], dict(d["features"]), int(d["n_ops"]), float(d["measured_ms"]), dict(d["spec"]),
@@ -215,9 +223,9 @@ class InContextModel:
     def unseen(self, op_types: Mapping[str, float]) -> dict | None:
         """The op types of a network that no calibration network held: ``{"share": their part of the
         network's isolated time, "types": [...]}``, or None when some calibration network has no record
-        of its op types (fitted before hwcost kept them). A factor per group learnt on networks without, say, SiLU's
-        QuickGelu nodes is a guess for them: efficientnet_b0, the only SiLU model of the torchvision zoo,
-        was predicted -10.1% and -10.8% from the 15 others, +0.8% in the timm zoo beside two SiLU models."""
+        of its op types (fitted before hwcost kept them). Such a network is unlike its calibration:
+        efficientnet_b0, the only SiLU model of the torchvision zoo, was predicted -10.1% and -10.8% from
+        the 15 others, +0.8% in the timm zoo beside two SiLU models (docs/in-context.md)."""
         if not self.samples or any(s.op_types is None for s in self.samples):
             return None      # some networks predate the record (a verify round added to an old calibration)
         known = set().union(*(s.op_types for s in self.samples))

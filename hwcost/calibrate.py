@@ -203,13 +203,12 @@ def sample_of(model, shape, table: DeviceTable, measurement, name: str, spec: di
     measured latency (``Measurement``s in seconds: the network's and the host reference kernel's).
     ``prediction``: the network's ``predict_network`` on ``table`` when the caller has it already
     (its per-key rows do not depend on the calibration)."""
-    from costmodels.incontext import Sample, group_features, op_type_times
+    from costmodels.incontext import Sample
     from costmodels.predict import predict_network
     p = prediction or predict_network(model, shape, table, incontext=None)
-    feats, n_ops = group_features(p.per_key)
-    return Sample(name, feats, n_ops, measurement.median * 1e3, spec, measurement.p10 * 1e3,
-                  measurement.p90 * 1e3, role, reference.median * 1e3 if reference is not None else None,
-                  op_type_times(p.per_key))
+    return Sample.of_rows(name, p.per_key, measurement.median * 1e3, spec, p10_ms=measurement.p10 * 1e3,
+                          p90_ms=measurement.p90 * 1e3, role=role,
+                          reference_ms=reference.median * 1e3 if reference is not None else None)
 
 
 def _profile_missing_layers(table: DeviceTable, built, backend, log) -> DeviceTable:
