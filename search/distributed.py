@@ -85,9 +85,16 @@ def init(backend: str | None = None, device: str | None = None) -> DistInfo:
 
 
 def shutdown() -> None:
-    """Leave the process group if :func:`init` created it."""
+    """Leave the process group if :func:`init` created it.
+
+    Every rank first meets the others at a barrier: a rank that tore its gloo
+    connections down while a peer was still finishing its last collective made
+    that peer's transport thread call ``std::terminate`` (SIGABRT, seen once in CI).
+    """
     global _started_here
     if _started_here and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
     _started_here = False
 
