@@ -54,7 +54,7 @@ def machine() -> str:
 def darts_part(args, out: Path, backend: str) -> list[dict]:
     from hwcost.calibrate import calibrate
     from hwcost.pipeline import budget_ladder, ensure_table, random_derived_costs
-    from hwcost.verify import price_by_nodes, verify_search
+    from hwcost.verify import predicted_text, price_by_nodes, verify_search
     from search.costs import cached_search_cost_tensor
     from search.run import SearchConfig, run_search
     from spaces import get_space
@@ -107,8 +107,8 @@ def darts_part(args, out: Path, backend: str) -> list[dict]:
                "node_rounds": (r.get("nodes") or {}).get("rounds"),
                "genotype": r["genotype"]}
         rows.append(row)
-        print(f"  budget {b:6.2f} ms (aimed {row['aimed_ms']:.2f}): predicted {row['predicted_ms']:6.2f} "
-              f"[{row['low_ms']:.2f}, {row['high_ms']:.2f}]  measured {row['measured_ms']:6.2f} "
+        print(f"  budget {b:6.2f} ms (aimed {row['aimed_ms']:.2f}): predicted {predicted_text(last, 2)}  "
+              f"measured {row['measured_ms']:6.2f} "
               f"({100 * row['measured_ms'] / b:3.0f}%), re-measured {again:6.2f} ({100 * again / b:3.0f}%)  "
               f"verify rounds {row['verify_rounds']}  search {secs:.0f} s",
               flush=True)

@@ -93,6 +93,19 @@ def local_margin(session_ms: list[float]) -> float:
     return min(max(spread, MARGIN_MIN), MARGIN_MAX)
 
 
+def predicted_text(rec: dict, digits: int = 3) -> str:
+    """A verify round's prediction as printed: ``P ms [low, high]``; after a re-derivation the search's
+    locally scaled figure ``P`` and the refitted table's ``T`` can differ, and the interval belongs to
+    ``T``: ``P ms (the table: T ms [low, high])``. Without a calibration: ``P ms (uncalibrated)``."""
+    p = rec["predicted_ms"]
+    t = rec.get("table_predicted_ms") or p
+    interval = (f" [{rec['low_ms']:.{digits}f}, {rec['high_ms']:.{digits}f}]"
+                if rec.get("calibrated", True) and rec.get("low_ms") is not None else " (uncalibrated)")
+    if abs(t / p - 1) > 0.005:
+        return f"{p:.{digits}f} ms (the table: {t:.{digits}f} ms{interval})"
+    return f"{p:.{digits}f} ms{interval}"
+
+
 def _build(space: str, network: str, arch, table=None):
     """(spec, network, input shape) of a derived architecture; for a space node table the network is
     the ONNX graph ORT runs (its nodes are the table's keys)."""
@@ -344,14 +357,7 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
         history.append(rec)
         where = ("" if budget is None else f" ({ms / budget:.0%} of the budget {budget:.3f} ms: "
                                            f"{'inside' if inside else 'outside'} [{floor:.3f}, {budget:.3f}])")
-        # after a re-derivation the search's (locally scaled) model and the refitted table can differ:
-        # the interval belongs to the table's figure, so both are shown then
-        table_note = (f" (the table: {p.latency_ms:.3f} ms" if abs(p.latency_ms / rec["predicted_ms"] - 1) > 0.005
-                      else "")
-        log(f"   verify round {r}: predicted {rec['predicted_ms']:.3f} ms{table_note}"
-            + (f" [{p.low_ms:.3f}, {p.high_ms:.3f}]" if p.calibrated else " (uncalibrated)")
-            + (")" if table_note else "")
-            + f", measured {ms:.3f} ms{where}"
+        log(f"   verify round {r}: predicted {predicted_text(rec)}, measured {ms:.3f} ms{where}"
             + (f"; the clock said {rec['measured_raw_ms']:.3f} ms, in a phase where calibration networks beside it "
                f"ran {rec['phase'] - 1:+.0%} against their calibrated time" if (rec.get("phase") or 0) > 1.0 else ""))
         if ref_cal and ref_ms / ref_cal > HOST_SLOW:

@@ -44,3 +44,7 @@ def test_demo_chain_reuses_the_table_and_reports_budget_predicted_measured(tmp_p
     assert r["confidence"]["confidence"] == 0.9
     assert s["verify"]["rounds"] and s["measured"]["latency_ms"] == s["verify"]["rounds"][-1]["measured_ms"]
     assert "round  budget" in text
+    # a round re-derived with the locally scaled model shows the table's figure its interval belongs to
+    for v in s["verify"]["rounds"]:
+        if abs(v["table_predicted_ms"] / v["predicted_ms"] - 1) > 0.005:
+            assert f"(the table: {v['table_predicted_ms']:.2f} ms [{v['low_ms']:.2f}, {v['high_ms']:.2f}])" in text
