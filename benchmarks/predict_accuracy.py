@@ -25,7 +25,10 @@ the ops, minus the per-call overhead the table records, minus what ONNX Runtime
 fuses -- nothing fitted -- and, beside it, the table's in-context model
 (``costmodels.incontext``) calibrated as ``hwcost calibrate`` does on
 ``--calibrate`` *other* random genotypes (another seed, none of the test ones),
-measured on their own before the test networks; with it the 90 % prediction
+measured on their own before the test networks (three of them are measured
+again beside the test networks, with the host's reference kernel: the printed
+"host phase" ratio says whether the host ran the test networks at the
+calibration's speed); with it the 90 % prediction
 interval's coverage and the one-sided 90 % bound's (what a budget at
 ``--confidence 0.9`` relies on).  Prints MAPE, RMSE and the share
 within +-5 % / +-10 % (nn-Meter: 99 % within +-10 % on a mobile CPU; LitePred:
@@ -56,13 +59,15 @@ sys.path.insert(0, str(ROOT))
 from costmodels.predict import Overhead, predict_genotype, predict_network  # noqa: E402
 from costmodels.incontext import group_features  # noqa: E402
 from hwcost.calibrate import arch_spec, build_spec, fit_table, measure_specs, network_specs  # noqa: E402
+from hwcost.verify import CANDLES  # noqa: E402
 from costmodels.surrogate import accuracy  # noqa: E402
 from device_tables import DATA_DIR, load_table  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
 from profilers.environment import device_info  # noqa: E402
 from profilers.measure import Settings  # noqa: E402
 from profilers.overhead import measure_call_overhead  # noqa: E402
-from profilers.profile import measure_models, model_jobs, profile, space_jobs  # noqa: E402
+from profilers.profile import (measure_models, measure_models_with_reference, model_jobs, profile,  # noqa: E402
+                               space_jobs)
 from profilers.shapes import resolve_model  # noqa: E402
 from spaces import build_network, network_config, random_genotype  # noqa: E402
 
@@ -153,10 +158,18 @@ def run_backend(name: str, args, log) -> dict:
                              "measured_ms": smp.measured_ms})
         t0 = time.perf_counter()
         step = args.chunk if args.chunk > 0 else len(tests)
+        # Up to CANDLES calibration networks are measured again beside the test networks, with the host's
+        # reference kernel: now / then says whether the host ran the test networks in the calibration's phase.
+        candles = measured_cal[:CANDLES] if args.calibrate else []
+        phase = []
         for start in range(0, len(tests), step):
             chunk = tests[start:start + step]
-            nets = [build_network(network_config("cifar10", g)) for g in chunk]
-            measured = measure_models([(net, net.input_shape(1)) for net in nets], backend, NET_SETTINGS)
+            nets = [(n, n.input_shape(1)) for n in (build_network(network_config("cifar10", g)) for g in chunk)]
+            measured, ref = measure_models_with_reference(nets + [build_spec(c.spec) for c in candles],
+                                                          backend, NET_SETTINGS)
+            measured, again = measured[:len(chunk)], measured[len(chunk):]
+            phase.append({"reference_ms": ref.median * 1e3,
+                          "calibration_now_over_then": [a.median * 1e3 / c.measured_ms for a, c in zip(again, candles)]})
             for g, m in zip(chunk, measured):
                 row = {"kind": "darts", "name": "darts genotype", "genotype": str(g), **_measured(m)}
                 for label, t in tables.items():
@@ -170,6 +183,14 @@ def run_backend(name: str, args, log) -> dict:
                         row[f"upper90_{label}_ms"] = c.latency_ms * models[label].upper_factor(0.9)
                 rows.append(row)
             log(f"  darts {start + len(chunk)}/{len(tests)} ({time.perf_counter() - t0:.0f} s, load {load()})")
+        if candles:
+            ratios = [v for ph in phase for v in ph["calibration_now_over_then"]]
+            refs = [c.reference_ms for c in measured_cal if c.reference_ms is not None]
+            then_ref = statistics.median(refs) if refs else float("nan")
+            log(f"host phase: {len(candles)} calibration networks measured again beside the test networks ran "
+                f"{statistics.median(ratios):.3f}x their calibration time (median; a calibration measured in "
+                f"another phase biases every prediction by about that much); reference kernel "
+                f"{statistics.median(ph['reference_ms'] for ph in phase):.3f} ms now, {then_ref:.3f} ms at calibration")
 
         tv_models, preds, seconds = [], [], []
         for model_name in args.models:  # each model's layers profiled, then the models measured together
@@ -194,7 +215,8 @@ def run_backend(name: str, args, log) -> dict:
                 f"({m.quality}), load {load()}")
     return {"backend": name, "runtime": tables["now"].runtime, "tables": list(tables),
             "shipped_table_created": tables["shipped"].created if "shipped" in tables else None,
-            "chain": chain, "calibration": {k: m.to_json() for k, m in models.items()}, "rows": rows}
+            "chain": chain, "calibration": {k: m.to_json() for k, m in models.items()}, "rows": rows,
+            "phase": phase}
 
 
 def _repriced(smp, table):
