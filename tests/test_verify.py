@@ -254,3 +254,15 @@ def test_a_measurement_in_a_slower_phase_is_brought_back_by_calibration_networks
             assert meas.median * 1e3 == pytest.approx(true_ms, rel=0.01) and meas.median < raw.median
         else:
             assert meas.median == raw.median
+
+
+def test_a_rounds_interval_is_printed_beside_the_figure_it_belongs_to():
+    from hwcost.verify import predicted_text
+    same = {"predicted_ms": 7.53, "table_predicted_ms": 7.53, "low_ms": 7.25, "high_ms": 7.81, "calibrated": True}
+    assert predicted_text(same, 2) == "7.53 ms [7.25, 7.81]"
+    # re-derived with the locally scaled model: the interval is the refitted table's, around 7.97 ms
+    moved = {**same, "predicted_ms": 7.29, "table_predicted_ms": 7.97, "low_ms": 7.49, "high_ms": 8.58}
+    text = predicted_text(moved, 2)
+    assert text == "7.29 ms (the table: 7.97 ms [7.49, 8.58])"
+    assert not text.startswith("7.29 ms [")
+    assert predicted_text({**same, "calibrated": False, "low_ms": None}, 3) == "7.530 ms (uncalibrated)"
