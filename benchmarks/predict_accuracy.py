@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 from costmodels.predict import Overhead, predict_genotype, predict_network  # noqa: E402
 from costmodels.incontext import group_features  # noqa: E402
 from hwcost.calibrate import arch_spec, build_spec, fit_table, measure_specs, network_specs  # noqa: E402
-from hwcost.verify import CANDLES  # noqa: E402
+from hwcost.verify import candles  # noqa: E402
 from costmodels.surrogate import accuracy  # noqa: E402
 from device_tables import DATA_DIR, load_table  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
@@ -139,7 +139,7 @@ def run_backend(name: str, args, log) -> dict:
         test_specs = [arch_spec("darts", "cifar10", g) for g in tests]
         # Calibration (what `hwcost calibrate TABLE --networks K` does): K other random genotypes
         # (another seed; none of the test ones), measured on their own before the test networks.
-        models = {}
+        models, calibrated = {}, {}
         if args.calibrate:
             t0 = time.perf_counter()
             specs = network_specs(tables["now"], args.calibrate, args.seed + 10_000, "cifar10", exclude=test_specs)
@@ -147,7 +147,7 @@ def run_backend(name: str, args, log) -> dict:
             for label, t in tables.items():
                 # the same measured networks, priced by each table's ops
                 cal = [_repriced(smp, t) for smp in measured_cal]
-                _, models[label] = fit_table(t, cal)
+                calibrated[label], models[label] = fit_table(t, cal)
                 sm = models[label].summary()
                 log(f"calibrated the {label} table on {len(cal)} other genotypes ({time.perf_counter() - t0:.0f} s): "
                     f"leave-one-out MAPE {sm['loo_mape']:.2%}, mean {sm['loo_mean']:+.2%}, sd {sm['loo_std']:.2%}; "
@@ -158,18 +158,18 @@ def run_backend(name: str, args, log) -> dict:
                              "measured_ms": smp.measured_ms})
         t0 = time.perf_counter()
         step = args.chunk if args.chunk > 0 else len(tests)
-        # Up to CANDLES calibration networks are measured again beside the test networks, with the host's
-        # reference kernel: now / then says whether the host ran the test networks in the calibration's phase.
-        candles = measured_cal[:CANDLES] if args.calibrate else []
+        # Calibration networks measured again beside the test networks, with the host's reference kernel
+        # (what verify does, hwcost.verify.candles): now / then says whether the host ran the test networks
+        # in the calibration's phase.
+        lit = candles(calibrated["now"]) if "now" in calibrated else []
         phase = []
         for start in range(0, len(tests), step):
             chunk = tests[start:start + step]
             nets = [(n, n.input_shape(1)) for n in (build_network(network_config("cifar10", g)) for g in chunk)]
-            measured, ref = measure_models_with_reference(nets + [build_spec(c.spec) for c in candles],
-                                                          backend, NET_SETTINGS)
+            measured, ref = measure_models_with_reference(nets + [(n, sh) for n, sh, _ in lit], backend, NET_SETTINGS)
             measured, again = measured[:len(chunk)], measured[len(chunk):]
             phase.append({"reference_ms": ref.median * 1e3,
-                          "calibration_now_over_then": [a.median * 1e3 / c.measured_ms for a, c in zip(again, candles)]})
+                          "calibration_now_over_then": [a.median * 1e3 / then for a, (_, _, then) in zip(again, lit)]})
             for g, m in zip(chunk, measured):
                 row = {"kind": "darts", "name": "darts genotype", "genotype": str(g), **_measured(m)}
                 for label, t in tables.items():
@@ -183,14 +183,14 @@ def run_backend(name: str, args, log) -> dict:
                         row[f"upper90_{label}_ms"] = c.latency_ms * models[label].upper_factor(0.9)
                 rows.append(row)
             log(f"  darts {start + len(chunk)}/{len(tests)} ({time.perf_counter() - t0:.0f} s, load {load()})")
-        if candles:
+        if lit:
             ratios = [v for ph in phase for v in ph["calibration_now_over_then"]]
-            refs = [c.reference_ms for c in measured_cal if c.reference_ms is not None]
-            then_ref = statistics.median(refs) if refs else float("nan")
-            log(f"host phase: {len(candles)} calibration networks measured again beside the test networks ran "
+            then_ref = models["now"].reference_ms
+            log(f"host phase: {len(lit)} calibration networks measured again beside the test networks ran "
                 f"{statistics.median(ratios):.3f}x their calibration time (median; a calibration measured in "
                 f"another phase biases every prediction by about that much); reference kernel "
-                f"{statistics.median(ph['reference_ms'] for ph in phase):.3f} ms now, {then_ref:.3f} ms at calibration")
+                f"{statistics.median(ph['reference_ms'] for ph in phase):.3f} ms now, "
+                + (f"{then_ref:.3f} ms at calibration" if then_ref is not None else "not recorded at calibration"))
 
         tv_models, preds, seconds = [], [], []
         for model_name in args.models:  # each model's layers profiled, then the models measured together
