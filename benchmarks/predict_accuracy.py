@@ -222,7 +222,8 @@ def run_backend(name: str, args, log) -> dict:
 def _repriced(smp, table):
     """A measured calibration network with its op-group times read from ``table``."""
     model, shape = build_spec(smp.spec)
-    feats, n_ops = group_features(predict_network(model, shape, table, incontext=None).per_key)
+    p = predict_network(model, shape, table, incontext=None)
+    feats, n_ops = group_features(p.per_key, p.streamed)
     return dataclasses.replace(smp, features=feats, n_ops=n_ops)
 
 

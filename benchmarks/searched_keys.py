@@ -122,8 +122,8 @@ def main() -> int:
     for keys, table, models in (("ops", op_table, nets), ("nodes", node_table, graphs)):
         samples = []
         for (model, shape), m in zip(models, measured):
-            samples.append(Sample.of_rows(keys, predict_network(model, shape, table, incontext=None).per_key,
-                                          m.median * 1e3))
+            p = predict_network(model, shape, table, incontext=None)
+            samples.append(Sample.of_rows(keys, p.per_key, m.median * 1e3, streamed=p.streamed))
         for cal in [k for k in sets if k.startswith("calibration")]:
             ic = fit_in_context([samples[j] for j in span[cal]], Overhead.from_table(table).per_call_ms)
             for scored in ("searched", "random"):

@@ -107,8 +107,9 @@ def _darts(n: int, seed: int, via: str, exclude=()) -> tuple[dict, list[dict]]:
     return out, specs
 
 
-def _sample(name: str, per_key, measured_ms: float, p10_ms=None, p90_ms=None) -> Sample:
-    return Sample.of_rows(name, per_key, measured_ms, {"kind": "model", "model": name}, p10_ms=p10_ms, p90_ms=p90_ms)
+def _sample(name: str, per_key, measured_ms: float, p10_ms=None, p90_ms=None, streamed=None) -> Sample:
+    return Sample.of_rows(name, per_key, measured_ms, {"kind": "model", "model": name}, streamed=streamed,
+                          p10_ms=p10_ms, p90_ms=p90_ms)
 
 
 TWIN = 0.5     # networks sharing this much of their keys (multiset Jaccard) are one architecture
@@ -120,7 +121,7 @@ def twins(extra: dict) -> dict[str, set]:
     mobilenetv3_large_100 share 0.67 of their ORT nodes; the next closest pair of different
     architectures, resnet50 and timm's resnet26d, 0.45; the rest <= 0.18)."""
     from collections import Counter
-    bags = {n: Counter({k: c - a for k, c, a, _ in e["per_key"] if c - a > 0}) for n, e in extra.items()}
+    bags = {n: Counter({k: c - a for k, c, a, *_ in e["per_key"] if c - a > 0}) for n, e in extra.items()}
     out: dict[str, set] = {n: set() for n in bags}
     names = list(bags)
     for i, a in enumerate(names):
@@ -202,8 +203,10 @@ def rescore(path: Path, log) -> int:
     samples, extra, calibration = {}, {}, set(d.get("calibration") or [])
     from device_tables.keys import parse_key
     for r in d["rows"] + (d.get("calibration_rows") or []):
-        per_key = [(parse_key(k), c, a, ms, None) for k, c, a, ms in r["per_key"]]
-        samples[r["model"]] = _sample(r["model"], per_key, r["measured_ms"], r.get("p10_ms"), r.get("p90_ms"))
+        per_key = [(parse_key(k), c, a, ms, None) for k, c, a, ms, *_ in r["per_key"]]
+        streamed = {parse_key(row[0]): row[4] for row in r["per_key"] if len(row) > 4}
+        samples[r["model"]] = _sample(r["model"], per_key, r["measured_ms"], r.get("p10_ms"), r.get("p90_ms"),
+                                      streamed)
         extra[r["model"]] = {"sum_of_ops_ms": r["sum_of_ops_ms"], "layers": r["layers"], "per_key": r["per_key"]}
     if calibration and not calibration <= set(samples):
         log(f"{path} does not keep its calibration networks' rows: cannot rescore it")
@@ -289,10 +292,12 @@ def main() -> int:
     raws, samples, extra = {}, {}, {}
     for i, ((n, m), meas) in enumerate(zip(models.items(), measured)):
         raw = raws[n] = predict_network(m, shapes[n], table, incontext=None)
-        samples[n] = _sample(n, raw.per_key, meas.median * 1e3, meas.p10 * 1e3, meas.p90 * 1e3)
+        samples[n] = _sample(n, raw.per_key, meas.median * 1e3, meas.p10 * 1e3, meas.p90 * 1e3, raw.streamed)
         extra[n] = {"spec": specs[i],
                     "windows_ms": [w * 1e3 for w in (before[i].pass_medians or []) + (after[i].pass_medians or [])],
-                    "per_key": [[k.to_str(), c, a, ms] for k, c, a, ms, _ in raw.per_key],
+                    # a 5th column when the key's weights can cost more streamed (profilers.stream)
+                    "per_key": [[k.to_str(), c, a, ms] + ([raw.streamed[k]] if k in raw.streamed else [])
+                                for k, c, a, ms, _ in raw.per_key],
                     "sum_of_ops_ms": raw.latency_ms, "layers": raw.n_calls, "fused": raw.n_fused}
     rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log)
     log(f"total {time.perf_counter() - t0:.0f} s, load {load()}")

@@ -18,6 +18,12 @@ Xeon host 16 % over) -- so it is measured, per table:
   what the runtime fuses away (``costmodels.predict``);
 * ``per_call`` -- the overhead every isolated entry carries once and a network
   pays once (known from the table, not fitted);
+* ``X_streamed`` -- a pseudo-group, for tables that record weights and the
+  device's weight-streaming bandwidth (``profilers.stream``): the sum over the
+  network's calls of ``max(0, weight_bytes / BW - t_k)``, what reading each
+  call's weights from memory could add to its isolated time, priced by its own
+  fitted factor like any group (alexnet's Gemm nodes ran up to 1.9x their
+  isolated times in the network, on a host where its other layers did not);
 * ``f_g >= 0`` -- the group's in-context factor, ``beta`` a per-op-call term
   (either sign; what is not in any entry, e.g. a node's dispatch or the memory
   planner), both fitted on whole networks measured on the device (``hwcost
@@ -39,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -55,6 +61,8 @@ VERIFY_WEIGHT = 5.0
 # A prediction warns when this share of the network's isolated time is in op types no calibration network
 # held (InContextModel.unseen).
 UNSEEN_WARN = 0.05
+# The pseudo-group of weights a network streams from memory (module doc; profilers.stream).
+STREAMED = "streamed"
 
 _NORMS = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm2d",
           "LocalResponseNorm", "batch_norm", "layer_norm", "group_norm"}
@@ -133,17 +141,23 @@ def op_type_times(rows: Iterable[tuple]) -> dict[str, float]:
     return out
 
 
-def group_features(rows: Iterable[tuple]) -> tuple[dict[str, float], int]:
+def group_features(rows: Iterable[tuple], streamed: Mapping | None = None) -> tuple[dict[str, float], int]:
     """({group: isolated ms after fusion}, op calls after fusion) of a prediction's rows
-    ``(key, count, fused, ms, source)`` (``NetworkPrediction.per_key``)."""
+    ``(key, count, fused, ms, source)`` (``NetworkPrediction.per_key``); with ``streamed`` ({key: ms a
+    call can add when its weights come from memory}, ``NetworkPrediction.streamed``) the
+    :data:`STREAMED` pseudo-group too."""
     feats: dict[str, float] = {}
     n_ops = 0
+    streamed = streamed or {}
     for key, n, a, ms, _ in rows:
         if n - a <= 0:
             continue
         g = op_group(key)
         feats[g] = feats.get(g, 0.0) + (n - a) * ms
         n_ops += n - a
+        extra = streamed.get(key, 0.0)
+        if extra > 0:
+            feats[STREAMED] = feats.get(STREAMED, 0.0) + (n - a) * extra
     return feats, n_ops
 
 
@@ -174,11 +188,13 @@ class Sample:
         return d
 
     @classmethod
-    def of_rows(cls, name: str, rows, measured_ms: float, spec: dict | None = None, **kw) -> "Sample":
+    def of_rows(cls, name: str, rows, measured_ms: float, spec: dict | None = None, streamed: Mapping | None = None,
+                **kw) -> "Sample":
         """A network measured at ``measured_ms``, its features, op calls and op-type times read from a
-        prediction's rows ``(key, count, fused, ms, source)`` (``NetworkPrediction.per_key``)."""
+        prediction's rows ``(key, count, fused, ms, source)`` (``NetworkPrediction.per_key``) and its
+        streamed weights (``NetworkPrediction.streamed``)."""
         rows = list(rows)
-        feats, n_ops = group_features(rows)
+        feats, n_ops = group_features(rows, streamed)
         return cls(name, feats, n_ops, measured_ms, dict(spec or {}), op_types=op_type_times(rows), **kw)
 
     @classmethod
@@ -187,6 +203,35 @@ class Sample:
         return cls(d["name"], dict(d["features"]), int(d["n_ops"]), float(d["measured_ms"]), dict(d["spec"]),
                    d.get("p10_ms"), d.get("p90_ms"), d.get("role", "calibration"), d.get("reference_ms"),
                    dict(types) if types is not None else None)
+
+
+def stream_bandwidth(table) -> float | None:
+    """The table's measured weight-streaming bandwidth (``measurement.weight_stream``, written by
+    ``profilers.stream.stream_probe``) in bytes per ms, or None if it has none."""
+    rec = (getattr(table, "measurement", None) or {}).get("weight_stream")
+    if not isinstance(rec, dict):
+        return None
+    gbps = rec.get("gbps")
+    if isinstance(gbps, bool) or not isinstance(gbps, (int, float)) or not math.isfinite(gbps) or gbps <= 0:
+        return None
+    return float(gbps) * 1e6
+
+
+def streaming_ms(table) -> Callable[[object, float], float] | None:
+    """``f(key, ms)``: how much more the key's call can cost when its weights come from memory,
+    ``max(0, weight_bytes / BW - ms)`` (module doc); None when the table has no probe (profiled before
+    hwcost kept one, or imported), so that its predictions stay the plain in-context model's."""
+    bw = stream_bandwidth(table)
+    if bw is None:
+        return None
+
+    def extra(key, ms: float) -> float:
+        entry = table.get(key)
+        wb = entry.extra.get("weight_bytes") if entry is not None else None
+        if isinstance(wb, bool) or not isinstance(wb, (int, float)) or wb <= 0:
+            return 0.0
+        return max(0.0, float(wb) / bw - float(ms))
+    return extra
 
 
 def _t_quantile(q: float, dof: int) -> float:
@@ -365,9 +410,11 @@ def _loo(samples: Sequence[Sample], groups: list[str], per_call_ms: float, lam: 
 
 
 def _model(factors, beta, per_call_ms, lam, samples, loo) -> InContextModel:
-    totals = {g: sum(s.features.get(g, 0.0) for s in samples) for g in factors}
+    # the default factor (a group no calibration network had) is the op groups' time-weighted mean;
+    # the streamed pseudo-group is no op time
+    totals = {g: sum(s.features.get(g, 0.0) for s in samples) for g in factors if g != STREAMED}
     weight = sum(totals.values())
-    default = (sum(factors[g] * totals[g] for g in factors) / weight) if weight > 0 else 1.0
+    default = (sum(factors[g] * totals[g] for g in totals) / weight) if weight > 0 else 1.0
     return InContextModel(dict(factors), float(default), beta, per_call_ms, lam, list(samples), loo)
 
 
@@ -431,5 +478,6 @@ def model_of(table) -> InContextModel | None:
         raise TableError(f"table {getattr(table, 'source', None) or ''}: calibration: {e}") from None
 
 
-__all__ = ["DEFAULT_CONFIDENCE", "STRUCTURES", "UNSEEN_WARN", "InContextModel", "Sample", "check_confidence",
-           "fit_in_context", "group_features", "model_of", "op_group", "op_type", "op_type_times"]
+__all__ = ["DEFAULT_CONFIDENCE", "STREAMED", "STRUCTURES", "UNSEEN_WARN", "InContextModel", "Sample", "check_confidence",
+           "fit_in_context", "group_features", "model_of", "op_group", "op_type", "op_type_times", "stream_bandwidth",
+           "streaming_ms"]

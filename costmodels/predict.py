@@ -213,6 +213,9 @@ class NetworkPrediction:
     confidence: float | None = None
     calibration: str = "none: the sum of isolated ops (hwcost calibrate TABLE fits the in-context model)"
     unseen: dict | None = None             # op types no calibration network held (InContextModel.unseen)
+    # {key: ms a call can add when its weights come from memory} (profilers.stream.streaming_ms); empty
+    # when the table has no weight-stream probe or no key streams
+    streamed: dict = field(default_factory=dict)
 
     @property
     def calibrated(self) -> bool:
@@ -272,6 +275,11 @@ def predict_counts(counts: Mapping[OpKey, int], cost_model: CostModel, overhead:
         raise MissingKeyError(f"{len(missing)} of the network's {len(counts)} op keys have no latency in "
                               f"{where}: {', '.join(k.to_str() for k in missing[:3])}{more}; profile them "
                               f"(hwcost profile ...) or fit a surrogate (hwcost fit TABLE --out S.json)")
+    from .incontext import streaming_ms
+    stream = streaming_ms(cost_model.table) if cost_model.table is not None else None
+    streamed = {}
+    if stream is not None:
+        streamed = {key: x for key, _, _, ms, source in rows if source == "table" and (x := stream(key, ms)) > 0}
     n_calls = sum(n for _, n, _, _, _ in rows)
     total = sum(n * ms for _, n, _, ms, _ in rows)
     fused_ms = sum(a * ms for _, _, a, ms, _ in rows)
@@ -282,11 +290,12 @@ def predict_counts(counts: Mapping[OpKey, int], cost_model: CostModel, overhead:
         latency_ms=latency, ops_sum_ms=total, fused_ms=fused_ms,
         overhead_removed_ms=max(n_calls - n_fused - 1, 0) * overhead.per_call_ms, n_calls=n_calls,
         n_keys=len(rows), n_fused=n_fused, from_table=sum(n for _, n, _, _, s in rows if s == "table"),
-        from_surrogate=sum(n for _, n, _, _, s in rows if s == "surrogate"), overhead=overhead, per_key=rows)
+        from_surrogate=sum(n for _, n, _, _, s in rows if s == "surrogate"), overhead=overhead, per_key=rows,
+        streamed=streamed)
     if incontext is not None:
         from .incontext import DEFAULT_CONFIDENCE, group_features, op_type_times
         confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
-        feats, n_ops = group_features(rows)
+        feats, n_ops = group_features(rows, streamed)
         p.unseen = incontext.unseen(op_type_times(rows))
         p.uncalibrated_ms = latency
         p.latency_ms = incontext.predict(feats, n_ops)

@@ -206,8 +206,8 @@ def sample_of(model, shape, table: DeviceTable, measurement, name: str, spec: di
     from costmodels.incontext import Sample
     from costmodels.predict import predict_network
     p = prediction or predict_network(model, shape, table, incontext=None)
-    return Sample.of_rows(name, p.per_key, measurement.median * 1e3, spec, p10_ms=measurement.p10 * 1e3,
-                          p90_ms=measurement.p90 * 1e3, role=role,
+    return Sample.of_rows(name, p.per_key, measurement.median * 1e3, spec, streamed=p.streamed,
+                          p10_ms=measurement.p10 * 1e3, p90_ms=measurement.p90 * 1e3, role=role,
                           reference_ms=reference.median * 1e3 if reference is not None else None)
 
 

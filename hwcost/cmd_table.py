@@ -75,6 +75,19 @@ def _host_phases_line(table) -> str | None:
             f"({ref.get('spread', max(ms) / min(ms)) - 1:+.1%}): {verdict}")
 
 
+def _weight_stream_line(table) -> str | None:
+    """The weight-streaming bandwidth measured with the profile (profilers.stream)."""
+    from costmodels.incontext import stream_bandwidth
+    bw = stream_bandwidth(table)
+    if bw is None:
+        return None
+    rec = table.measurement["weight_stream"]
+    heavy = sum(1 for e in table.entries if (e.extra.get("weight_bytes") or 0) / bw > e.median_ms)
+    return (f"{bw / 1e6:.3g} GB/s ({rec.get('bytes', 0) / 2**20:.0f} MiB matrix-vector product, "
+            f"{rec.get('median_ms', 0):.4g} ms); {heavy} of {len(table)} keys run faster alone than their "
+            f"weights stream at it (a network may pay the difference: in-context group 'streamed')")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from device_tables.table import load_table_for_viewing
     table, bad = load_table_for_viewing(bundled_table_path(args.table))
@@ -84,10 +97,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         ["kind", f"{table.kind}-level, spaces: {', '.join(table.spaces)}"],
         ["device", _fmt_dict(table.device)],
         ["runtime", _fmt_dict(table.runtime)],
-        ["measurement", _fmt_dict({k: v for k, v in table.measurement.items() if k != "host_reference"})],
+        ["measurement", _fmt_dict({k: v for k, v in table.measurement.items()
+                                   if k not in ("host_reference", "weight_stream")})],
         ["created", table.created],
         ["provenance", _fmt_dict(_short_provenance(table.provenance))],
         *([["host phases", line]] if (line := _host_phases_line(table)) else []),
+        *([["weight stream", line]] if (line := _weight_stream_line(table)) else []),
         ["calibration", _calibration_line(table)],
         ["entries", f"{len(table)}" + (f" (median {min(medians):.4g} .. {max(medians):.4g} ms)" if medians else "")
          + (f", and {len(bad)} BAD (marked !)" if bad else "")],

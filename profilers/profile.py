@@ -113,7 +113,7 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
             settings: Settings = Settings(), resume: bool = False, device_name: str | None = None,
             provenance: dict | None = None, progress: bool | None = None,
             on_entry: Callable | None = None, announce: Callable[[str], None] | None = None,
-            reference: bool = True) -> DeviceTable:
+            reference: bool = True, stream_bytes: int | None = None) -> DeviceTable:
     """Measure every job on ``backend`` and write the table to ``out``.
 
     ``resume`` continues the journal ``out + ".journal"`` left by an
@@ -123,7 +123,14 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
     ``on_entry`` gets each entry once it is saved. ``reference`` times the
     host's reference kernel beside the passes (:class:`HostPhases`; recorded in
     the table's ``measurement.host_reference``).
+
+    Every entry records its ``weight_bytes`` (:func:`profilers.stream.weight_bytes`); when some key
+    holds at least ``STREAM_MIN_WEIGHTS`` of them, the backend's weight-streaming bandwidth is measured
+    once at the end (:func:`profilers.stream.stream_probe` with a matrix of ``stream_bytes``, default
+    :func:`profilers.stream.probe_bytes`; 0: no probe) into ``measurement.weight_stream``: what the
+    in-context model prices weights that a network streams from memory with.
     """
+    from .stream import STREAM_MIN_WEIGHTS, stream_probe, weight_bytes
     from tqdm import tqdm
     jobs = list(jobs)
     keys = [j.key for j in jobs]
@@ -156,7 +163,9 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
         window = settings.window()
         last_pass = {job.key: number for number, job in todo}  # todo runs pass by pass
         prepared: dict[OpKey, Callable] = {}  # built once, reused by every pass
+        wbytes: dict[OpKey, int] = {}
         phases = HostPhases(backend, window) if reference and todo else None
+        extras: dict = {}
         try:
             with backend.active():
                 if phases is not None:
@@ -168,17 +177,23 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
                                         refresh=False)
                     if job.key not in prepared:
                         module, inputs = job.build()
+                        wbytes[job.key] = weight_bytes(module)
                         prepared[job.key] = backend.prepare(module.eval(), tuple(inputs))
                     m = backend.timer(prepared[job.key], window).measure()
                     if number == last_pass[job.key]:
                         del prepared[job.key]
-                    entry = m.to_entry(job.key, **job.extra, **({"pass": number} if passes > 1 else {}))
+                    weights = {"weight_bytes": wbytes[job.key]} if wbytes[job.key] else {}
+                    entry = m.to_entry(job.key, **job.extra, **weights, **({"pass": number} if passes > 1 else {}))
                     journal.append(entry)
                     if on_entry is not None:
                         on_entry(entry)
                     bar.update(1)
                 if phases is not None:
                     phases.time("end")
+                heaviest = max((e.extra.get("weight_bytes", 0) for e in journal.entries()), default=0)
+                if heaviest >= STREAM_MIN_WEIGHTS and stream_bytes != 0:
+                    bar.set_postfix_str("weight-stream probe", refresh=True)
+                    extras["weight_stream"] = stream_probe(backend, stream_bytes)
         finally:
             bar.close()
     except KeyboardInterrupt:
@@ -189,7 +204,9 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
     except BaseException:
         journal.close()
         raise
-    return journal.finalize(out, combine_passes, {"host_reference": phases.record()} if phases else None)
+    if phases:
+        extras["host_reference"] = phases.record()
+    return journal.finalize(out, combine_passes, extras or None)
 
 
 class HostPhases:

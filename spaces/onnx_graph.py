@@ -257,7 +257,10 @@ def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool =
     for name, array in zip(names, sess.run(names, feed)):
         array = np.asarray(array)
         elem = helper.np_dtype_to_tensor_dtype(array.dtype)
-        keep = array if (keep_values and name in non_float_inputs) else None
+        # a value shape inference could not type (after a contrib op) is a candidate above; keep it only if
+        # it really is non-float -- a float activation stays a runtime input of its node's model
+        keep = array if (keep_values and name in non_float_inputs and not np.issubdtype(array.dtype, np.floating)) \
+            else None
         out[name] = _Value(tuple(int(d) for d in array.shape), elem, keep)
     return out
 

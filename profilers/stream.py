@@ -1,0 +1,122 @@
+"""Weights streamed from memory: what an op timed alone does not pay, and a network does.
+
+Timed alone, an op runs again and again on the same weights, so they sit in
+the cache its last call left them in.  In a network, every other layer's
+weights and activations pass through the cache between two calls of it; a
+layer whose weights are large and whose work per weight byte is small
+(a fully connected layer at batch 1, a 1x1 convolution on a 7x7 map) then
+reads them from memory again, at the host's streaming bandwidth.  Measured on
+an Intel Xeon VM (docs/in-context.md, "Weights streamed"): alexnet's three
+Gemm nodes ran 1.13x, 1.80x and 1.88x their isolated times inside the network
+(ONNX Runtime's own per-node profile), while a Gemm whose 16-64 MiB of weights
+sit in cache ran at 26-28 GB/s and one of 128 MiB-1 GiB at 15.3 GB/s.
+
+So the profile records two measured facts, nothing fitted:
+
+* every entry's ``weight_bytes`` (the parameters of a layer or op, the
+  initializers of an ONNX node: :func:`weight_bytes`);
+* the backend's weight-streaming bandwidth (:func:`stream_probe`): a
+  matrix-vector product whose matrix (``STREAM_BYTES``, 1 GiB) is far larger
+  than any cache, timed like any key -- the rate at which the device streams
+  weights that are not in cache, for a kernel of the kind that streams them.
+
+A key of ``b`` weight bytes measured at ``t`` ms alone can then cost up to
+``max(0, b / BW - t)`` more in a network (:func:`costmodels.incontext.streaming_ms`): nothing for a
+convolution whose compute hides the weights' reads, most of the gap for a
+batch-1 Gemm.  How much of that bound a network pays is the in-context model's
+``streamed`` factor, fitted with the others (``costmodels.incontext``).
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from spaces.errors import HwcostError
+
+from .measure import Settings
+
+if TYPE_CHECKING:
+    from .backends import Backend
+
+STREAM_BYTES = 1 << 30      # the probe's matrix: far beyond any CPU's last-level cache (2026: <= ~1 GiB)
+STREAM_ROWS = 4096          # its input length; the matrix is STREAM_ROWS x (bytes / 4 / STREAM_ROWS)
+# A table whose keys all hold less than this many weight bytes gets no probe: their weights cost
+# microseconds to stream (1 MiB at 10 GB/s: 0.1 ms) and a small table should profile fast.
+STREAM_MIN_WEIGHTS = 1 << 20
+PROBE_SETTINGS = Settings(max_time_s=2.0, passes=1, min_samples=5, min_sample_s=1e-3)
+
+
+def weight_bytes(module) -> int:
+    """Bytes of weights an op or layer reads per call: a module's parameters, or the initializers of
+    an ONNX graph (:class:`spaces.onnx_graph.OnnxGraph`, e.g. one node's model)."""
+    from spaces.onnx_graph import OnnxGraph
+    if isinstance(module, OnnxGraph):
+        from onnx import helper
+        total = 0
+        for t in module.proto().graph.initializer:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+            total += int(np.prod(t.dims, dtype=np.int64)) * itemsize
+        return total
+    return int(sum(p.numel() * p.element_size() for p in module.parameters()))
+
+
+def _available_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def probe_bytes(requested: int = STREAM_BYTES) -> int:
+    """The probe's matrix size: ``requested``, at most an eighth of the free memory (the ONNX Runtime
+    path holds the matrix about three times while it builds the session), in whole rows."""
+    free = _available_bytes()
+    size = min(requested, free // 8) if free else requested
+    row = STREAM_ROWS * 4
+    return max(row, size // row * row)
+
+
+def _probe_subject(backend: "Backend", size: int):
+    """(module or OnnxGraph, inputs) of a matrix-vector product with a ``size``-byte matrix."""
+    cols = size // (4 * STREAM_ROWS)
+    if backend.name.startswith("ort"):
+        from onnx import TensorProto, helper, numpy_helper
+
+        from spaces.onnx_graph import OnnxGraph
+        w = np.full((STREAM_ROWS, cols), 0.5, np.float32)   # values do not change a float32 gemv's time
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "weight_stream_probe",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, STREAM_ROWS])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cols])],
+                                  [numpy_helper.from_array(w, "W")])
+        del w
+        from .export import DEFAULT_OPSET
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET)])
+        data = model.SerializeToString()
+        del model, graph
+        return OnnxGraph(data, (("x", (1, STREAM_ROWS), np.float32),), name="weight stream probe"), ()
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    layer = nn.Linear(STREAM_ROWS, cols, bias=False)
+    return layer, (torch.randn(1, STREAM_ROWS),)
+
+
+def stream_probe(backend: "Backend", size: int | None = None, settings: Settings = PROBE_SETTINGS) -> dict:
+    """Measure the backend's weight-streaming bandwidth (module doc): ``{"gbps", "bytes", "median_ms",
+    "kernel"}``. ``size``: the matrix's bytes (default :func:`probe_bytes`)."""
+    size = probe_bytes() if size is None else int(size)
+    if size < STREAM_ROWS * 4:
+        raise HwcostError(f"the weight-stream probe needs at least {STREAM_ROWS * 4} bytes, got {size}")
+    module, inputs = _probe_subject(backend, size)
+    fn = backend.prepare(module.eval(), tuple(inputs))
+    del module
+    ms = backend.timer(fn, settings).measure().median * 1e3
+    del fn
+    return {"gbps": round(size / ms / 1e6, 4), "bytes": size, "median_ms": round(ms, 6),
+            "kernel": f"y = x W, x 1x{STREAM_ROWS}, W {STREAM_ROWS}x{size // (4 * STREAM_ROWS)} float32 "
+                      f"(profilers.stream.stream_probe): weights read once per call, from memory"}
+
+
+__all__ = ["PROBE_SETTINGS", "STREAM_BYTES", "STREAM_MIN_WEIGHTS", "probe_bytes", "stream_probe", "weight_bytes"]
