@@ -35,7 +35,9 @@ within +-5 % / +-10 % (nn-Meter: 99 % within +-10 % on a mobile CPU; LitePred:
 90.5 % within +-5 %; target here: >= 99 % within +-10 %, >= 90 % within +-5 %),
 the machine, the load average, and a drift check of the table.
 Writes ``benchmarks/results/predict_vs_measured_<backend>.png`` and ``.json``
-(``--replot JSON`` redraws a plot without measuring).
+(``--replot JSON`` prints the report of a saved run again and redraws its plot, without measuring;
+the report adds the calibrated figures "in the calibration's phase": each prediction times the
+now / then ratio of the calibration networks measured beside the test networks).
 """
 from __future__ import annotations
 
@@ -238,6 +240,18 @@ def summarize(rows: list[dict], field: str = "predicted_ms") -> dict:
     return {"n": len(rows), **accuracy(y, p), "mean_signed_error": float(np.mean(p / y - 1))}
 
 
+def in_phase(rows: list[dict], field: str, phase: list[dict]) -> list[dict] | None:
+    """``rows`` with ``field`` scaled by the median now / then ratio of the calibration networks measured
+    beside them (``phase``: one record per chunk of test networks, in order), or None without records.
+    No scored network enters the ratio: it says how much faster or slower the host ran than when the
+    calibration was measured (``hwcost.verify`` measures its derived networks the same way)."""
+    ratios = [statistics.median(ph["calibration_now_over_then"]) for ph in phase if ph.get("calibration_now_over_then")]
+    if not rows or len(ratios) != len(phase) or not ratios:
+        return None
+    step = -(-len(rows) // len(ratios))
+    return [{**r, field: r[field] * ratios[i // step]} for i, r in enumerate(rows)]
+
+
 def report(result: dict, log) -> dict:
     groups = {"darts": [r for r in result["rows"] if r["kind"] == "darts"],
               "torchvision": [r for r in result["rows"] if r["kind"] == "torchvision"]}
@@ -267,6 +281,12 @@ def report(result: dict, log) -> dict:
                 out[field]["upper90_coverage"] = float(below)
                 log(f"  90% prediction interval covers {inside:.0%} of the test networks; the one-sided 90% bound "
                     f"(what a budget at --confidence 0.9 uses) {below:.0%}")
+                phased = in_phase(d, field, result.get("phase") or []) if label == "now" else None
+                if phased is not None:
+                    s = out[field]["in_calibration_phase"] = summarize(phased, field)
+                    log(f"  in the calibration's phase (each prediction x the now / then ratio of the calibration "
+                        f"networks measured beside it, as verify does): MAPE {s['mape']:.2%}, within 5% "
+                        f"{s['within_5']:.0%}, within 10% {s['within_10']:.0%}, mean signed {s['mean_signed_error']:+.2%}")
     label = result["tables"][0]
     log("")
     if "shipped" in result["tables"] and groups["darts"]:
@@ -326,10 +346,11 @@ def main() -> int:
                     help="other genotypes to calibrate the in-context model on (reported beside the sum of "
                          "ops; 0: none)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--replot", metavar="JSON", help="redraw the plot of a results .json (no measuring)")
+    ap.add_argument("--replot", metavar="JSON", help="report a results .json again and redraw its plot (no measuring)")
     args = ap.parse_args()
     if args.replot:
         result = json.loads(Path(args.replot).read_text())
+        report(result, lambda line: print(line, flush=True))
         plot(result, Path(args.replot).with_suffix(".png"))
         return 0
     if args.quick:

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/zoo_accuracy.py [--backend ort-cpu] [--zoo torchvision|timm]
         [--models SPEC,SPEC,...] [--via layers|onnx] [--tag NAME] [--out-dir DIR]
     .venv/bin/python benchmarks/zoo_accuracy.py --darts N [--calibrate K] [--seed S] [--via onnx]
+    .venv/bin/python benchmarks/zoo_accuracy.py --rescore RESULT.json [--no-streamed]
 
 A model SPEC is what ``--model`` takes: ``torchvision:NAME``, ``timm:NAME``,
 ``pkg.module:factory`` or ``NET.onnx``; a bare name is a torchvision one.
@@ -34,6 +35,12 @@ For one backend (1 thread, batch 1, 1x3x224x224):
    in-context model (``costmodels.incontext``) fitted on the **other** models
    only (leave one model out) -- the model scored never calibrates its own
    prediction.  With (b), its 90 % interval.
+
+When a model holds large weights, the profile also measures the backend's
+weight-streaming bandwidth (``profilers.stream``) and the in-context model
+prices what each node's weights take to stream beyond its isolated time (its
+``streamed`` group); a model's ``per_key`` rows then carry that per-call time
+as a 5th column, which ``--rescore`` reads back.
 
 Prints a per-model table, MAPE and the shares within +-5 % / +-10 %, the
 interval's coverage, the machine and the load; writes
@@ -189,9 +196,10 @@ def score(samples: dict, extra: dict, calibration: set, per_call: float, via: st
     return rows, summary, cover
 
 
-def rescore(path: Path, log) -> int:
+def rescore(path: Path, log, streamed: bool = True) -> int:
     """Fit and score again from a saved result (its rows' per-key times and measurements) and its
-    table's per-call overhead: nothing measured."""
+    table's per-call overhead: nothing measured. ``streamed=False`` leaves out the streamed-weights
+    group (the rows' 5th column): the model as it was before the weight-stream probe."""
     from device_tables import load_table
     d = json.loads(path.read_text())
     table = load_table(str(path).replace(".json", "_table.json.gz"))
@@ -201,10 +209,11 @@ def rescore(path: Path, log) -> int:
         log(f"{path} was written before results kept their calibration networks: a --darts run cannot be rescored")
         return 2
     samples, extra, calibration = {}, {}, set(d.get("calibration") or [])
+    streamed_on = streamed
     from device_tables.keys import parse_key
     for r in d["rows"] + (d.get("calibration_rows") or []):
         per_key = [(parse_key(k), c, a, ms, None) for k, c, a, ms, *_ in r["per_key"]]
-        streamed = {parse_key(row[0]): row[4] for row in r["per_key"] if len(row) > 4}
+        streamed = {parse_key(row[0]): row[4] for row in r["per_key"] if len(row) > 4 and streamed_on}
         samples[r["model"]] = _sample(r["model"], per_key, r["measured_ms"], r.get("p10_ms"), r.get("p90_ms"),
                                       streamed)
         extra[r["model"]] = {"sum_of_ops_ms": r["sum_of_ops_ms"], "layers": r["layers"], "per_key": r["per_key"]}
@@ -229,10 +238,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="with --darts: the test networks' seed (calibration: +10000)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--rescore", metavar="RESULT.json", help="fit and score a saved run again (nothing measured)")
+    ap.add_argument("--no-streamed", action="store_true",
+                    help="with --rescore: leave out the streamed-weights group (the model before profilers.stream)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     if args.rescore:
-        return rescore(Path(args.rescore), lambda line: print(line, flush=True))
+        return rescore(Path(args.rescore), lambda line: print(line, flush=True), streamed=not args.no_streamed)
     specs = [m for m in (args.models.split(",") if args.models else ZOOS[args.zoo]) if m]
     zoo = "darts" if args.darts else args.zoo if not args.models else "custom"
     tag = args.tag or zoo + ("-onnx" if args.via == "onnx" else "")
