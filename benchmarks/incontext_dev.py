@@ -63,7 +63,7 @@ def main() -> int:
         samples = []
         for i, p in enumerate(preds):
             f, n_ops = {}, 0
-            for key, n, a, t, _ in p.per_key:
+            for key, n, a, t, _ in p.per_key:  # (tables of this script hold no weight-stream probe)
                 if n - a > 0:
                     f[group(key)] = f.get(group(key), 0.0) + (n - a) * t
                     n_ops += n - a

@@ -29,12 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from costmodels.analytical import weight_bytes  # noqa: E402
 from costmodels.incontext import op_group  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
 from profilers.environment import device_info, host_label  # noqa: E402
 from profilers.export import export_graph  # noqa: E402
 from profilers.shapes import resolve_model  # noqa: E402
-from profilers.stream import weight_bytes  # noqa: E402
 from spaces.onnx_graph import graph_nodes, node_graph, session_options  # noqa: E402
 
 IMAGE = (1, 3, 224, 224)

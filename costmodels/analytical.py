@@ -56,6 +56,24 @@ def model_bytes(model: nn.Module) -> int:
                if not n.startswith(AUX_PREFIX) and t.is_floating_point())
 
 
+def initializer_bytes(model_proto) -> int:
+    """Bytes of every initializer of an ONNX ``ModelProto`` (what ``onnx_costs`` calls ``model_bytes``)."""
+    import numpy as np
+    from onnx import helper
+    return sum(int(np.prod(t.dims, dtype=np.int64)) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+               for t in model_proto.graph.initializer)
+
+
+def weight_bytes(module) -> int:
+    """Bytes of weights an op or layer reads per call: a module's :func:`model_bytes` (parameters and
+    float buffers such as BN statistics, which an eval-mode layer reads too), or the initializers of an
+    ONNX graph (:class:`spaces.onnx_graph.OnnxGraph`, e.g. one node's model)."""
+    from spaces.onnx_graph import OnnxGraph
+    if isinstance(module, OnnxGraph):
+        return initializer_bytes(module.proto())
+    return model_bytes(module)
+
+
 # fvcore's per-operator names of the multiply-accumulate ops.
 _MAC_OPS = {"conv", "linear", "addmm", "matmul", "bmm", "baddbmm", "einsum", "mm"}
 
@@ -186,4 +204,4 @@ def onnx_costs(graph) -> dict:
     return {"model": graph.name, "input_shape": list(graph.input_shape), "nodes": len(model.graph.node),
             "params": params, "macs": macs, "mac_ops": list(ONNX_MAC_OPS),
             "activation_bytes": sum(int(np.prod(values[o].shape)) * itemsize(values[o].elem_type) for o in outputs),
-            "model_bytes": sum(int(np.prod(t.dims)) * itemsize(t.data_type) for t in inits.values())}
+            "model_bytes": initializer_bytes(model)}

@@ -231,12 +231,16 @@ def _profile_missing_layers(table: DeviceTable, built, backend, log) -> DeviceTa
     what = "nodes" if table.spaces == ["onnx"] else "layers"
     log(f"profiling {len(jobs)} {what} of the calibration models that the table lacks")
     with tempfile.TemporaryDirectory(prefix="hwcost-calibrate-") as tmp:
-        # the new entries record their weight bytes; the table's own weight-stream probe (if it has one)
-        # prices them, so none is measured again here
+        # the new entries record their weight bytes; the table's own weight-stream probe prices them when
+        # it has one, else the profile measures one if the new layers hold large weights
+        has_probe = "weight_stream" in table.measurement
         extra = profile(jobs, backend, Path(tmp) / "layers.json", spaces=list(table.spaces), progress=False,
-                        provenance={"by": "hwcost calibrate"}, stream_bytes=0)
+                        provenance={"by": "hwcost calibrate"}, stream_bytes=0 if has_probe else None)
     merged, _ = merge_tables([table, extra], force=True)
-    return dataclasses.replace(merged, device=table.device, measurement=table.measurement, created=table.created,
+    measurement = dict(table.measurement)
+    if not has_probe and "weight_stream" in extra.measurement:
+        measurement["weight_stream"] = extra.measurement["weight_stream"]
+    return dataclasses.replace(merged, device=table.device, measurement=measurement, created=table.created,
                                provenance=table.provenance, source=table.source, calibration=table.calibration)
 
 

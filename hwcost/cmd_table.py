@@ -77,12 +77,14 @@ def _host_phases_line(table) -> str | None:
 
 def _weight_stream_line(table) -> str | None:
     """The weight-streaming bandwidth measured with the profile (profilers.stream)."""
-    from costmodels.incontext import stream_bandwidth
-    bw = stream_bandwidth(table)
-    if bw is None:
+    from costmodels.incontext import stream_bandwidth, streaming_ms
+    rec = table.measurement.get("weight_stream")
+    if isinstance(rec, dict) and rec.get("skipped"):
+        return f"not measured: {rec['skipped']}"
+    bw, stream = stream_bandwidth(table), streaming_ms(table)
+    if bw is None or stream is None:
         return None
-    rec = table.measurement["weight_stream"]
-    heavy = sum(1 for e in table.entries if (e.extra.get("weight_bytes") or 0) / bw > e.median_ms)
+    heavy = sum(1 for e in table.entries if stream(e.key, e.median_ms) > 0)
     return (f"{bw / 1e6:.3g} GB/s ({rec.get('bytes', 0) / 2**20:.0f} MiB matrix-vector product, "
             f"{rec.get('median_ms', 0):.4g} ms); {heavy} of {len(table)} keys run faster alone than their "
             f"weights stream at it (a network may pay the difference: in-context group 'streamed')")

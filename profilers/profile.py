@@ -15,6 +15,7 @@ continues in the pass and at the key where the run stopped.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import math
 import sys
@@ -124,13 +125,16 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
     host's reference kernel beside the passes (:class:`HostPhases`; recorded in
     the table's ``measurement.host_reference``).
 
-    Every entry records its ``weight_bytes`` (:func:`profilers.stream.weight_bytes`); when some key
+    Every entry records its ``weight_bytes`` (:func:`costmodels.analytical.weight_bytes`); when some key
     holds at least ``STREAM_MIN_WEIGHTS`` of them, the backend's weight-streaming bandwidth is measured
     once at the end (:func:`profilers.stream.stream_probe` with a matrix of ``stream_bytes``, default
     :func:`profilers.stream.probe_bytes`; 0: no probe) into ``measurement.weight_stream``: what the
-    in-context model prices weights that a network streams from memory with.
+    in-context model prices weights that a network streams from memory with. A probe that cannot run
+    (too little memory, an error) is recorded as skipped, with why; every measured row is kept.
     """
-    from .stream import STREAM_MIN_WEIGHTS, stream_probe, weight_bytes
+    from costmodels.analytical import weight_bytes
+
+    from .stream import STREAM_MIN_WEIGHTS, probe_record
     from tqdm import tqdm
     jobs = list(jobs)
     keys = [j.key for j in jobs]
@@ -193,7 +197,10 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
                 heaviest = max((e.extra.get("weight_bytes", 0) for e in journal.entries()), default=0)
                 if heaviest >= STREAM_MIN_WEIGHTS and stream_bytes != 0:
                     bar.set_postfix_str("weight-stream probe", refresh=True)
-                    extras["weight_stream"] = stream_probe(backend, stream_bytes)
+                    extras["weight_stream"] = rec = probe_record(backend, stream_bytes)
+                    if "skipped" in rec:
+                        (announce or warnings.warn)(f"weight-stream probe skipped: {rec['skipped']}; the table "
+                                                    f"prices no streamed weights")
         finally:
             bar.close()
     except KeyboardInterrupt:

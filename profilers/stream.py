@@ -13,8 +13,8 @@ sit in cache ran at 26-28 GB/s and one of 128 MiB-1 GiB at 15.3 GB/s.
 
 So the profile records two measured facts, nothing fitted:
 
-* every entry's ``weight_bytes`` (the parameters of a layer or op, the
-  initializers of an ONNX node: :func:`weight_bytes`);
+* every entry's ``weight_bytes`` (the parameters and buffers of a layer or op,
+  the initializers of an ONNX node: :func:`costmodels.analytical.weight_bytes`);
 * the backend's weight-streaming bandwidth (:func:`stream_probe`): a
   matrix-vector product whose matrix (``STREAM_BYTES``, 1 GiB) is far larger
   than any cache, timed like any key -- the rate at which the device streams
@@ -45,28 +45,38 @@ STREAM_ROWS = 4096          # its input length; the matrix is STREAM_ROWS x (byt
 # A table whose keys all hold less than this many weight bytes gets no probe: their weights cost
 # microseconds to stream (1 MiB at 10 GB/s: 0.1 ms) and a small table should profile fast.
 STREAM_MIN_WEIGHTS = 1 << 20
+# Below this the probe's matrix may sit in a large last-level cache (host D: 22-28 GB/s up to 64 MiB,
+# 14 GB/s from 128 MiB): a machine with too little free memory for it gets no probe rather than a wrong one.
+MIN_PROBE_BYTES = 256 << 20
 PROBE_SETTINGS = Settings(max_time_s=2.0, passes=1, min_samples=5, min_sample_s=1e-3)
 
 
-def weight_bytes(module) -> int:
-    """Bytes of weights an op or layer reads per call: a module's parameters, or the initializers of
-    an ONNX graph (:class:`spaces.onnx_graph.OnnxGraph`, e.g. one node's model)."""
-    from spaces.onnx_graph import OnnxGraph
-    if isinstance(module, OnnxGraph):
-        from onnx import helper
-        total = 0
-        for t in module.proto().graph.initializer:
-            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-            total += int(np.prod(t.dims, dtype=np.int64)) * itemsize
-        return total
-    return int(sum(p.numel() * p.element_size() for p in module.parameters()))
-
-
 def _available_bytes() -> int | None:
+    """Memory a new allocation can get: ``MemAvailable`` (free plus reclaimable cache), bounded by the
+    cgroup's limit in a container; None where neither can be read."""
+    avail = None
     try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+                break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    for path, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                       ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = open(path).read().strip()
+            if limit.isdigit():
+                avail = min(avail, int(limit) - int(open(used).read().strip()))
+                break
+        except (OSError, ValueError):
+            continue
+    return max(avail, 0)
 
 
 def probe_bytes(requested: int = STREAM_BYTES) -> int:
@@ -119,4 +129,19 @@ def stream_probe(backend: "Backend", size: int | None = None, settings: Settings
                       f"(profilers.stream.stream_probe): weights read once per call, from memory"}
 
 
-__all__ = ["PROBE_SETTINGS", "STREAM_BYTES", "STREAM_MIN_WEIGHTS", "probe_bytes", "stream_probe", "weight_bytes"]
+def probe_record(backend: "Backend", stream_bytes: int | None = None) -> dict:
+    """What a profile records as ``measurement.weight_stream``: the probe (:func:`stream_probe`), or
+    ``{"skipped": why}`` when the machine has too little free memory for a matrix beyond its caches or
+    the probe failed -- the table is written either way, and its predictions then price no streaming."""
+    size = probe_bytes() if stream_bytes is None else int(stream_bytes)
+    if stream_bytes is None and size < MIN_PROBE_BYTES:
+        return {"skipped": f"only {size >> 20} MiB could be spared for the probe's matrix "
+                           f"(needs {MIN_PROBE_BYTES >> 20} MiB to be sure it is beyond the caches)"}
+    try:
+        return stream_probe(backend, size)
+    except (HwcostError, MemoryError, RuntimeError) as e:
+        return {"skipped": f"the weight-stream probe failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"}
+
+
+__all__ = ["MIN_PROBE_BYTES", "PROBE_SETTINGS", "STREAM_BYTES", "STREAM_MIN_WEIGHTS", "probe_bytes", "probe_record",
+           "stream_probe"]

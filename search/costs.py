@@ -145,12 +145,19 @@ def search_cost_tensor(space: str, network: str, ops: tuple[str, ...], table_pat
         from costmodels.surrogate import load_surrogate
         surrogate = load_surrogate(surrogate_path, table=table)
     model = CostModel(table, surrogate)
-    from costmodels.incontext import model_of, op_group
+    from costmodels.incontext import STREAMED, model_of, op_group, streaming_ms
     incontext = model_of(table)
     # The in-context model is linear in the ops' isolated times: each op's entry is scaled by its
-    # group's factor, and the per-op term joins the fixed part (below).
-    latency_fn = model.latency_ms if incontext is None else \
-        (lambda key: incontext.factor(op_group(key)) * model.latency_ms(key))
+    # group's factor (plus what its weights take to stream, priced by the streamed factor, as
+    # costmodels.predict does for a table's keys), and the per-op term joins the fixed part (below).
+    stream = streaming_ms(table)
+
+    def in_context_ms(key):
+        ms, source = model.answer(key)
+        extra = stream(key, ms) if stream is not None and source == "table" else 0.0
+        return incontext.factor(op_group(key)) * ms + incontext.factor(STREAMED) * extra
+
+    latency_fn = model.latency_ms if incontext is None else in_context_ms
     ct = build_cost_tensor(space, target, metrics=("latency_ms",) + ANALYTICAL, latency_fn=latency_fn,
                            primitives=ops)
     notes["latency_sources"] = dict(model.sources)

@@ -511,7 +511,8 @@ def test_bundle_carries_calibration_networks_and_import_fits_the_device_model(de
     for s, row in zip(model.samples, import_runner_results(out)[1]):
         assert s.measured_ms == row["median_ms"]
         net, shape = build_spec(s.spec)                       # features: the table's ops of that network
-        feats, n_ops = group_features(predict_network(net, shape, table, incontext=None).per_key)
+        p = predict_network(net, shape, table, incontext=None)
+        feats, n_ops = group_features(p.per_key, p.streamed)
         assert s.n_ops == n_ops and s.features == pytest.approx(feats)
 
 
