@@ -106,10 +106,13 @@ def cmd_profile(args) -> int:
             spaces = ["torch"]
             provenance = {"model": args.model, "input": list(shape),
                           "layers": sum(j.extra["count"] for j in jobs)}
+    if args.stream_mib is not None and args.stream_mib < 0:
+        raise HwcostError(f"--stream-mib must be >= 0 (0: no weight-stream probe), got {args.stream_mib}")
     t0 = time.perf_counter()
     try:
         table = profile(jobs, backend, args.out, spaces=spaces, settings=settings, resume=args.resume,
                         device_name=args.device_name, provenance=provenance,
+                        stream_bytes=None if args.stream_mib is None else args.stream_mib << 20,
                         progress=False if args.no_progress else None,
                         announce=lambda line: print(line, file=sys.stderr))
     except ProfileInterrupted as e:
@@ -203,6 +206,9 @@ def add_profile_parsers(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted profile of the same --out")
     p.add_argument("--device-name", help="name of the device in the table (default: the CPU/GPU model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--stream-mib", type=int, default=None, metavar="MIB",
+                   help="matrix size of the weight-stream probe, measured when a key holds >= 1 MiB of weights "
+                        "(default 1024, less where memory is short; 0: no probe)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("measure", help="end-to-end latency of a network on a backend")

@@ -228,3 +228,18 @@ def test_the_streamed_group_stays_out_when_it_does_not_lower_the_leave_one_out_e
                                    s.measured_ms) for s in cal], 0.0)
     probe = {"conv_kxk": 10.0, "linear": 2.0, STREAMED: 4.0}
     assert model.predict(probe, 60) == pytest.approx(plain.predict({"conv_kxk": 10.0, "linear": 2.0}, 60))
+
+
+def test_cli_profile_sizes_or_skips_the_probe(tmp_path, capsys):
+    from profilers.export import export_onnx
+    net = tmp_path / "heavy.onnx"
+    export_onnx(_Heavy().eval(), torch.randn(1, 3, 8, 8), net)
+    base = ["profile", "--model", str(net), "--max-time", "0.3", "--passes", "2", "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "a.json"), "--stream-mib", "0"]) == 0
+    assert "weight_stream" not in load_table(tmp_path / "a.json").measurement
+    assert main(base + ["--out", str(tmp_path / "b.json"), "--stream-mib", "4"]) == 0
+    assert load_table(tmp_path / "b.json").measurement["weight_stream"]["bytes"] == 4 << 20
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "c.json"), "--stream-mib", "-1"]) != 0
+    err = capsys.readouterr().err
+    assert "--stream-mib must be >= 0" in err and "Traceback" not in err
