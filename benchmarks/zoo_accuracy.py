@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/zoo_accuracy.py [--backend ort-cpu] [--zoo torchvision|timm]
         [--models SPEC,SPEC,...] [--via layers|onnx] [--tag NAME] [--out-dir DIR]
     .venv/bin/python benchmarks/zoo_accuracy.py --darts N [--calibrate K] [--seed S] [--via onnx]
-    .venv/bin/python benchmarks/zoo_accuracy.py --rescore RESULT.json [--no-streamed]
+    .venv/bin/python benchmarks/zoo_accuracy.py --rescore RESULT.json [--streamed off|choose|on]
 
 A model SPEC is what ``--model`` takes: ``torchvision:NAME``, ``timm:NAME``,
 ``pkg.module:factory`` or ``NET.onnx``; a bare name is a torchvision one.
@@ -37,10 +37,11 @@ For one backend (1 thread, batch 1, 1x3x224x224):
    prediction.  With (b), its 90 % interval.
 
 When a model holds large weights, the profile also measures the backend's
-weight-streaming bandwidth (``profilers.stream``) and the in-context model
-prices what each node's weights take to stream beyond its isolated time (its
-``streamed`` group); a model's ``per_key`` rows then carry that per-call time
-as a 5th column, which ``--rescore`` reads back.
+weight-streaming bandwidth (``profilers.stream``); a model's ``per_key`` rows
+then carry what each node's weights take to stream beyond its isolated time
+as a 5th column. ``--streamed choose|on`` fits the in-context model with that
+``streamed`` group (kept where leave-one-out prefers it, or always; default
+off, as ``hwcost calibrate`` does), also with ``--rescore``.
 
 Prints a per-model table, MAPE and the shares within +-5 % / +-10 %, the
 interval's coverage, the machine and the load; writes
@@ -62,7 +63,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from costmodels.incontext import UNSEEN_WARN, Sample, fit_in_context  # noqa: E402
+from costmodels.incontext import STREAMED_MODES, UNSEEN_WARN, Sample, fit_in_context  # noqa: E402
 from costmodels.predict import Overhead, predict_network  # noqa: E402
 from costmodels.surrogate import accuracy  # noqa: E402
 from hwcost.calibrate import build_spec, space_specs  # noqa: E402
@@ -140,13 +141,14 @@ def twins(extra: dict) -> dict[str, set]:
     return out
 
 
-def score(samples: dict, extra: dict, calibration: set, per_call: float, via: str, log) -> tuple[list, dict, float]:
+def score(samples: dict, extra: dict, calibration: set, per_call: float, via: str, log,
+          streamed: str = "off") -> tuple[list, dict, float]:
     """Predict every network not in ``calibration`` through an in-context model fitted on ``calibration``
     (else on all the other networks: leave one model out -- and its twins, :func:`twins`); print the
     per-model table and the summary. Each row names the op types of its network that the fit's networks
     never held (``unseen``)."""
     rows = []
-    fixed = fit_in_context([samples[k] for k in calibration], per_call) if calibration else None
+    fixed = fit_in_context([samples[k] for k in calibration], per_call, streamed=streamed) if calibration else None
     twin = {} if calibration else twins(extra)
     for n, held in twin.items():
         if held and n < min(held):
@@ -157,7 +159,7 @@ def score(samples: dict, extra: dict, calibration: set, per_call: float, via: st
         others = [s for k, s in samples.items() if k != n and k not in twin[n]]
         if not fixed and len(others) < 2:                   # too few left without its twins: keep them
             others = [s for k, s in samples.items() if k != n]
-        ic = fixed or fit_in_context(others, per_call)
+        ic = fixed or fit_in_context(others, per_call, streamed=streamed)
         cal = ic.predict(smp.features, smp.n_ops)
         lo, hi = ic.interval(cal, 0.9)
         unseen = ic.unseen(smp.op_types)
@@ -196,10 +198,10 @@ def score(samples: dict, extra: dict, calibration: set, per_call: float, via: st
     return rows, summary, cover
 
 
-def rescore(path: Path, log, streamed: bool = True) -> int:
+def rescore(path: Path, log, streamed: str = "off") -> int:
     """Fit and score again from a saved result (its rows' per-key times and measurements) and its
-    table's per-call overhead: nothing measured. ``streamed=False`` leaves out the streamed-weights
-    group (the rows' 5th column): the model as it was before the weight-stream probe."""
+    table's per-call overhead: nothing measured. ``streamed``: the in-context fit's streamed-weights
+    group (``costmodels.incontext.fit_in_context``), read from the rows' 5th column."""
     from device_tables import load_table
     d = json.loads(path.read_text())
     table = load_table(str(path).replace(".json", "_table.json.gz"))
@@ -209,18 +211,17 @@ def rescore(path: Path, log, streamed: bool = True) -> int:
         log(f"{path} was written before results kept their calibration networks: a --darts run cannot be rescored")
         return 2
     samples, extra, calibration = {}, {}, set(d.get("calibration") or [])
-    streamed_on = streamed
     from device_tables.keys import parse_key
     for r in d["rows"] + (d.get("calibration_rows") or []):
         per_key = [(parse_key(k), c, a, ms, None) for k, c, a, ms, *_ in r["per_key"]]
-        streamed = {parse_key(row[0]): row[4] for row in r["per_key"] if len(row) > 4 and streamed_on}
+        streamed_ms = {parse_key(row[0]): row[4] for row in r["per_key"] if len(row) > 4}
         samples[r["model"]] = _sample(r["model"], per_key, r["measured_ms"], r.get("p10_ms"), r.get("p90_ms"),
-                                      streamed)
+                                      streamed_ms)
         extra[r["model"]] = {"sum_of_ops_ms": r["sum_of_ops_ms"], "layers": r["layers"], "per_key": r["per_key"]}
     if calibration and not calibration <= set(samples):
         log(f"{path} does not keep its calibration networks' rows: cannot rescore it")
         return 2
-    score(samples, extra, calibration, per_call, d.get("via", "layers"), log)
+    score(samples, extra, calibration, per_call, d.get("via", "layers"), log, streamed)
     return 0
 
 
@@ -238,12 +239,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="with --darts: the test networks' seed (calibration: +10000)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--rescore", metavar="RESULT.json", help="fit and score a saved run again (nothing measured)")
-    ap.add_argument("--no-streamed", action="store_true",
-                    help="with --rescore: leave out the streamed-weights group (the model before profilers.stream)")
+    ap.add_argument("--streamed", choices=STREAMED_MODES, default="off",
+                    help="the in-context fit's streamed-weights group: off (default), choose (kept where "
+                         "leave-one-out prefers it) or on")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     if args.rescore:
-        return rescore(Path(args.rescore), lambda line: print(line, flush=True), streamed=not args.no_streamed)
+        return rescore(Path(args.rescore), lambda line: print(line, flush=True), streamed=args.streamed)
     specs = [m for m in (args.models.split(",") if args.models else ZOOS[args.zoo]) if m]
     zoo = "darts" if args.darts else args.zoo if not args.models else "custom"
     tag = args.tag or zoo + ("-onnx" if args.via == "onnx" else "")
@@ -310,7 +312,7 @@ def main() -> int:
                     "per_key": [[k.to_str(), c, a, ms] + ([raw.streamed[k]] if k in raw.streamed else [])
                                 for k, c, a, ms, _ in raw.per_key],
                     "sum_of_ops_ms": raw.latency_ms, "layers": raw.n_calls, "fused": raw.n_fused}
-    rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log)
+    rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log, args.streamed)
     log(f"total {time.perf_counter() - t0:.0f} s, load {load()}")
     path = out / f"zoo_{tag}_{args.backend}.json"
     path.write_text(json.dumps({"backend": args.backend, "via": args.via, "specs": specs, "machine": {**dev, "label": host_label()},

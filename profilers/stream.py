@@ -23,8 +23,9 @@ So the profile records two measured facts, nothing fitted:
 A key of ``b`` weight bytes measured at ``t`` ms alone can then cost up to
 ``max(0, b / BW - t)`` more in a network (:func:`costmodels.incontext.streaming_ms`): nothing for a
 convolution whose compute hides the weights' reads, most of the gap for a
-batch-1 Gemm.  How much of that bound a network pays is the in-context model's
-``streamed`` factor, fitted with the others (``costmodels.incontext``).
+batch-1 Gemm.  How much of that bound a network pays would be the in-context model's
+``streamed`` factor (``costmodels.incontext``), which the fit leaves out by
+default: on one host it fixed alexnet and made two other zoo evaluations worse.
 """
 from __future__ import annotations
 

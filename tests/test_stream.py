@@ -150,7 +150,7 @@ def test_the_fit_prices_streamed_weights_where_op_factors_cannot():
 
     cal = [net(i, rng.uniform(0, 2)) for i in range(14)]
     held = net(99, 12.0)
-    with_s = fit_in_context(cal, 0.0)
+    with_s = fit_in_context(cal, 0.0, streamed="choose")
     assert with_s.factor(STREAMED) == pytest.approx(1.0, abs=0.05)
     assert with_s.predict(held.features, held.n_ops) == pytest.approx(held.measured_ms, rel=0.02)
     plain = [Sample(s.name, {g: x for g, x in s.features.items() if g != STREAMED}, s.n_ops, s.measured_ms)
@@ -160,6 +160,10 @@ def test_the_fit_prices_streamed_weights_where_op_factors_cannot():
     assert without.predict(held_plain, held.n_ops) < 0.9 * held.measured_ms
     # the default factor (a group no network had) is the op groups' mean, not pulled by the pseudo-group
     assert with_s.default_factor == pytest.approx(1.1, abs=0.05)
+    # by default (what hwcost calibrate fits) the group stays out: it did not carry across zoos on host D
+    assert STREAMED not in fit_in_context(cal, 0.0).factors
+    with pytest.raises(HwcostError, match="streamed must be one of"):
+        fit_in_context(cal, 0.0, streamed="yes")
 
 
 def test_a_calibrated_prediction_adds_the_streamed_weights(tmp_path):
@@ -184,7 +188,7 @@ def test_a_calibrated_prediction_adds_the_streamed_weights(tmp_path):
         f = {g: x * rng.uniform(0.5, 2) for g, x in feats.items() if g != STREAMED}
         s = rng.uniform(0, 2 * total)
         cal.append(Sample(f"n{i}", {**f, STREAMED: s}, n_ops, 1.2 * sum(f.values()) + 0.9 * s))
-    model = fit_in_context(cal, 0.0, structures=("groups",), backend="ort-cpu", host={"cpu": "x"}, created=now_iso())
+    model = fit_in_context(cal, 0.0, structures=("groups",), streamed="on", backend="ort-cpu", host={"cpu": "x"}, created=now_iso())
     calibrated = dataclasses.replace(slow, calibration=model.to_json())
     p = predict_network(graph, (1, 3, 8, 8), calibrated)
     plain = {g: x for g, x in feats.items() if g != STREAMED}
@@ -197,7 +201,7 @@ def test_a_calibrated_prediction_adds_the_streamed_weights(tmp_path):
     assert unseen.factor(STREAMED) == 0.0
     assert unseen.predict(feats, n_ops) == pytest.approx(unseen.predict(plain, n_ops))
     # and the plain-sum structure streams nothing either
-    assert fit_in_context(cal, 0.0, structures=("sum",)).factor(STREAMED) == 0.0
+    assert fit_in_context(cal, 0.0, structures=("sum",), streamed="on").factor(STREAMED) == 0.0
 
 
 def test_a_probe_that_cannot_run_is_recorded_as_skipped_and_the_table_is_written(tmp_path, monkeypatch):
@@ -222,7 +226,7 @@ def test_the_streamed_group_stays_out_when_it_does_not_lower_the_leave_one_out_e
         feats = {"conv_kxk": rng.uniform(5, 20), "linear": rng.uniform(0.5, 3)}
         measured = 1.1 * sum(feats.values()) * (1 + rng.normal(0, 0.02))
         cal.append(Sample(f"n{i}", {**feats, STREAMED: 10.0 if i < 3 else rng.uniform(0, 0.2)}, 60, measured))
-    model = fit_in_context(cal, 0.0)
+    model = fit_in_context(cal, 0.0, streamed="choose")
     assert STREAMED not in model.factors and model.summary()["streamed"] is False
     plain = fit_in_context([Sample(s.name, {g: x for g, x in s.features.items() if g != STREAMED}, s.n_ops,
                                    s.measured_ms) for s in cal], 0.0)
