@@ -247,3 +247,23 @@ def test_cli_profile_sizes_or_skips_the_probe(tmp_path, capsys):
     assert main(base + ["--out", str(tmp_path / "c.json"), "--stream-mib", "-1"]) != 0
     err = capsys.readouterr().err
     assert "--stream-mib must be >= 0" in err and "Traceback" not in err
+
+
+def test_zoo_spread_takes_each_runs_phase_out_before_comparing_models():
+    """benchmarks/zoo_spread.py: a run where the host ran every model 20 % slower moves no model; a model
+    whose own ratio moved by 10 % shows a spread of 1.10 (computed by hand)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo_spread.py"
+    spec = importlib.util.spec_from_file_location("zoo_spread", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def run(scale, moved):
+        ratios = {"a": 1.0, "b": 1.1, "c": 1.2}
+        return {"rows": [{"model": m, "sum_of_ops_ms": 10.0,
+                          "measured_ms": 10.0 * r * scale * (1.1 if m == moved else 1.0)} for m, r in ratios.items()]}
+    rows = {m: s for m, _, s in mod.spread([run(1.0, None), run(1.2, None)])}
+    assert rows == pytest.approx({"a": 1.0, "b": 1.0, "c": 1.0})
+    rows = {m: s for m, _, s in mod.spread([run(1.0, None), run(1.0, "a")])}
+    assert rows["a"] == pytest.approx(1.1) and rows["b"] == pytest.approx(1.0)
