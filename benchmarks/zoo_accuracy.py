@@ -237,6 +237,9 @@ def main() -> int:
                          "calibrating on --calibrate other ones (not leave-one-out)")
     ap.add_argument("--calibrate", type=int, default=10, metavar="K", help="with --darts (default 10)")
     ap.add_argument("--seed", type=int, default=0, help="with --darts: the test networks' seed (calibration: +10000)")
+    ap.add_argument("--sessions", type=int, default=1, metavar="S",
+                    help="prepare each model S times (new sessions, new memory placement) and keep the median "
+                         "session, before and after the profile (profilers.profile.measure_models; default 1)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--rescore", metavar="RESULT.json", help="fit and score a saved run again (nothing measured)")
     ap.add_argument("--streamed", choices=STREAMED_MODES, default="off",
@@ -287,7 +290,7 @@ def main() -> int:
     table_path = out / f"zoo_{tag}_{args.backend}_table.json.gz"
     table_path.unlink(missing_ok=True)
     t1 = time.perf_counter()
-    before = measure_models([(m, shapes[n]) for n, m in models.items()], backend, NET_SETTINGS)
+    before = measure_models([(m, shapes[n]) for n, m in models.items()], backend, NET_SETTINGS, args.sessions)
     log(f"{len(specs)} models measured whole in {time.perf_counter() - t1:.0f} s (load {load()})")
     table = profile(jobs, backend, table_path, spaces=sorted(spaces), progress=False,
                     provenance={"models": specs, "via": args.via, "input": list(IMAGE) if not args.darts else None,
@@ -295,7 +298,7 @@ def main() -> int:
     log(f"table: {len(table)} keys of {len(specs)} models ({args.via}) profiled in {time.perf_counter() - t0:.0f} s "
         f"(load {load()}); per-call overhead {Overhead.from_table(table).per_call_ms * 1e3:.2f} us")
     t1 = time.perf_counter()
-    after = measure_models([(m, shapes[n]) for n, m in models.items()], backend, NET_SETTINGS)
+    after = measure_models([(m, shapes[n]) for n, m in models.items()], backend, NET_SETTINGS, args.sessions)
     # the table keeps each key's quietest of passes spread over the whole profile; a model's quietest
     # window is taken over two sets of rounds, before and after the profile, to span the same host phases
     measured = [b if b.median <= a.median else a for b, a in zip(before, after)]
