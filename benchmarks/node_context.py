@@ -52,7 +52,6 @@ def _median_ms(fn, n: int) -> float:
 def in_network(model_bytes: bytes, runs: int) -> tuple[dict[str, float], float, float]:
     """({node name: median kernel ms in the network}, whole ms with profiling, whole ms without)."""
     import onnxruntime as ort
-    x = {"input": None}
     with tempfile.TemporaryDirectory() as tmp:
         so = session_options("disable", 1)
         so.enable_profiling = True

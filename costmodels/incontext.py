@@ -221,8 +221,9 @@ def stream_bandwidth(table) -> float | None:
 
 def streaming_ms(table) -> Callable[[object, float], float] | None:
     """``f(key, ms)``: how much more the key's call can cost when its weights come from memory,
-    ``max(0, weight_bytes / BW - ms)`` (module doc); None when the table has no probe (profiled before
-    hwcost kept one, or imported), so that its predictions stay the plain in-context model's."""
+    ``max(0, weight_bytes / BW - ms)`` (module doc), 0 for a key the table does not hold (one a surrogate
+    answers: its weight bytes are unknown); None when the table has no probe (profiled before hwcost
+    kept one, or imported), so that its predictions stay the plain in-context model's."""
     bw = stream_bandwidth(table)
     if bw is None:
         return None

@@ -279,7 +279,7 @@ def predict_counts(counts: Mapping[OpKey, int], cost_model: CostModel, overhead:
     stream = streaming_ms(cost_model.table) if cost_model.table is not None else None
     streamed = {}
     if stream is not None:
-        streamed = {key: x for key, _, _, ms, source in rows if source == "table" and (x := stream(key, ms)) > 0}
+        streamed = {key: x for key, _, _, ms, _ in rows if (x := stream(key, ms)) > 0}
     n_calls = sum(n for _, n, _, _, _ in rows)
     total = sum(n * ms for _, n, _, ms, _ in rows)
     fused_ms = sum(a * ms for _, _, a, ms, _ in rows)

@@ -81,9 +81,10 @@ def _weight_stream_line(table) -> str | None:
     rec = table.measurement.get("weight_stream")
     if isinstance(rec, dict) and rec.get("skipped"):
         return f"not measured: {rec['skipped']}"
-    bw, stream = stream_bandwidth(table), streaming_ms(table)
-    if bw is None or stream is None:
+    stream = streaming_ms(table)
+    if stream is None:
         return None
+    bw = stream_bandwidth(table)
     heavy = sum(1 for e in table.entries if stream(e.key, e.median_ms) > 0)
     return (f"{bw / 1e6:.3g} GB/s ({rec.get('bytes', 0) / 2**20:.0f} MiB matrix-vector product, "
             f"{rec.get('median_ms', 0):.4g} ms); {heavy} of {len(table)} keys run faster alone than their "

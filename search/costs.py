@@ -153,8 +153,8 @@ def search_cost_tensor(space: str, network: str, ops: tuple[str, ...], table_pat
     stream = streaming_ms(table)
 
     def in_context_ms(key):
-        ms, source = model.answer(key)
-        extra = stream(key, ms) if stream is not None and source == "table" else 0.0
+        ms = model.latency_ms(key)
+        extra = stream(key, ms) if stream is not None else 0.0
         return incontext.factor(op_group(key)) * ms + incontext.factor(STREAMED) * extra
 
     latency_fn = model.latency_ms if incontext is None else in_context_ms
