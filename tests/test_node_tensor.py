@@ -129,8 +129,15 @@ def test_a_search_on_a_space_node_table_prices_its_network_by_its_nodes(tmp_path
                  "--epochs", "1", "--verify-rounds", "0", "--out", str(out), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     rounds = r["nodes"]["rounds"]
-    assert rounds and r["derived"]["latency_ms"] == rounds[-1]["nodes_ms"]
-    assert r["derived"]["latency_ms_model"] == rounds[-1]["model_ms"]
+    # the network kept is the last round's when it landed in the band, else the one closest to it
+    # (price_by_nodes): either way its figures are that round's, and its arch is the one reported
+    kept = r["nodes"]["kept"]
+    assert rounds and kept is not None and 0 <= kept < len(rounds)
+    if r["nodes"]["met"]:
+        assert kept == len(rounds) - 1
+    assert r["derived"]["latency_ms"] == rounds[kept]["nodes_ms"]
+    assert r["derived"]["latency_ms_model"] == rounds[kept]["model_ms"]
+    assert rounds[kept]["arch"] == (r["arch"] if isinstance(r["arch"], str) else json.dumps(r["arch"], sort_keys=True))
     assert main(["predict", "--table", str(table), "--space", "nb201", "--arch", r["arch"], "--json"]) == 0
     p = json.loads(capsys.readouterr().out)
     assert p["keys"] == "nodes" and p["latency_ms"] == pytest.approx(r["derived"]["latency_ms"], rel=1e-9)
