@@ -62,7 +62,7 @@ from costmodels.predict import Overhead, predict_genotype, predict_network  # no
 from costmodels.incontext import group_features  # noqa: E402
 from hwcost.calibrate import arch_spec, build_spec, fit_table, measure_specs, network_specs  # noqa: E402
 from hwcost.verify import candles  # noqa: E402
-from costmodels.surrogate import accuracy  # noqa: E402
+from costmodels.surrogate import accuracy, within_text  # noqa: E402
 from device_tables import DATA_DIR, load_table  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
 from profilers.environment import device_info  # noqa: E402
@@ -275,6 +275,9 @@ def report(result: dict, log) -> dict:
                     f"{s['within_10']:>6.0%} {s['mean_signed_error']:>+11.2%}")
             if kind == "calibrated" and groups["darts"]:
                 d = groups["darts"]
+                s = out[field]["darts"]
+                log(f"  darts within 5%: {within_text(s['within_5'], s['n'])}; within 10%: "
+                    f"{within_text(s['within_10'], s['n'])} (Wilson intervals of the rate on networks not scored)")
                 inside = np.mean([lo <= r["measured_ms"] <= hi for r in d for lo, hi in [r[f"interval90_{label}_ms"]]])
                 below = np.mean([r["measured_ms"] <= r[f"upper90_{label}_ms"] for r in d])
                 out[field]["interval90_coverage"] = float(inside)

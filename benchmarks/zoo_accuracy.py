@@ -7,8 +7,10 @@
 
 A model SPEC is what ``--model`` takes: ``torchvision:NAME``, ``timm:NAME``,
 ``pkg.module:factory`` or ``NET.onnx``; a bare name is a torchvision one.
-``--zoo`` picks a preset list (16 torchvision models of 12 families; 8 timm
-models of 8 families, needs the ``timm`` extra).
+``--zoo`` picks a preset list (16 torchvision models of 13 families; 23 of all
+20 torchvision classification families, transformers included, with
+``torchvision-families``; 8 timm models of 8 families, needs the ``timm``
+extra).
 
 ``--via layers`` (default) keys a PyTorch model by its layers (``hwcost profile
 --model``); ``--via onnx`` (ort backends) exports it to ONNX and keys it by the
@@ -65,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 from costmodels.incontext import STREAMED_MODES, UNSEEN_WARN, Sample, fit_in_context  # noqa: E402
 from costmodels.predict import Overhead, predict_network  # noqa: E402
-from costmodels.surrogate import accuracy  # noqa: E402
+from costmodels.surrogate import accuracy, within_text  # noqa: E402
 from hwcost.calibrate import build_spec, space_specs  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
 from profilers.environment import device_info, host_label  # noqa: E402
@@ -80,7 +82,12 @@ ZOO = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_
        "densenet121", "alexnet", "vgg11", "convnext_tiny")
 TIMM_ZOO = ("timm:efficientnet_b0", "timm:mobilenetv3_large_100", "timm:resnet26d", "timm:regnetx_002",
             "timm:ghostnet_100", "timm:mixnet_s", "timm:convnext_atto", "timm:rexnet_100")
-ZOOS = {"torchvision": tuple(f"torchvision:{n}" for n in ZOO), "timm": TIMM_ZOO}
+# every torchvision classification family (20): ZOO and the smallest model of each family it lacks --
+# EfficientNetV2, Inception v3 (at 224x224 like the rest), MaxViT, ResNeXt, Swin, ViT, Wide ResNet
+FAMILIES_ZOO = ZOO + ("efficientnet_v2_s", "inception_v3", "maxvit_t", "resnext50_32x4d", "swin_t", "vit_b_16",
+                      "wide_resnet50_2")
+ZOOS = {"torchvision": tuple(f"torchvision:{n}" for n in ZOO), "timm": TIMM_ZOO,
+        "torchvision-families": tuple(f"torchvision:{n}" for n in FAMILIES_ZOO)}
 IMAGE = (1, 3, 224, 224)
 NET_SETTINGS = Settings(max_time_s=3.0, passes=10)
 
@@ -182,8 +189,8 @@ def score(samples: dict, extra: dict, calibration: set, per_call: float, via: st
                           if calibration else "in-context model fitted on the other models (leave one model out)")):
         p = np.array([r[field] for r in rows])
         s = summary[field] = {**accuracy(y, p), "mean_signed_error": float(np.mean(p / y - 1))}
-        log(f"{label}: MAPE {s['mape']:.2%}, within 5% {s['within_5']:.0%}, within 10% {s['within_10']:.0%}, "
-            f"mean signed {s['mean_signed_error']:+.2%}")
+        log(f"{label}: MAPE {s['mape']:.2%}, within 5% {s['within_5']:.0%}, within 10% "
+            f"{within_text(s['within_10'], len(rows))}, mean signed {s['mean_signed_error']:+.2%}")
     warned = [r for r in rows if r["unseen_share"] >= UNSEEN_WARN]
     if warned:
         rest = [r for r in rows if r["unseen_share"] < UNSEEN_WARN]

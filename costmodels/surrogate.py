@@ -496,6 +496,27 @@ def accuracy(y_true, y_pred) -> dict[str, float]:
             "within_5": float(np.mean(rel <= 0.05)), "within_10": float(np.mean(rel <= 0.10))}
 
 
+def share_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a share of ``k`` hits in ``n`` (e.g. the networks predicted within
+    +-10 %): what that share says of the rate on networks not scored. 15 of 16 (94 %) is 72-99 % at
+    95 %: a zoo of 16 models cannot tell 94 % from a 95 % target."""
+    from statistics import NormalDist
+    if n <= 0 or not 0 <= k <= n:
+        raise HwcostError(f"a share needs 0 <= hits <= n and n > 0 (got {k} of {n})")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def within_text(share: float, n: int, confidence: float = 0.95) -> str:
+    """``share`` of ``n`` as "94% (15/16; 95% CI 72-99%)" -- the count and its Wilson interval."""
+    k = round(share * n)
+    lo, hi = share_interval(k, n, confidence)
+    return f"{share:.0%} ({k}/{n}; {confidence:.0%} CI {lo:.0%}-{hi:.0%})"
+
+
 def fit_op_table(table: DeviceTable, out: str | Path, seed: int = 0, fraction: float = 0.2) -> dict:
     """Fit per-op-type surrogates to an op-level table, score them on held-out keys, save.
 

@@ -143,3 +143,21 @@ def test_estimator_conventions():
         assert reg.fit(X, y) is reg and reg.predict(X).shape == (10,)
     with pytest.raises(HwcostError, match="latencies positive"):
         LatencyRegressor().fit(X, -y)
+
+
+@pytest.mark.parametrize("k,n", [(15, 16), (16, 16), (0, 10), (89, 100), (23, 23), (1, 3)])
+def test_share_interval_is_scipys_wilson_interval(k, n):
+    """The share-within-10% interval the benchmarks print: the Wilson score interval, as scipy computes it."""
+    from scipy.stats import binomtest
+    from costmodels.surrogate import share_interval, within_text
+    ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    lo, hi = share_interval(k, n)
+    assert lo == pytest.approx(ref.low, abs=1e-9) and hi == pytest.approx(ref.high, abs=1e-9)
+    assert within_text(k / n, n).startswith(f"{k / n:.0%} ({k}/{n}; 95% CI ")
+
+
+def test_share_interval_refuses_impossible_counts():
+    from costmodels.surrogate import share_interval
+    for k, n in ((3, 2), (-1, 5), (0, 0)):
+        with pytest.raises(HwcostError, match="0 <= hits <= n"):
+            share_interval(k, n)
