@@ -179,7 +179,7 @@ def onnx_costs(graph) -> dict:
 
     from spaces.onnx_graph import value_shapes
     model = graph.proto()
-    values = value_shapes(model, keep_values=False)
+    values = value_shapes(model, keep_values=False, subnormals=False)
     itemsize = lambda elem: np.dtype(helper.tensor_dtype_to_np_dtype(elem)).itemsize  # noqa: E731
     stats = {n.input[i] for n in model.graph.node if n.op_type == "BatchNormalization"
              for i in (3, 4) if len(n.input) > i}

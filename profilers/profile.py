@@ -237,10 +237,11 @@ class HostPhases:
         self.when.append(when)
 
     def record(self) -> dict:
-        spread = max(self.ms) / min(self.ms) if self.ms and min(self.ms) > 0 else 1.0
+        # the spread and the verdict from the recorded (rounded) times, so that the record agrees with itself
+        ms = [round(v, 6) for v in self.ms]
+        spread = round(max(ms) / min(ms), 4) if ms and min(ms) > 0 else 1.0
         return {"kernel": "conv 3x3, 64 -> 64 channels at 32x32, BN, ReLU (profilers.profile.reference_module)",
-                "median_ms": [round(v, 6) for v in self.ms], "when": self.when, "spread": round(spread, 4),
-                "quiet": spread <= self.QUIET}
+                "median_ms": ms, "when": self.when, "spread": spread, "quiet": spread <= self.QUIET}
 
 
 def _check_same_settings(journal: Journal, settings: Settings) -> None:

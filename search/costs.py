@@ -236,10 +236,13 @@ def _cached(space, network, ops, table_path, surrogate_path, stamps):
 
 
 def _stamp(path: str | None):
-    """A file's modification time (a changed file is a new cache key); None for names and no file."""
+    """A file's modification time, size and inode (a changed file is a new cache key: tables are saved by
+    renaming a new file over the old one, and two saves within one tick of the file system's clock keep
+    the time); None for names and no file."""
     if path is None or not os.path.exists(path):
         return None
-    return os.stat(path).st_mtime_ns
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def derived_latency(space: str, arch, cost_tensor: CostTensor, table_path: str | None,

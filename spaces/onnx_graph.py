@@ -37,6 +37,17 @@ initializers, its runtime float inputs as graph inputs, and any runtime
 non-float input (a shape, an index) frozen to the value it had in the network.
 That model is run *as is* (graph optimisation disabled): it already is what
 the optimiser produced.
+
+Subnormal floats. A node fed (or producing) subnormal float32 values -- below
+1.2e-38, e.g. the softmax of a shifted-window attention whose mask adds -100 --
+runs many times slower on x86 than on the normal random data a one-node model
+is timed with (measured: swin_t's masked attention MatMuls 17-77x their
+isolated time, the network 25 % faster with flush-to-zero). So the graph is
+run once on a random input (:func:`value_shapes`), every float value's share
+of subnormal elements is counted, and a node where a runtime input or an
+output holds at least :data:`SUBNORMAL_MIN` of them gets ``subnormal`` (that
+largest share, 2 digits) in its key and is timed alone on the very inputs it
+had in the network (:attr:`OnnxGraph.arrays`). Other keys are unchanged.
 """
 from __future__ import annotations
 
@@ -57,6 +68,7 @@ LEVELS = ("disable", "basic", "extended", "all")
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _RENAME = {"kernel_shape": "kernel", "dilations": "dilation", "group": "groups"}
 _DEFAULTS = {"groups": 1, "dilation": 1, "pads": 0, "auto_pad": "NOTSET"}
+SUBNORMAL_MIN = 0.01    # share of a node's input or output elements that are subnormal to key it apart
 
 
 def is_onnx_spec(spec: str) -> bool:
@@ -77,6 +89,7 @@ class OnnxGraph:
     inputs: tuple  # ((name, shape, numpy dtype), ...) of the runtime inputs
     name: str = "onnx"
     as_is: bool = False
+    arrays: tuple | None = None   # the inputs to run it on (a node fed subnormals: its network's), else random
 
     def eval(self) -> "OnnxGraph":
         return self
@@ -86,6 +99,8 @@ class OnnxGraph:
         return tuple(self.inputs[0][1]) if self.inputs else ()
 
     def example_arrays(self, seed: int = 0) -> list[np.ndarray]:
+        if self.arrays is not None:
+            return list(self.arrays)
         rng = np.random.default_rng(seed)
         return [rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating)
                 else np.zeros(shape, dtype) for _, shape, dtype in self.inputs]
@@ -210,15 +225,36 @@ def optimized_graph(graph: OnnxGraph, level: str = "all", providers=("CPUExecuti
 class _Value:
     shape: tuple
     elem_type: int
-    array: np.ndarray | None = None  # kept for runtime non-float node inputs only
+    array: np.ndarray | None = None  # kept for runtime non-float node inputs, and a subnormal node's inputs
+    subnormal: float = 0.0           # share of its elements that were subnormal floats in the run
 
 
-def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool = True) -> dict[str, _Value]:
+def subnormal_share(array: np.ndarray) -> float:
+    """Share of the elements of a float array that are subnormal (non-zero, below the smallest normal)."""
+    if not np.issubdtype(array.dtype, np.floating) or array.size == 0:
+        return 0.0
+    a = np.abs(array)
+    return float(np.count_nonzero((a > 0) & (a < np.finfo(array.dtype).tiny)) / a.size)
+
+
+def subnormal_nodes(model, values: dict[str, _Value]) -> list:
+    """The nodes of ``model`` where a runtime input or an output holds >= :data:`SUBNORMAL_MIN` subnormals."""
+    inits = {t.name for t in model.graph.initializer}
+    return [n for n in model.graph.node
+            if max((values[v].subnormal for v in list(n.input) + list(n.output)
+                    if v and v not in inits and v in values), default=0.0) >= SUBNORMAL_MIN]
+
+
+def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool = True,
+                 subnormals: bool = True) -> dict[str, _Value]:
     """Shape and element type of every value of ``model`` (static input shapes).
 
     ``onnx.shape_inference`` first; if a node's value stays unknown (ONNX
-    Runtime's contrib ops) or a node takes a runtime non-float input, the graph
-    is run once as is with every value as an output (its non-float values kept).
+    Runtime's contrib ops), a node takes a runtime non-float input, or
+    ``subnormals`` is asked, the graph is run once as is, on a random input,
+    with every value as an output: its non-float values kept (``keep_values``),
+    each float value's share of subnormal elements counted, and the runtime
+    inputs of the nodes they reach (:func:`subnormal_nodes`) kept.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -235,7 +271,7 @@ def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool =
     floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
     non_float_inputs = {i for n in model.graph.node for i in n.input
                         if i and i not in inits and (i not in out or out[i].elem_type not in floats)}
-    if all(o in out for o in produced) and not (keep_values and non_float_inputs):
+    if all(o in out for o in produced) and not (keep_values and non_float_inputs) and not subnormals:
         return out
     run = onnx.ModelProto()
     run.CopyFrom(model)
@@ -254,6 +290,9 @@ def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool =
                         else np.zeros(shape, dtype))
     sess = _session(run.SerializeToString(), session_options("disable"), providers, "the optimised graph")
     names = [o.name for o in sess.get_outputs()]
+    arrays = {}
+    for v in graph_inputs:
+        out[v.name] = _Value(out[v.name].shape, out[v.name].elem_type, None, subnormal_share(feed[v.name]))
     for name, array in zip(names, sess.run(names, feed)):
         array = np.asarray(array)
         elem = helper.np_dtype_to_tensor_dtype(array.dtype)
@@ -261,7 +300,14 @@ def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool =
         # it really is non-float -- a float activation stays a runtime input of its node's model
         keep = array if (keep_values and name in non_float_inputs and not np.issubdtype(array.dtype, np.floating)) \
             else None
-        out[name] = _Value(tuple(int(d) for d in array.shape), elem, keep)
+        out[name] = _Value(tuple(int(d) for d in array.shape), elem, keep,
+                           subnormal_share(array) if subnormals else 0.0)
+        arrays[name] = array
+    if subnormals and keep_values:
+        for node in subnormal_nodes(model, out):
+            for i in node.input:
+                if i and i not in inits and out[i].array is None:
+                    out[i].array = arrays[i] if i in arrays else feed.get(i)
     return out
 
 
@@ -343,6 +389,9 @@ def node_key(node, values: dict[str, _Value], inits: set[str]) -> OpKey:
         extra["n_const"] = consts
     if len(outs) > 1:
         extra["n_out"] = len(outs)
+    sub = max((values[v].subnormal for v in ins + outs if v not in inits and v in values), default=0.0)
+    if sub >= SUBNORMAL_MIN:
+        extra["subnormal"] = float(f"{sub:.2g}")
     return OpKey(ONNX_SPACE, _name(op_name(node)), max(batch, 1), max(c_in, 1), max(c_out, 1), max(h, 1),
                  max(w, 1), stride, tuple(extra.items()))
 
@@ -387,25 +436,29 @@ def node_graph(nodes: OnnxNodes, node) -> OnnxGraph:
     from onnx import helper, numpy_helper
     model = nodes.model
     inits = {t.name: t for t in model.graph.initializer}
-    g_inputs, g_inits, specs = [], [], []
+    g_inputs, g_inits, specs, feeds = [], [], [], []
     for name in dict.fromkeys(i for i in node.input if i):
         if name in inits:
             g_inits.append(inits[name])
             continue
         v = nodes.values[name]
-        if v.array is not None:
+        if v.array is not None and not np.issubdtype(v.array.dtype, np.floating):
             g_inits.append(numpy_helper.from_array(v.array, name))
             continue
         g_inputs.append(helper.make_tensor_value_info(name, v.elem_type, list(v.shape)))
         specs.append((name, v.shape, _np_dtype(v.elem_type)))
+        feeds.append(v.array)
+    # a node fed subnormals in its network is timed on its network's inputs (module doc)
+    arrays = tuple(feeds) if feeds and all(a is not None for a in feeds) else None
     g_outputs = [helper.make_tensor_value_info(o, nodes.values[o].elem_type, list(nodes.values[o].shape))
                  if o in nodes.values else helper.make_empty_tensor_value_info(o) for o in node.output if o]
     one = onnx.ModelProto()
     one.ir_version = model.ir_version
     one.opset_import.extend(model.opset_import)
     one.graph.CopyFrom(helper.make_graph([node], f"node_{op_name(node)}", g_inputs, g_outputs, g_inits))
-    return OnnxGraph(one.SerializeToString(), tuple(specs), name=f"{op_name(node)} node", as_is=True)
+    return OnnxGraph(one.SerializeToString(), tuple(specs), name=f"{op_name(node)} node", as_is=True, arrays=arrays)
 
 
-__all__ = ["LEVELS", "ONNX_SPACE", "OnnxGraph", "OnnxNodes", "graph_nodes", "is_onnx_spec", "load_onnx",
-           "node_graph", "node_key", "onnx_op_counts", "optimized_graph", "session_options", "value_shapes"]
+__all__ = ["LEVELS", "ONNX_SPACE", "SUBNORMAL_MIN", "OnnxGraph", "OnnxNodes", "graph_nodes", "is_onnx_spec", "load_onnx",
+           "node_graph", "node_key", "onnx_op_counts", "optimized_graph", "session_options", "subnormal_nodes",
+           "subnormal_share", "value_shapes"]

@@ -32,7 +32,9 @@ def test_demo_chain_reuses_the_table_and_reports_budget_predicted_measured(tmp_p
     # the predicted latency printed is the search result's derived latency
     r = json.loads((out / "search" / "result.json").read_text())
     assert s["predicted_ms"] == pytest.approx(r["derived"]["latency_ms"])
-    assert r["derived"]["latency_ms"] <= s["budget_ms"] * 1.0001
+    # under the budget the search aimed at (B / u, or B (1 - d) after a verify round: below; u < 1 when the
+    # calibration says predictions run high, so the aim may exceed B itself)
+    assert r["derived"]["latency_ms"] <= r["budgets"]["latency_ms"] * 1.0001
     # the table was calibrated, the search aimed under the budget by its margin, and verified
     assert load_table(out / "darts-cifar10_ort-cpu.json").calibration is not None
     local = r["verify"]["correction"]

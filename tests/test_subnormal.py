@@ -1,0 +1,64 @@
+"""Nodes fed subnormal floats (spaces.onnx_graph): counted, keyed apart, timed on their network's inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from profilers.export import export_graph
+from spaces.onnx_graph import SUBNORMAL_MIN, graph_nodes, node_graph, subnormal_share
+
+TINY = float(np.finfo(np.float32).tiny)     # the smallest normal float32, 1.18e-38
+
+
+def test_subnormal_share_counts_nonzero_values_below_the_smallest_normal():
+    a = np.array([0.0, 1e-40, -1e-41, TINY, 1.0, -3.0, 1e-45, 2e-38], np.float32)
+    # 1e-40, -1e-41, 1e-45 are subnormal; 0, TINY itself, 2e-38 (> TINY) and the normal ones are not
+    assert subnormal_share(a) == pytest.approx(3 / 8)
+    assert subnormal_share(np.array([1e-40], np.float64)) == 0.0        # normal in float64
+    assert subnormal_share(np.arange(5)) == 0.0 and subnormal_share(np.zeros(0, np.float32)) == 0.0
+
+
+class _Scaled(nn.Module):
+    """x * s (a per-feature scale, not foldable into the MatMul), then x W: with s = 1e-39 the
+    product is subnormal and the MatMul is fed it."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.register_buffer("s", torch.full((64,), scale))
+        self.s[::2] = 1.0                       # half the features stay normal: a share of 0.5
+        self.w = nn.Parameter(torch.randn(64, 32))
+
+    def forward(self, x):
+        return (x * self.s) @ self.w
+
+
+def _nodes(scale):
+    return graph_nodes(export_graph(_Scaled(scale).eval(), (1, 16, 64), f"scaled{scale:g}"))
+
+
+def test_a_node_fed_subnormals_is_keyed_apart_and_timed_on_its_networks_inputs():
+    nodes = _nodes(1e-39)
+    flagged = [(n, k) for n, k in zip(nodes.model.graph.node, nodes.keys) if "subnormal" in dict(k.extra)]
+    ops = {n.op_type for n, _ in flagged}
+    assert "Mul" in ops and ops & {"MatMul", "FusedMatMul", "Gemm"}     # its output, and the node it feeds
+    for node, key in flagged:
+        share = dict(key.extra)["subnormal"]
+        assert share == pytest.approx(0.5, abs=0.01) and share >= SUBNORMAL_MIN
+        one = node_graph(nodes, node)
+        assert one.arrays is not None
+        fed = one.example_arrays()
+        assert len(fed) == len(one.inputs) and [a.shape for a in fed] == [tuple(s) for _, s, _ in one.inputs]
+        if node.op_type != "Mul":               # the Mul's input is the network's (normal) random input
+            assert subnormal_share(fed[0]) == pytest.approx(share, abs=0.01)
+    # the same network with a normal scale: the same nodes, keys without the attribute, random inputs
+    clean = _nodes(0.5)
+    assert len(clean.keys) == len(nodes.keys)
+    assert all("subnormal" not in dict(k.extra) for k in clean.keys)
+    assert all(node_graph(clean, n).arrays is None for n in clean.model.graph.node)
+    flagged_keys = {k for _, k in flagged}
+    assert not flagged_keys & set(clean.keys)
+    strip = lambda k: (k.op, k.batch, k.c_in, k.c_out, k.h, k.w,  # noqa: E731
+                       tuple(x for x in k.extra if x[0] != "subnormal"))
+    assert {strip(k) for k in flagged_keys} <= {strip(k) for k in clean.keys}
