@@ -221,6 +221,14 @@ class NetworkPrediction:
     def calibrated(self) -> bool:
         return self.uncalibrated_ms is not None
 
+    @property
+    def subnormal(self) -> tuple[int, float]:
+        """(calls, ms of the sum of ops) of the nodes keyed as fed subnormal floats in this network
+        (``spaces.onnx_graph``: timed on the network's own inputs)."""
+        rows = [(n, ms) for key, n, _, ms, _ in self.per_key
+                if any(f == "subnormal" for f, _ in getattr(key, "extra", ()))]
+        return sum(n for n, _ in rows), sum(n * ms for n, ms in rows)
+
     def to_dict(self) -> dict:
         d = {"latency_ms": self.latency_ms, "from_table": self.from_table,
              "from_surrogate": self.from_surrogate, "ops_sum_ms": self.ops_sum_ms, "n_ops": self.n_calls,
@@ -231,6 +239,9 @@ class NetworkPrediction:
         if self.calibrated:
             d.update(uncalibrated_ms=self.uncalibrated_ms, low_ms=self.low_ms, high_ms=self.high_ms,
                      confidence=self.confidence)
+        calls, ms = self.subnormal
+        if calls:
+            d.update(subnormal_ops=calls, subnormal_ms=ms)
         if self.unseen is not None:
             d.update(unseen_share=self.unseen["share"], unseen_op_types=self.unseen["types"])
             if self.unseen_warning:

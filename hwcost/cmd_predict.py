@@ -73,6 +73,10 @@ def cmd_predict(args) -> int:
                   f"{d['uncalibrated_ms']:.3f} ms; {d['calibration']}")
         else:
             print(f"  uncalibrated: {d['calibration']}")
+        if d.get("subnormal_ops"):
+            print(f"  {d['subnormal_ops']} ops are fed subnormal floats in this network ({d['subnormal_ms']:.3f} ms "
+                  f"of the sum of ops, timed on the network's own values): flush-to-zero (FTZ/DAZ) on the device "
+                  f"would save most of it")
         if d.get("calibration_warning"):
             print(f"  warning: {d['calibration_warning']}")
         if d.get("host_warning"):

@@ -62,3 +62,26 @@ def test_a_node_fed_subnormals_is_keyed_apart_and_timed_on_its_networks_inputs()
     strip = lambda k: (k.op, k.batch, k.c_in, k.c_out, k.h, k.w,  # noqa: E731
                        tuple(x for x in k.extra if x[0] != "subnormal"))
     assert {strip(k) for k in flagged_keys} <= {strip(k) for k in clean.keys}
+
+
+def test_profile_and_predict_of_an_onnx_model_report_its_subnormal_nodes(tmp_path, capsys):
+    """hwcost profile --model times the flagged nodes on their captured inputs; predict reports their calls
+    and their share of the sum, read back from the table's own entries."""
+    import json
+
+    from hwcost.cli import main
+    path = tmp_path / "scaled.onnx"
+    path.write_bytes(export_graph(_Scaled(1e-39).eval(), (1, 16, 64), "scaled").model_bytes)
+    table = tmp_path / "t.json"
+    assert main(["profile", "--model", str(path), "--max-time", "0.05", "--passes", "1", "--no-progress",
+                 "--stream-mib", "0", "--out", str(table)]) == 0
+    entries = json.loads(table.read_text())["entries"]
+    flagged = {e["key"]: e["median_ms"] for e in entries if "subnormal=" in e["key"]}
+    assert flagged and all(ms > 0 for ms in flagged.values())
+    capsys.readouterr()
+    assert main(["predict", "--table", str(table), "--model", str(path), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["subnormal_ops"] == len(flagged)          # each flagged node occurs once in this network
+    assert d["subnormal_ms"] == pytest.approx(sum(flagged.values()), rel=1e-6)
+    assert main(["predict", "--table", str(table), "--model", str(path)]) == 0
+    assert f"{len(flagged)} ops are fed subnormal floats" in capsys.readouterr().out
