@@ -42,7 +42,7 @@ Subnormal floats. A node fed (or producing) subnormal float32 values -- below
 1.2e-38, e.g. the softmax of a shifted-window attention whose mask adds -100 --
 runs many times slower on x86 than on the normal random data a one-node model
 is timed with (measured: swin_t's masked attention MatMuls 17-77x their
-isolated time, the network 25 % faster with flush-to-zero). So the graph is
+isolated time, the network 24 % faster with flush-to-zero). So the graph is
 run once on a random input (:func:`value_shapes`), every float value's share
 of subnormal elements is counted, and a node where a runtime input or an
 output holds at least :data:`SUBNORMAL_MIN` of them gets ``subnormal`` (that
@@ -237,12 +237,16 @@ def subnormal_share(array: np.ndarray) -> float:
     return float(np.count_nonzero((a > 0) & (a < np.finfo(array.dtype).tiny)) / a.size)
 
 
+def node_subnormal(node, values: dict[str, _Value], inits) -> float:
+    """The largest subnormal share among a node's runtime inputs and its outputs (0 when none is known)."""
+    return max((values[v].subnormal for v in list(node.input) + list(node.output)
+                if v and v not in inits and v in values), default=0.0)
+
+
 def subnormal_nodes(model, values: dict[str, _Value]) -> list:
     """The nodes of ``model`` where a runtime input or an output holds >= :data:`SUBNORMAL_MIN` subnormals."""
     inits = {t.name for t in model.graph.initializer}
-    return [n for n in model.graph.node
-            if max((values[v].subnormal for v in list(n.input) + list(n.output)
-                    if v and v not in inits and v in values), default=0.0) >= SUBNORMAL_MIN]
+    return [n for n in model.graph.node if node_subnormal(n, values, inits) >= SUBNORMAL_MIN]
 
 
 def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool = True,
@@ -389,7 +393,7 @@ def node_key(node, values: dict[str, _Value], inits: set[str]) -> OpKey:
         extra["n_const"] = consts
     if len(outs) > 1:
         extra["n_out"] = len(outs)
-    sub = max((values[v].subnormal for v in ins + outs if v not in inits and v in values), default=0.0)
+    sub = node_subnormal(node, values, inits)
     if sub >= SUBNORMAL_MIN:
         extra["subnormal"] = float(f"{sub:.2g}")
     return OpKey(ONNX_SPACE, _name(op_name(node)), max(batch, 1), max(c_in, 1), max(c_out, 1), max(h, 1),
@@ -448,8 +452,10 @@ def node_graph(nodes: OnnxNodes, node) -> OnnxGraph:
         g_inputs.append(helper.make_tensor_value_info(name, v.elem_type, list(v.shape)))
         specs.append((name, v.shape, _np_dtype(v.elem_type)))
         feeds.append(v.array)
-    # a node fed subnormals in its network is timed on its network's inputs (module doc)
-    arrays = tuple(feeds) if feeds and all(a is not None for a in feeds) else None
+    # a node fed subnormals in its network is timed on its network's inputs (module doc); any other on random
+    # data, even where a value it shares with such a node was kept
+    flagged = node_subnormal(node, nodes.values, inits) >= SUBNORMAL_MIN
+    arrays = tuple(feeds) if flagged and feeds and all(a is not None for a in feeds) else None
     g_outputs = [helper.make_tensor_value_info(o, nodes.values[o].elem_type, list(nodes.values[o].shape))
                  if o in nodes.values else helper.make_empty_tensor_value_info(o) for o in node.output if o]
     one = onnx.ModelProto()
