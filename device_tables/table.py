@@ -419,10 +419,26 @@ def merge_tables(tables: Iterable[DeviceTable], force: bool = False) -> tuple[De
     merged_from = [{"table": _label(t, i), "created": t.created, "device": t.device, "runtime": t.runtime,
                     "measurement": t.measurement, "provenance": t.provenance, "entries": len(t)}
                    for i, t in enumerate(tables)]
+    measurement = dict(tables[0].measurement)
+    probe = _merged_probe(tables)
+    if probe is not None:
+        measurement["weight_stream"] = probe
     merged = DeviceTable(kind=tables[0].kind, spaces=spaces, device=tables[0].device,
                          runtime=canonical_runtime(tables[0].runtime), entries=tuple(e for e, _ in chosen.values()),
-                         measurement=tables[0].measurement, provenance={"merged_from": merged_from})
+                         measurement=measurement, provenance={"merged_from": merged_from})
     return merged, conflicts
+
+
+def _merged_probe(tables: list[DeviceTable]) -> dict | None:
+    """The weight-stream probe a merged table keeps (``measurement.weight_stream``): a measured one over a
+    skipped one, of measured ones the largest matrix (the furthest from any cache), the earlier table on a
+    tie; None when no table has one. Every table's own record stays in ``provenance.merged_from``."""
+    probes = [t.measurement.get("weight_stream") for t in tables]
+    probes = [p for p in probes if isinstance(p, dict)]
+    measured = [p for p in probes if "gbps" in p]
+    if measured:
+        return max(measured, key=lambda p: p.get("bytes", 0))     # max keeps the first of equals
+    return probes[0] if probes else None
 
 
 CSV_HEADER_COLUMN = "table_header"   # the table's header as JSON, in the first row: read_csv_table reads it back

@@ -215,6 +215,23 @@ def test_merge_keeps_the_entry_with_more_samples():
     assert merged_again.latency_ms(op_key(2)) == 5.0 and len(conflicts) == 1
 
 
+def test_merge_keeps_a_measured_weight_stream_probe_of_the_largest_matrix():
+    import dataclasses
+    a = make_table(n=2)
+    skipped = {"skipped": "too little free memory"}
+    small = {"gbps": 20.0, "bytes": 256 << 20, "median_ms": 13.4}
+    large = {"gbps": 14.4, "bytes": 1 << 30, "median_ms": 74.6}
+    with_probe = lambda t, p: dataclasses.replace(t, measurement={**t.measurement, "weight_stream": p})  # noqa: E731
+    # the first table has none, or only a skipped one: a later table's measured probe is kept
+    assert merge_tables([a, with_probe(a, small)])[0].measurement["weight_stream"] == small
+    assert merge_tables([with_probe(a, skipped), with_probe(a, small)])[0].measurement["weight_stream"] == small
+    # of two measured probes, the larger matrix's, in either order; a skipped one only when nothing was measured
+    for order in ((small, large), (large, small)):
+        assert merge_tables([with_probe(a, p) for p in order])[0].measurement["weight_stream"] == large
+    assert merge_tables([with_probe(a, skipped), a])[0].measurement["weight_stream"] == skipped
+    assert "weight_stream" not in merge_tables([a, a])[0].measurement
+
+
 def test_merge_refuses_other_runtime_unless_forced():
     a, b = make_table(threads=1), make_table(n=5, threads=4)
     with pytest.raises(TableError, match=r"runtime\.threads \(1 vs 4\); pass force=True"):
