@@ -275,9 +275,10 @@ def report(result: dict, log) -> dict:
                     f"{s['within_10']:>6.0%} {s['mean_signed_error']:>+11.2%}")
             if kind == "calibrated" and groups["darts"]:
                 d = groups["darts"]
-                s = out[field]["darts"]
-                log(f"  darts within 5%: {within_text(s['within_5'], s['n'])}; within 10%: "
-                    f"{within_text(s['within_10'], s['n'])} (Wilson intervals of the rate on networks not scored)")
+                if "darts" in out.get(field, {}):
+                    s = out[field]["darts"]
+                    log(f"  darts within 5%: {within_text(s['within_5'], s['n'])}; within 10%: "
+                        f"{within_text(s['within_10'], s['n'])} (Wilson intervals of the rate on networks not scored)")
                 inside = np.mean([lo <= r["measured_ms"] <= hi for r in d for lo, hi in [r[f"interval90_{label}_ms"]]])
                 below = np.mean([r["measured_ms"] <= r[f"upper90_{label}_ms"] for r in d])
                 out[field]["interval90_coverage"] = float(inside)

@@ -223,10 +223,11 @@ class NetworkPrediction:
 
     @property
     def subnormal(self) -> tuple[int, float]:
-        """(calls, ms of the sum of ops) of the nodes keyed as fed subnormal floats in this network
-        (``spaces.onnx_graph``: timed on the network's own inputs)."""
-        rows = [(n, ms) for key, n, _, ms, _ in self.per_key
-                if any(f == "subnormal" for f, _ in getattr(key, "extra", ()))]
+        """(calls, ms of the sum of ops) of the nodes keyed as fed subnormal floats in this network whose
+        time the table holds (``spaces.onnx_graph``: timed on the network's own inputs; a surrogate's
+        answer never was)."""
+        rows = [(n, ms) for key, n, _, ms, source in self.per_key
+                if source == "table" and any(f == "subnormal" for f, _ in getattr(key, "extra", ()))]
         return sum(n for n, _ in rows), sum(n * ms for n, ms in rows)
 
     def to_dict(self) -> dict:

@@ -503,6 +503,8 @@ def share_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, flo
     from statistics import NormalDist
     if n <= 0 or not 0 <= k <= n:
         raise HwcostError(f"a share needs 0 <= hits <= n and n > 0 (got {k} of {n})")
+    if not 0 < confidence < 1:
+        raise HwcostError(f"confidence must lie in (0, 1), got {confidence}")
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)

@@ -183,6 +183,14 @@ def resolve_model(spec: str) -> nn.Module:
     kind, sep, name = str(spec).partition(":")
     if not sep or not kind or not name:
         raise HwcostError(f"bad model {spec!r}: expected {MODEL_FORMS} (e.g. torchvision:mobilenet_v2)")
+    # the same weights in every process and call (the caller's random state untouched): a node's key can
+    # depend on its values (spaces.onnx_graph: subnormal floats), so profile, calibrate and predict must agree
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _build_model(spec, kind, name)
+
+
+def _build_model(spec: str, kind: str, name: str) -> nn.Module:
     if kind == "torchvision":
         try:
             import torchvision

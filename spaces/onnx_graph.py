@@ -46,7 +46,7 @@ isolated time, the network 24 % faster with flush-to-zero). So the graph is
 run once on a random input (:func:`value_shapes`), every float value's share
 of subnormal elements is counted, and a node where a runtime input or an
 output holds at least :data:`SUBNORMAL_MIN` of them gets ``subnormal`` (that
-largest share, 2 digits) in its key and is timed alone on the very inputs it
+largest share, one digit) in its key and is timed alone on the very inputs it
 had in the network (:attr:`OnnxGraph.arrays`). Other keys are unchanged.
 """
 from __future__ import annotations
@@ -230,11 +230,12 @@ class _Value:
 
 
 def subnormal_share(array: np.ndarray) -> float:
-    """Share of the elements of a float array that are subnormal (non-zero, below the smallest normal)."""
-    if not np.issubdtype(array.dtype, np.floating) or array.size == 0:
+    """Share of the elements of a float32 array that are subnormal (non-zero, below 1.2e-38); 0 for any
+    other dtype (float16 is widened to float32 by the CPU kernels, where its small values are normal)."""
+    if array.dtype != np.float32 or array.size == 0:
         return 0.0
     a = np.abs(array)
-    return float(np.count_nonzero((a > 0) & (a < np.finfo(array.dtype).tiny)) / a.size)
+    return float(np.count_nonzero((a > 0) & (a < np.finfo(np.float32).tiny)) / a.size)
 
 
 def node_subnormal(node, values: dict[str, _Value], inits) -> float:
@@ -297,7 +298,13 @@ def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool =
     arrays = {}
     for v in graph_inputs:
         out[v.name] = _Value(out[v.name].shape, out[v.name].elem_type, None, subnormal_share(feed[v.name]))
-    for name, array in zip(names, sess.run(names, feed)):
+    try:
+        results = sess.run(names, feed)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+        raise HwcostError(f"ONNX Runtime cannot run the optimised graph on a random input to read its values "
+                          f"(shapes, subnormal floats): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                          ) from None
+    for name, array in zip(names, results):
         array = np.asarray(array)
         elem = helper.np_dtype_to_tensor_dtype(array.dtype)
         # a value shape inference could not type (after a contrib op) is a candidate above; keep it only if
@@ -395,7 +402,7 @@ def node_key(node, values: dict[str, _Value], inits: set[str]) -> OpKey:
         extra["n_out"] = len(outs)
     sub = node_subnormal(node, values, inits)
     if sub >= SUBNORMAL_MIN:
-        extra["subnormal"] = float(f"{sub:.2g}")
+        extra["subnormal"] = float(f"{sub:.1g}")     # one digit: the same share on any run of the graph
     return OpKey(ONNX_SPACE, _name(op_name(node)), max(batch, 1), max(c_in, 1), max(c_out, 1), max(h, 1),
                  max(w, 1), stride, tuple(extra.items()))
 
@@ -420,10 +427,14 @@ class OnnxNodes:
         return out
 
 
-def graph_nodes(graph: OnnxGraph, level: str = "all", providers=("CPUExecutionProvider",)) -> OnnxNodes:
-    """Every node ONNX Runtime runs for ``graph`` at ``level``, keyed."""
+def graph_nodes(graph: OnnxGraph, level: str = "all", providers=("CPUExecutionProvider",),
+                keep_values: bool = True) -> OnnxNodes:
+    """Every node ONNX Runtime runs for ``graph`` at ``level``, keyed. Subnormal floats are looked for on
+    the CPU only (a GPU computes on them at full speed); ``keep_values`` false: keys only, nothing kept
+    to time a node with (:func:`node_graph` refuses a flagged node then)."""
     model = optimized_graph(graph, level, providers)
-    values = value_shapes(model, providers)
+    values = value_shapes(model, providers, keep_values=keep_values,
+                          subnormals=tuple(providers)[:1] == ("CPUExecutionProvider",))
     inits = {t.name for t in model.graph.initializer}
     keys = [node_key(n, values, inits) for n in model.graph.node]
     return OnnxNodes(model, values, keys, level)
@@ -431,7 +442,7 @@ def graph_nodes(graph: OnnxGraph, level: str = "all", providers=("CPUExecutionPr
 
 def onnx_op_counts(graph: OnnxGraph, level: str = "all", providers=("CPUExecutionProvider",)) -> Counter:
     """Key -> nodes of the optimised graph with that key (one forward pass)."""
-    return graph_nodes(graph, level, providers).counts()
+    return graph_nodes(graph, level, providers, keep_values=False).counts()
 
 
 def node_graph(nodes: OnnxNodes, node) -> OnnxGraph:
@@ -455,7 +466,10 @@ def node_graph(nodes: OnnxNodes, node) -> OnnxGraph:
     # a node fed subnormals in its network is timed on its network's inputs (module doc); any other on random
     # data, even where a value it shares with such a node was kept
     flagged = node_subnormal(node, nodes.values, inits) >= SUBNORMAL_MIN
-    arrays = tuple(feeds) if flagged and feeds and all(a is not None for a in feeds) else None
+    if flagged and not all(a is not None for a in feeds):
+        raise HwcostError(f"node {node.name or node.op_type} is fed subnormal floats in its network, but its "
+                          f"network's values were not kept (graph_nodes(..., keep_values=True))")
+    arrays = tuple(feeds) if flagged and feeds else None
     g_outputs = [helper.make_tensor_value_info(o, nodes.values[o].elem_type, list(nodes.values[o].shape))
                  if o in nodes.values else helper.make_empty_tensor_value_info(o) for o in node.output if o]
     one = onnx.ModelProto()

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from profilers.export import export_graph
+from spaces.errors import HwcostError
 from spaces.onnx_graph import SUBNORMAL_MIN, graph_nodes, node_graph, subnormal_share
 
 TINY = float(np.finfo(np.float32).tiny)     # the smallest normal float32, 1.18e-38
@@ -17,6 +18,7 @@ def test_subnormal_share_counts_nonzero_values_below_the_smallest_normal():
     # 1e-40, -1e-41, 1e-45 are subnormal; 0, TINY itself, 2e-38 (> TINY) and the normal ones are not
     assert subnormal_share(a) == pytest.approx(3 / 8)
     assert subnormal_share(np.array([1e-40], np.float64)) == 0.0        # normal in float64
+    assert subnormal_share(np.array([1e-5, 3e-6], np.float16)) == 0.0    # float16 is widened to float32
     assert subnormal_share(np.arange(5)) == 0.0 and subnormal_share(np.zeros(0, np.float32)) == 0.0
 
 
@@ -31,7 +33,8 @@ class _Scaled(nn.Module):
         self.w = nn.Parameter(torch.randn(64, 32))
 
     def forward(self, x):
-        return (x * self.s) @ self.w
+        # x also feeds a ReLU, which never meets a subnormal: it is timed on random data
+        return (x * self.s) @ self.w + torch.relu(x)[..., :32]
 
 
 def _nodes(scale):
@@ -57,6 +60,16 @@ def test_a_node_fed_subnormals_is_keyed_apart_and_timed_on_its_networks_inputs()
     assert len(clean.keys) == len(nodes.keys)
     assert all("subnormal" not in dict(k.extra) for k in clean.keys)
     assert all(node_graph(clean, n).arrays is None for n in clean.model.graph.node)
+    # a node that shares its input with a flagged one, but meets no subnormal itself: random data
+    relu = [n for n in nodes.model.graph.node if n.op_type == "Relu"]
+    assert relu and all("subnormal" not in dict(k.extra) for n, k in zip(nodes.model.graph.node, nodes.keys)
+                        if n.op_type == "Relu")
+    assert all(node_graph(nodes, n).arrays is None for n in relu)
+    # keys only (what predict reads): the same keys, and a flagged node cannot be built to be timed
+    bare = graph_nodes(export_graph(_Scaled(1e-39).eval(), (1, 16, 64), "scaled"), keep_values=False)
+    assert bare.keys == nodes.keys
+    with pytest.raises(HwcostError, match="values were not kept"):
+        node_graph(bare, flagged[0][0])
     flagged_keys = {k for _, k in flagged}
     assert not flagged_keys & set(clean.keys)
     strip = lambda k: (k.op, k.batch, k.c_in, k.c_out, k.h, k.w,  # noqa: E731
@@ -64,7 +77,7 @@ def test_a_node_fed_subnormals_is_keyed_apart_and_timed_on_its_networks_inputs()
     assert {strip(k) for k in flagged_keys} <= {strip(k) for k in clean.keys}
 
 
-def test_profile_and_predict_of_an_onnx_model_report_its_subnormal_nodes(tmp_path, capsys):
+def test_profile_and_predict_of_an_onnx_model_report_its_subnormal_nodes(tmp_path, capsys, monkeypatch):
     """hwcost profile --model times the flagged nodes on their captured inputs; predict reports their calls
     and their share of the sum, read back from the table's own entries."""
     import json
@@ -73,8 +86,21 @@ def test_profile_and_predict_of_an_onnx_model_report_its_subnormal_nodes(tmp_pat
     path = tmp_path / "scaled.onnx"
     path.write_bytes(export_graph(_Scaled(1e-39).eval(), (1, 16, 64), "scaled").model_bytes)
     table = tmp_path / "t.json"
+    from spaces import onnx_graph
+    fed: dict = {}                              # the largest subnormal share each one-node model was run on
+    real = onnx_graph.OnnxGraph.example_arrays
+
+    def spy(self, seed=0):
+        arrays = real(self, seed)
+        fed[self.name] = max([fed.get(self.name, 0.0)] + [subnormal_share(a) for a in arrays])
+        return arrays
+    monkeypatch.setattr(onnx_graph.OnnxGraph, "example_arrays", spy)
     assert main(["profile", "--model", str(path), "--max-time", "0.05", "--passes", "1", "--no-progress",
                  "--stream-mib", "0", "--out", str(table)]) == 0
+    # the node fed the subnormal product ran on it (half its elements); the ReLU beside it on random data
+    matmul = [name for name in fed if "MatMul" in name or "Gemm" in name]
+    assert matmul and all(fed[name] == pytest.approx(0.5, abs=0.01) for name in matmul)
+    assert fed["Relu node"] == 0.0
     entries = json.loads(table.read_text())["entries"]
     flagged = {e["key"]: e["median_ms"] for e in entries if "subnormal=" in e["key"]}
     assert flagged and all(ms > 0 for ms in flagged.values())

@@ -161,3 +161,6 @@ def test_share_interval_refuses_impossible_counts():
     for k, n in ((3, 2), (-1, 5), (0, 0)):
         with pytest.raises(HwcostError, match="0 <= hits <= n"):
             share_interval(k, n)
+    for c in (0.0, 1.0, 95):
+        with pytest.raises(HwcostError, match=r"confidence must lie in \(0, 1\)"):
+            share_interval(3, 4, c)
