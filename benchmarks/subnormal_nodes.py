@@ -6,10 +6,9 @@ flush-to-zero off and on.
 For each model (a torchvision name, or any ``--model`` spec), exported to ONNX
 and optimised by ONNX Runtime as ``hwcost profile --model`` does: the nodes
 whose runtime inputs or outputs hold >= 1 % subnormal float32 values in the
-network's run (``spaces.onnx_graph.subnormal_nodes``; these keys carry
-``subnormal=<share>``), each timed alone on the values it had in the network
-(what the profile now does) and on the random data a one-node model used
-before; then the whole network, 1 thread, in ``--rounds`` interleaved rounds
+network's run (their keys carry ``subnormal=<share>``, ``spaces.onnx_graph``),
+each timed alone on the values it had in the network (what the profile does)
+and on the random data a one-node model used before; then the whole network, 1 thread, in ``--rounds`` interleaved rounds
 with flush-to-zero and denormals-are-zero off and on (``torch.set_flush_denormal``
 sets the MXCSR of the calling thread, the thread ONNX Runtime computes on with
 one intra-op thread). Prints the machine, each flagged node, and both network
@@ -35,7 +34,7 @@ from profilers.environment import host_label  # noqa: E402
 from profilers.export import export_graph  # noqa: E402
 from profilers.measure import Settings  # noqa: E402
 from profilers.shapes import resolve_model  # noqa: E402
-from spaces.onnx_graph import graph_nodes, node_graph, session_options, subnormal_nodes  # noqa: E402
+from spaces.onnx_graph import graph_nodes, node_graph, session_options  # noqa: E402
 
 IMAGE = (1, 3, 224, 224)
 NODE = Settings(max_time_s=0.5, passes=1)
@@ -66,13 +65,12 @@ def main() -> int:
         graph = export_graph(resolve_model(spec if ":" in spec else f"torchvision:{spec}").eval(), IMAGE,
                              spec.split(":")[-1])
         nodes = graph_nodes(graph)
-        flagged = subnormal_nodes(nodes.model, nodes.values)
+        flagged = [(n, k) for n, k in zip(nodes.model.graph.node, nodes.keys) if "subnormal" in dict(k.extra)]
         print(f"\n{spec}: {len(nodes.keys)} nodes, {len(flagged)} fed subnormal floats", flush=True)
         seen, gained = set(), 0.0
         counts = nodes.counts()
         with backend.active():
-            for node in flagged:
-                key = nodes.keys[list(nodes.model.graph.node).index(node)]
+            for node, key in flagged:
                 if key in seen:
                     continue
                 seen.add(key)

@@ -295,16 +295,13 @@ def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool =
                         else np.zeros(shape, dtype))
     sess = _session(run.SerializeToString(), session_options("disable"), providers, "the optimised graph")
     names = [o.name for o in sess.get_outputs()]
-    arrays = {}
-    for v in graph_inputs:
-        out[v.name] = _Value(out[v.name].shape, out[v.name].elem_type, None, subnormal_share(feed[v.name]))
     try:
-        results = sess.run(names, feed)
+        results = dict(zip(names, sess.run(names, feed)))
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
         raise HwcostError(f"ONNX Runtime cannot run the optimised graph on a random input to read its values "
                           f"(shapes, subnormal floats): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                           ) from None
-    for name, array in zip(names, results):
+    for name, array in results.items():
         array = np.asarray(array)
         elem = helper.np_dtype_to_tensor_dtype(array.dtype)
         # a value shape inference could not type (after a contrib op) is a candidate above; keep it only if
@@ -313,12 +310,12 @@ def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool =
             else None
         out[name] = _Value(tuple(int(d) for d in array.shape), elem, keep,
                            subnormal_share(array) if subnormals else 0.0)
-        arrays[name] = array
     if subnormals and keep_values:
+        values = {**feed, **results}        # the graph's (random, normal) inputs and every value it produced
         for node in subnormal_nodes(model, out):
             for i in node.input:
                 if i and i not in inits and out[i].array is None:
-                    out[i].array = arrays[i] if i in arrays else feed.get(i)
+                    out[i].array = values.get(i)
     return out
 
 
