@@ -89,6 +89,11 @@ class Backend:
     def execution_provider(self) -> str:
         return "cpu"
 
+    def session_providers(self) -> list[str]:
+        """The ONNX Runtime providers an ONNX graph is run with while it is keyed (shapes, subnormal floats):
+        the backend's own for ONNX Runtime backends, the CPU's for the others (which run no graph)."""
+        return ["CPUExecutionProvider"]
+
     def settings(self) -> dict:
         """Backend settings that change timings (recorded in the table's runtime)."""
         return {}
