@@ -117,7 +117,7 @@ def key_module(key: OpKey, affine: bool = True) -> tuple[nn.Module, tuple]:
 def torch_key_module(key: OpKey) -> tuple[nn.Module, tuple]:
     """Rebuild a common torch layer from its key (others need the model itself)."""
     ex = dict(key.extra)
-    if "in_shape" in ex or "in_shapes" in ex or "stride" in ex:
+    if "in_shape" in ex or "in_shapes" in ex or "stride" in ex or "subnormal" in ex:   # subnormal: its values matter
         raise HwcostError(f"cannot rebuild {key.to_str()} from its key alone; profile the model instead")
     x = lambda c=key.c_in: torch.randn(key.batch, c, key.h, key.w)  # noqa: E731
     op = key.op

@@ -44,8 +44,8 @@ runs many times slower on x86 than on the normal random data a one-node model
 is timed with (measured: swin_t's masked attention MatMuls 17-77x their
 isolated time, the network 24 % faster with flush-to-zero). So the graph is
 run once on a random input (:func:`value_shapes`), every float value's share
-of subnormal elements is counted, and a node where a runtime input or an
-output holds at least :data:`SUBNORMAL_MIN` of them gets ``subnormal`` (that
+of subnormal elements is counted (its weights' too), and a node where an
+input or an output holds at least :data:`SUBNORMAL_MIN` of them gets ``subnormal`` (that
 largest share, one digit) in its key and is timed alone on the very inputs it
 had in the network (:attr:`OnnxGraph.arrays`). Other keys are unchanged.
 """
@@ -61,14 +61,13 @@ import numpy as np
 from device_tables import OpKey
 
 from .errors import HwcostError
-from .opkeys import _geometry, _name, _shape_str
+from .opkeys import SUBNORMAL_MIN, _geometry, _name, _shape_str, _subnormal_extra, subnormal_share
 
 ONNX_SPACE = "onnx"
 LEVELS = ("disable", "basic", "extended", "all")
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _RENAME = {"kernel_shape": "kernel", "dilations": "dilation", "group": "groups"}
 _DEFAULTS = {"groups": 1, "dilation": 1, "pads": 0, "auto_pad": "NOTSET"}
-SUBNORMAL_MIN = 0.01    # share of a node's input or output elements that are subnormal to key it apart
 
 
 def is_onnx_spec(spec: str) -> bool:
@@ -229,25 +228,17 @@ class _Value:
     subnormal: float = 0.0           # share of its elements that were subnormal floats in the run
 
 
-def subnormal_share(array: np.ndarray) -> float:
-    """Share of the elements of a float32 array that are subnormal (non-zero, below 1.2e-38); 0 for any
-    other dtype (float16 is widened to float32 by the CPU kernels, where its small values are normal)."""
-    if array.dtype != np.float32 or array.size == 0:
-        return 0.0
-    a = np.abs(array)
-    return float(np.count_nonzero((a > 0) & (a < np.finfo(np.float32).tiny)) / a.size)
-
-
-def node_subnormal(node, values: dict[str, _Value], inits) -> float:
-    """The largest subnormal share among a node's runtime inputs and its outputs (0 when none is known)."""
-    return max((values[v].subnormal for v in list(node.input) + list(node.output)
-                if v and v not in inits and v in values), default=0.0)
+def node_subnormal(node, values: dict[str, _Value]) -> float:
+    """The largest subnormal share among a node's inputs (its weights included) and its outputs (0 when
+    none is known)."""
+    return max((values[v].subnormal for v in list(node.input) + list(node.output) if v and v in values),
+               default=0.0)
 
 
 def subnormal_nodes(model, values: dict[str, _Value]) -> list:
-    """The nodes of ``model`` where a runtime input or an output holds >= :data:`SUBNORMAL_MIN` subnormals."""
-    inits = {t.name for t in model.graph.initializer}
-    return [n for n in model.graph.node if node_subnormal(n, values, inits) >= SUBNORMAL_MIN]
+    """The nodes of ``model`` where an input (a weight included) or an output holds >= :data:`SUBNORMAL_MIN`
+    subnormals."""
+    return [n for n in model.graph.node if node_subnormal(n, values) >= SUBNORMAL_MIN]
 
 
 def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool = True,
@@ -262,6 +253,7 @@ def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool =
     inputs of the nodes they reach (:func:`subnormal_nodes`) kept.
     """
     import onnx
+    import onnx.numpy_helper
     from onnx import TensorProto, helper
     inferred = onnx.shape_inference.infer_shapes(model)
     out: dict[str, _Value] = {}
@@ -269,8 +261,9 @@ def value_shapes(model, providers=("CPUExecutionProvider",), keep_values: bool =
         dims = _dims(v)
         if dims is not None and v.type.tensor_type.elem_type:
             out[v.name] = _Value(dims, v.type.tensor_type.elem_type)
-    for t in model.graph.initializer:
-        out[t.name] = _Value(tuple(t.dims), t.data_type)
+    for t in model.graph.initializer:     # weights count too: a node on subnormal weights is slow on any input
+        out[t.name] = _Value(tuple(t.dims), t.data_type,
+                             subnormal=subnormal_share(onnx.numpy_helper.to_array(t)) if subnormals else 0.0)
     inits = {t.name for t in model.graph.initializer}
     produced = [o for n in model.graph.node for o in n.output if o]
     floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
@@ -397,9 +390,7 @@ def node_key(node, values: dict[str, _Value], inits: set[str]) -> OpKey:
         extra["n_const"] = consts
     if len(outs) > 1:
         extra["n_out"] = len(outs)
-    sub = node_subnormal(node, values, inits)
-    if sub >= SUBNORMAL_MIN:
-        extra["subnormal"] = float(f"{sub:.1g}")     # one digit: the same share on any run of the graph
+    extra = _subnormal_extra(extra, node_subnormal(node, values))
     return OpKey(ONNX_SPACE, _name(op_name(node)), max(batch, 1), max(c_in, 1), max(c_out, 1), max(h, 1),
                  max(w, 1), stride, tuple(extra.items()))
 
@@ -462,7 +453,7 @@ def node_graph(nodes: OnnxNodes, node) -> OnnxGraph:
         feeds.append(v.array)
     # a node fed subnormals in its network is timed on its network's inputs (module doc); any other on random
     # data, even where a value it shares with such a node was kept
-    flagged = node_subnormal(node, nodes.values, inits) >= SUBNORMAL_MIN
+    flagged = node_subnormal(node, nodes.values) >= SUBNORMAL_MIN
     if flagged and not all(a is not None for a in feeds):
         raise HwcostError(f"node {node.name or node.op_type} is fed subnormal floats in its network, but its "
                           f"network's values were not kept (graph_nodes(..., keep_values=True))")

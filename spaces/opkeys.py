@@ -18,6 +18,13 @@ Two kinds of network:
   ``torch``.
 
 :func:`network_op_counts` picks the right one for a built network.
+
+Subnormal floats (as for ONNX nodes, :mod:`spaces.onnx_graph`): a layer whose
+float32 inputs or output hold at least :data:`SUBNORMAL_MIN` subnormal values
+in the model's forward pass gets ``subnormal`` (that share, one digit) in its
+key and keeps the inputs it had in the network, so it is timed on them: x86
+runs arithmetic on subnormals many times slower than on the random data every
+other layer is timed with.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import re
 from collections import Counter
 from typing import Any, Callable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -194,6 +202,27 @@ class _TensorSlot:
 
 TENSOR_ARG = _TensorSlot()
 
+SUBNORMAL_MIN = 0.01    # share of a layer's (node's) input or output elements that are subnormal to key it apart
+
+
+def subnormal_share(array) -> float:
+    """Share of the elements of a float32 array (numpy, or a CPU tensor) that are subnormal (non-zero,
+    below 1.2e-38); 0 for any other dtype (float16 is widened to float32 by the CPU kernels, where its
+    small values are normal)."""
+    if isinstance(array, torch.Tensor):
+        if array.dtype != torch.float32 or array.device.type != "cpu":
+            return 0.0
+        array = array.detach().numpy()
+    if array.dtype != np.float32 or array.size == 0:
+        return 0.0
+    a = np.abs(array)
+    return float(np.count_nonzero((a > 0) & (a < np.finfo(np.float32).tiny)) / a.size)
+
+
+def _subnormal_extra(extra: dict, share: float) -> dict:
+    """``extra`` with the ``subnormal`` share (one digit: the same on any run) when it reaches the minimum."""
+    return {**extra, "subnormal": float(f"{share:.1g}")} if share >= SUBNORMAL_MIN else extra
+
 
 def _name(text: str) -> str:
     return _INVALID.sub("_", text).strip("_") or "op"
@@ -276,6 +305,23 @@ def _fresh(t: torch.Tensor) -> torch.Tensor:
     return t.clone()
 
 
+def _inputs_kept(tensors: list) -> tuple[float, tuple | None]:
+    """(largest subnormal share among a layer's input tensors, copies of them taken before the call when
+    that share reaches :data:`SUBNORMAL_MIN` -- an in-place layer would overwrite them -- else None)."""
+    share = max((subnormal_share(t) for t in tensors), default=0.0)
+    return share, (tuple(t.clone() for t in tensors) if share >= SUBNORMAL_MIN else None)
+
+
+def _timed_inputs(tensors: list, share_in: float, kept, out) -> tuple[float, tuple]:
+    """(the layer's subnormal share, the inputs it is timed on): its network's inputs when its inputs or
+    its output hold subnormals (an output of subnormals from normal inputs -- a softmax after a -100
+    mask -- needs these inputs to make them), else random ones of the same shapes."""
+    share = max(share_in, subnormal_share(out) if isinstance(out, torch.Tensor) else 0.0)
+    if share < SUBNORMAL_MIN:
+        return share, tuple(_fresh(t) for t in tensors)
+    return share, kept if kept is not None else tuple(t.clone() for t in tensors)
+
+
 def _fx_layers(gm, x: torch.Tensor) -> list[tuple[OpKey, nn.Module, tuple]]:
     """Run a traced model node by node, keying every node that computes a tensor."""
     import torch.fx as fx
@@ -295,11 +341,12 @@ def _fx_layers(gm, x: torch.Tensor) -> list[tuple[OpKey, nn.Module, tuple]]:
             env[node] = _getattr_path(gm, node.target)
             continue
         args, kwargs = load(node.args), load(node.kwargs)
+        tensors = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        share_in, kept = _inputs_kept(tensors)
         if node.op == "call_module":
             m = modules[node.target]
             result = m(*args, **kwargs)
             op, module, extra = type(m).__name__, m, _module_extra(m)
-            tensors = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
         else:
             fn = node.target
             result = getattr(args[0], fn)(*args[1:], **kwargs) if node.op == "call_method" else fn(*args, **kwargs)
@@ -309,7 +356,6 @@ def _fx_layers(gm, x: torch.Tensor) -> list[tuple[OpKey, nn.Module, tuple]]:
                 env[node] = result
                 continue
             op = _FN_ALIASES.get(name, name)
-            tensors = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
             is_t = lambda a: TENSOR_ARG if isinstance(a, torch.Tensor) else a  # noqa: E731
             module = FunctionalCall(fn, torch.utils._pytree.tree_map(is_t, args),
                            torch.utils._pytree.tree_map(is_t, kwargs), node.op == "call_method")
@@ -324,8 +370,10 @@ def _fx_layers(gm, x: torch.Tensor) -> list[tuple[OpKey, nn.Module, tuple]]:
         first_out = result if isinstance(result, torch.Tensor) else next(
             (t for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor)), None)
         if first_out is not None and tensors:  # a module returning a tuple is keyed by its first output
-            key = _layer_key(op, tensors, first_out, module if node.op == "call_module" else None, extra)
-            out.append((key, module, tuple(_fresh(t) for t in tensors)))
+            share, inputs = _timed_inputs(tensors, share_in, kept, first_out)
+            key = _layer_key(op, tensors, first_out, module if node.op == "call_module" else None,
+                             _subnormal_extra(extra, share))
+            out.append((key, module, inputs))
     return out
 
 
@@ -345,14 +393,20 @@ def _hook_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[OpKey, nn.Modu
     (functional ops between modules are not seen)."""
     out = []
 
+    before: dict[int, tuple] = {}
+
+    def enter(m, inputs):
+        before[id(m)] = _inputs_kept([t for t in inputs if isinstance(t, torch.Tensor)])
+
     def hook(m, inputs, output):
         tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
         if tensors and isinstance(output, torch.Tensor):
-            key = _layer_key(type(m).__name__, tensors, output, m, _module_extra(m))
-            out.append((key, m, tuple(_fresh(t) for t in tensors)))
+            share, timed = _timed_inputs(tensors, *before.pop(id(m)), output)
+            key = _layer_key(type(m).__name__, tensors, output, m, _subnormal_extra(_module_extra(m), share))
+            out.append((key, m, timed))
 
     leaves = _leaf_modules(model)
-    handles = [m.register_forward_hook(hook) for m in leaves]
+    handles = [h for m in leaves for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(hook))]
     try:
         model(x)
     finally:

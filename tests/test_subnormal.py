@@ -111,3 +111,60 @@ def test_profile_and_predict_of_an_onnx_model_report_its_subnormal_nodes(tmp_pat
     assert d["subnormal_ms"] == pytest.approx(sum(flagged.values()), rel=1e-6)
     assert main(["predict", "--table", str(table), "--model", str(path)]) == 0
     assert f"{len(flagged)} ops are fed subnormal floats" in capsys.readouterr().out
+
+
+class _Scale(nn.Module):
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return x * self.scale
+
+
+@pytest.mark.parametrize("use_fx", [True, False])
+def test_a_pytorch_layer_fed_subnormals_is_keyed_apart_and_timed_on_its_networks_inputs(use_fx):
+    """The same for PyTorch layer keys (torch.fx, or hooks on leaf modules): the layer making the
+    subnormals and the one fed them are flagged; their kept inputs are the network's, taken before the
+    call; a layer beside them runs on random data; with a normal scale the keys are the plain ones."""
+    from profilers.profile import model_jobs
+    from profilers.shapes import torch_key_module
+    from spaces.opkeys import model_layer_keys
+    torch.manual_seed(0)
+    net = lambda scale: nn.Sequential(_Scale(scale), nn.Linear(64, 32), nn.ReLU(inplace=True)).eval()  # noqa: E731
+    model = net(1e-39)
+    layers = model_layer_keys(model, (1, 16, 64), use_fx=use_fx)
+    share = {layer.key.op: dict(layer.key.extra).get("subnormal") for layer in layers}
+    scale_op = "mul" if use_fx else "Scale"     # (the op name without its leading underscore)
+    # x * 1e-39 makes every element subnormal; the Linear is fed them; W x + b is normal again
+    assert share == {scale_op: 1.0, "Linear": 1.0, "ReLU": None}
+    by_op = {layer.key.op: layer for layer in layers}
+    fed = by_op["Linear"].inputs[0]
+    assert subnormal_share(fed) == 1.0
+    x = by_op[scale_op].inputs[0]          # the network's input itself (normal); times 1e-39 it is subnormal
+    assert subnormal_share(x) == 0.0 and torch.equal(fed, x * 1e-39)
+    assert subnormal_share(by_op["ReLU"].inputs[0]) == 0.0      # random, not the Linear's output
+    # what hwcost profile runs for each key: the same inputs
+    jobs = {j.key: j.build()[1] for j in model_jobs(model, (1, 16, 64))}
+    assert subnormal_share(jobs[next(k for k in jobs if k.op == "Linear")][0]) == 1.0
+    with pytest.raises(HwcostError, match="cannot rebuild"):
+        torch_key_module(by_op["Linear"].key)
+    plain = model_layer_keys(net(0.5), (1, 16, 64), use_fx=use_fx)
+    assert all("subnormal" not in dict(layer.key.extra) for layer in plain)
+    strip = lambda k: (k.op, k.c_in, k.c_out, k.h, tuple(x for x in k.extra if x[0] != "subnormal"))  # noqa: E731
+    assert [strip(layer.key) for layer in layers] == [strip(layer.key) for layer in plain]
+
+
+def test_an_onnx_node_on_subnormal_weights_is_keyed_apart():
+    """A weight (initializer) half of whose elements are subnormal flags its node as its inputs would:
+    its key never shares an entry with the same op on normal weights."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32).eval()
+    keys = lambda m, tag: graph_nodes(export_graph(m, (1, 64), tag)).keys  # noqa: E731
+    plain = keys(lin, "plain")
+    with torch.no_grad():
+        lin.weight[:, ::2] = 1e-39
+    flagged = keys(lin, "subnormal_weights")
+    shares = [dict(k.extra).get("subnormal") for k in flagged]
+    assert len(flagged) == len(plain) == 1 and shares == [0.5]
+    assert "subnormal" not in dict(plain[0].extra)
