@@ -5,13 +5,14 @@ flush-to-zero off and on.
 
 For each model (a torchvision name, or any ``--model`` spec), exported to ONNX
 and optimised by ONNX Runtime as ``hwcost profile --model`` does: the nodes
-whose runtime inputs or outputs hold >= 1 % subnormal float32 values in the
+whose inputs (weights too) or outputs hold >= 1 % subnormal float32 values in the
 network's run (their keys carry ``subnormal=<share>``, ``spaces.onnx_graph``),
 each timed alone on the values it had in the network (what the profile does)
-and on the random data a one-node model used before; then the whole network, 1 thread, in ``--rounds`` interleaved rounds
-with flush-to-zero and denormals-are-zero off and on (``torch.set_flush_denormal``
-sets the MXCSR of the calling thread, the thread ONNX Runtime computes on with
-one intra-op thread). Prints the machine, each flagged node, and both network
+and on the random data a one-node model used before; then the whole network,
+1 thread, in ``--rounds`` interleaved rounds with flush-to-zero and
+denormals-are-zero off and on (``torch.set_flush_denormal`` sets the MXCSR of
+the calling thread, the thread ONNX Runtime computes on with one intra-op
+thread). Prints the machine, each flagged node, and both network
 medians with their spread over the rounds.
 """
 from __future__ import annotations

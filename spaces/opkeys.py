@@ -20,7 +20,7 @@ Two kinds of network:
 :func:`network_op_counts` picks the right one for a built network.
 
 Subnormal floats (as for ONNX nodes, :mod:`spaces.onnx_graph`): a layer whose
-float32 inputs or output hold at least :data:`SUBNORMAL_MIN` subnormal values
+float32 inputs, weights or output hold at least :data:`SUBNORMAL_MIN` subnormal values
 in the model's forward pass gets ``subnormal`` (that share, one digit) in its
 key and keeps the inputs it had in the network, so it is timed on them: x86
 runs arithmetic on subnormals many times slower than on the random data every
@@ -312,11 +312,15 @@ def _inputs_kept(tensors: list) -> tuple[float, tuple | None]:
     return share, (tuple(t.clone() for t in tensors) if share >= SUBNORMAL_MIN else None)
 
 
-def _timed_inputs(tensors: list, share_in: float, kept, out) -> tuple[float, tuple]:
-    """(the layer's subnormal share, the inputs it is timed on): its network's inputs when its inputs or
-    its output hold subnormals (an output of subnormals from normal inputs -- a softmax after a -100
-    mask -- needs these inputs to make them), else random ones of the same shapes."""
-    share = max(share_in, subnormal_share(out) if isinstance(out, torch.Tensor) else 0.0)
+def _timed_inputs(tensors: list, share_in: float, kept, out, module: nn.Module | None = None
+                  ) -> tuple[float, tuple]:
+    """(the layer's subnormal share, the inputs it is timed on): its network's inputs when its inputs,
+    its own weights (``module``'s parameters and buffers; a functional call's weights are among its
+    inputs) or its output hold subnormals (an output of subnormals from normal inputs -- a softmax
+    after a -100 mask -- needs these inputs to make them), else random ones of the same shapes."""
+    own = [] if module is None else [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    share = max([share_in, subnormal_share(out) if isinstance(out, torch.Tensor) else 0.0]
+                + [subnormal_share(w) for w in own])
     if share < SUBNORMAL_MIN:
         return share, tuple(_fresh(t) for t in tensors)
     return share, kept if kept is not None else tuple(t.clone() for t in tensors)
@@ -370,7 +374,8 @@ def _fx_layers(gm, x: torch.Tensor) -> list[tuple[OpKey, nn.Module, tuple]]:
         first_out = result if isinstance(result, torch.Tensor) else next(
             (t for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor)), None)
         if first_out is not None and tensors:  # a module returning a tuple is keyed by its first output
-            share, inputs = _timed_inputs(tensors, share_in, kept, first_out)
+            share, inputs = _timed_inputs(tensors, share_in, kept, first_out,
+                                          module if node.op == "call_module" else None)
             key = _layer_key(op, tensors, first_out, module if node.op == "call_module" else None,
                              _subnormal_extra(extra, share))
             out.append((key, module, inputs))
@@ -399,9 +404,10 @@ def _hook_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[OpKey, nn.Modu
         before[id(m)] = _inputs_kept([t for t in inputs if isinstance(t, torch.Tensor)])
 
     def hook(m, inputs, output):
+        share_in, kept = before.pop(id(m))
         tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
         if tensors and isinstance(output, torch.Tensor):
-            share, timed = _timed_inputs(tensors, *before.pop(id(m)), output)
+            share, timed = _timed_inputs(tensors, share_in, kept, output, m)
             key = _layer_key(type(m).__name__, tensors, output, m, _subnormal_extra(_module_extra(m), share))
             out.append((key, m, timed))
 

@@ -155,16 +155,24 @@ def test_a_pytorch_layer_fed_subnormals_is_keyed_apart_and_timed_on_its_networks
     assert [strip(layer.key) for layer in layers] == [strip(layer.key) for layer in plain]
 
 
-def test_an_onnx_node_on_subnormal_weights_is_keyed_apart():
-    """A weight (initializer) half of whose elements are subnormal flags its node as its inputs would:
-    its key never shares an entry with the same op on normal weights."""
+def test_a_node_or_layer_on_subnormal_weights_is_keyed_apart():
+    """A weight (an ONNX initializer, a PyTorch layer's parameter) half of whose elements are subnormal
+    flags its node or layer as its inputs would: its key never shares an entry with the same op on
+    normal weights."""
+    from spaces.opkeys import model_layer_keys
     torch.manual_seed(0)
     lin = nn.Linear(64, 32).eval()
     keys = lambda m, tag: graph_nodes(export_graph(m, (1, 64), tag)).keys  # noqa: E731
     plain = keys(lin, "plain")
+    plain_layers = {fx: model_layer_keys(nn.Sequential(lin), (1, 64), use_fx=fx) for fx in (True, False)}
     with torch.no_grad():
         lin.weight[:, ::2] = 1e-39
     flagged = keys(lin, "subnormal_weights")
     shares = [dict(k.extra).get("subnormal") for k in flagged]
     assert len(flagged) == len(plain) == 1 and shares == [0.5]
     assert "subnormal" not in dict(plain[0].extra)
+    for fx, before in plain_layers.items():
+        after = model_layer_keys(nn.Sequential(lin), (1, 64), use_fx=fx)
+        assert [dict(layer.key.extra).get("subnormal") for layer in after] == [0.5]
+        assert all("subnormal" not in dict(layer.key.extra) for layer in before)
+        assert subnormal_share(after[0].inputs[0]) == 0.0     # its input is the network's own (normal) one
