@@ -22,6 +22,26 @@ def test_subnormal_share_counts_nonzero_values_below_the_smallest_normal():
     assert subnormal_share(np.arange(5)) == 0.0 and subnormal_share(np.zeros(0, np.float32)) == 0.0
 
 
+def test_subnormal_share_on_the_bits_matches_a_float_comparison_across_chunks(monkeypatch):
+    # The count reads the float's bits in chunks; a chunk boundary inside the array, a strided view, a
+    # tensor, -0.0, inf, nan and both signs must give what comparing the floats gives.
+    import spaces.opkeys as ok
+    monkeypatch.setattr(ok, "_SUBNORMAL_CHUNK", 1000)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(4321).astype(np.float32)
+    a[rng.random(a.size) < 0.3] *= np.float32(1e-39)
+    a[rng.random(a.size) < 0.05] = -0.0
+    a[:4] = [np.inf, -np.inf, np.nan, -TINY]
+
+    def by_floats(x):
+        m = np.abs(x)
+        return np.count_nonzero((m > 0) & (m < TINY)) / x.size
+    assert 0.2 < by_floats(a) < 0.4
+    assert subnormal_share(a) == pytest.approx(by_floats(a), abs=0)
+    assert subnormal_share(a[::3]) == pytest.approx(by_floats(a[::3]), abs=0)
+    assert subnormal_share(torch.from_numpy(a.reshape(29, 149))) == pytest.approx(by_floats(a), abs=0)
+
+
 class _Scaled(nn.Module):
     """x * s (a per-feature scale, not foldable into the MatMul), then x W: with s = 1e-39 the
     product is subnormal and the MatMul is fed it."""
