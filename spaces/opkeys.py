@@ -335,8 +335,9 @@ def _timed_inputs(tensors: list, share_in: float, kept, out, module: nn.Module |
     return share, kept if kept is not None else tuple(t.clone() for t in tensors)
 
 
-def _fx_layers(gm, x: torch.Tensor) -> list[tuple[OpKey, nn.Module, tuple]]:
-    """Run a traced model node by node, keying every node that computes a tensor."""
+def _fx_layers(gm, x: torch.Tensor, names: list | None = None) -> list[tuple[OpKey, nn.Module, tuple]]:
+    """Run a traced model node by node, keying every node that computes a tensor (``names``, if given,
+    gets each keyed node's name, in the same order)."""
     import torch.fx as fx
     env: dict[fx.Node, Any] = {}
     out: list[tuple[OpKey, nn.Module, tuple]] = []
@@ -388,6 +389,8 @@ def _fx_layers(gm, x: torch.Tensor) -> list[tuple[OpKey, nn.Module, tuple]]:
             key = _layer_key(op, tensors, first_out, module if node.op == "call_module" else None,
                              _subnormal_extra(extra, share))
             out.append((key, module, inputs))
+            if names is not None:
+                names.append(node.name)
     return out
 
 

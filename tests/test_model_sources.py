@@ -165,3 +165,26 @@ def test_an_untraceable_timm_model_is_refused_not_undercounted():
     pytest.importorskip("timm")
     with pytest.raises(HwcostError, match="ByobNet cannot be keyed layer by layer"):
         model_layer_keys(resolve_model("timm:mobilevit_xxs"), (1, 3, 224, 224))
+
+
+def test_fx_layer_names_follow_the_keyed_nodes_in_order():
+    # benchmarks/node_context.py times each keyed node where it runs in the network by its fx name: the names
+    # must be the nodes' own, one per keyed layer, in the order they run (a functional add included).
+    import torch.fx as fx
+    from spaces.opkeys import _fx_layers
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.act = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.bn(self.conv(x)) + x).flatten(1)
+
+    gm = fx.symbolic_trace(Block().eval())
+    names: list[str] = []
+    with torch.no_grad():
+        raw = _fx_layers(gm, torch.randn(1, 4, 6, 6), names)
+    assert names == ["conv", "bn", "add", "act", "flatten"]
+    assert [k.op for k, _, _ in raw] == ["Conv2d", "BatchNorm2d", "add", "ReLU", "flatten"]
+    assert set(names) <= {n.name for n in gm.graph.nodes}
