@@ -169,7 +169,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--top", type=int, default=10)
     ap.add_argument("--backend", default="ort-cpu", choices=("ort-cpu", "torch-cpu"))
+    ap.add_argument("--json", help="torch-cpu: write every model's rows (key, node, ms in the network, ms alone, "
+                    "weight bytes) and whole times to this file")
     args = ap.parse_args()
+    dump = {"machine": host_label(), "models": {}}
     warnings.filterwarnings("ignore")
     print(f"machine: {host_label()}, {device_info()['logical_cores']} logical cores; load "
           f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
@@ -177,7 +180,9 @@ def main() -> int:
     for name in args.models.split(","):
         spec = name if ":" in name else f"torchvision:{name}"
         if args.backend == "torch-cpu":
-            _eager_report(name, spec, args)
+            dump["models"][name] = _eager_report(name, spec, args)
+            if args.json:
+                Path(args.json).write_text(json.dumps(dump))
             continue
         graph = export_graph(resolve_model(spec).eval(), IMAGE, name)
         nodes = graph_nodes(graph)
@@ -206,7 +211,7 @@ def main() -> int:
     return 0
 
 
-def _eager_report(name: str, spec: str, args) -> None:
+def _eager_report(name: str, spec: str, args) -> dict:
     import torch
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -227,6 +232,8 @@ def _eager_report(name: str, spec: str, args) -> None:
     print(f"  {'node':<36} {'kind':<12} {'in network':>10} {'alone':>8} {'ratio':>6} {'weights':>10}")
     for key, nm, a, b, wb, _ in sorted(rows, key=lambda r: -(r[2] - r[3]))[: args.top]:
         print(f"  {nm[:36]:<36} {op_group(key):<12} {a:8.3f}ms {b:6.3f}ms {a / b:6.2f} {wb / 2**20:8.2f}MiB")
+    return {"whole_ms": whole, "node_by_node_ms": plain, "faults_per_forward": faults,
+            "rows": [[key.to_str(), nm, a, b, wb] for key, nm, a, b, wb, _ in rows]}
 
 
 if __name__ == "__main__":

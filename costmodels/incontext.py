@@ -177,6 +177,9 @@ class Sample:
     role: str = "calibration"
     reference_ms: float | None = None   # the host reference kernel timed beside it (profilers.profile)
     op_types: dict[str, float] | None = None   # isolated ms per op / node type (:func:`op_type_times`)
+    # The host's slowdown its measured_ms was divided by: the reference kernel beside it ran this much slower
+    # than in the quietest phase of the table's profile (hwcost.calibrate.measure_specs); None: not scaled.
+    phase: float | None = None
 
     def to_json(self) -> dict:
         d = {"name": self.name, "spec": self.spec, "measured_ms": self.measured_ms,
@@ -187,6 +190,8 @@ class Sample:
             d["reference_ms"] = self.reference_ms
         if self.op_types is not None:
             d["op_types"] = dict(sorted(self.op_types.items()))
+        if self.phase is not None:
+            d["phase"] = self.phase
         return d
 
     @classmethod
@@ -204,7 +209,7 @@ class Sample:
         types = d.get("op_types")
         return cls(d["name"], dict(d["features"]), int(d["n_ops"]), float(d["measured_ms"]), dict(d["spec"]),
                    d.get("p10_ms"), d.get("p90_ms"), d.get("role", "calibration"), d.get("reference_ms"),
-                   dict(types) if types is not None else None)
+                   dict(types) if types is not None else None, d.get("phase"))
 
 
 def stream_bandwidth(table) -> float | None:
@@ -286,9 +291,17 @@ class InContextModel:
 
     @property
     def reference_ms(self) -> float | None:
-        """Median reference-kernel time over the calibration measurements (None if none recorded)."""
-        refs = [s.reference_ms for s in self.samples if s.reference_ms is not None]
+        """Median reference-kernel time over the calibration measurements (None if none recorded), each of a
+        measurement scaled back to the profile's quiet phase (``Sample.phase``) divided by the same factor:
+        the host speed the calibrated times stand for."""
+        refs = [s.reference_ms / (s.phase or 1.0) for s in self.samples if s.reference_ms is not None]
         return float(np.median(refs)) if refs else None
+
+    @property
+    def phase(self) -> float | None:
+        """The largest slowdown a calibration measurement was scaled back by (None: none was)."""
+        ph = [s.phase for s in self.samples if s.phase is not None]
+        return max(ph) if ph else None
 
     @property
     def reference_spread(self) -> float:

@@ -22,6 +22,7 @@ Layout::
       "structure": "groups",            # optional: sum (nothing fitted) | scale (one factor) | groups
       "networks": [{"name", "spec", "measured_ms", "p10_ms", "p90_ms", "features": {group: ms},
                     "n_ops", "fit_ms", "loo_ms", "role", "reference_ms",
+                    "phase",                       # optional: the host slowdown measured_ms was divided by
                     "op_types": {op type: ms}}],   # optional: what a prediction's unseen types are read from
       "residuals": {"n", "mean", "std", "loo": [...]}   # leave-one-out measured/predicted - 1
     }
@@ -106,7 +107,7 @@ def check_calibration(c: Any) -> None:
         _groups(f"{where}.features", n["features"])
         if isinstance(n["n_ops"], bool) or not isinstance(n["n_ops"], int) or n["n_ops"] < 1:
             raise TableError(f"{where}.n_ops: must be a positive integer, got {n['n_ops']!r}")
-        for f in ("p10_ms", "p90_ms", "fit_ms", "loo_ms", "reference_ms"):
+        for f in ("p10_ms", "p90_ms", "fit_ms", "loo_ms", "reference_ms", "phase"):
             if n.get(f) is not None:
                 _num(f"{where}.{f}", n[f], positive=True)
         if n.get("op_types") is not None:

@@ -79,6 +79,8 @@ def cmd_calibrate(args) -> int:
     ref = model.reference_ms
     if ref:
         print(f"host reference kernel (3x3 conv, 64 ch, 32x32) timed beside them: {ref * 1e3:.1f} us "
-              f"(search --verify compares its own with it)")
+              f"(search --verify compares its own with it)"
+              + (f"; they were measured {model.phase:.2f}x slower and scaled back to the table's quiet phase"
+                 if model.phase else ""))
     print(f"wrote {out} ({time.perf_counter() - t0:.0f} s)")
     return 0

@@ -57,6 +57,9 @@ def _calibration_line(table) -> str:
     slow = ""
     if m.reference_spread > 1.05:
         slow = f"; host reference kernel varied {m.reference_spread - 1:.0%} across them (a phase not quiet)"
+    if m.phase:
+        slow += (f"; measured in a phase up to {m.phase:.2f}x slower than the profile's quietest, scaled back "
+                 f"(calibrate again on a quieter host)")
     return (f"{len(m.samples)} networks ({verify} from verify rounds) measured {m.created} on "
             f"{m.host.get('cpu', '?')}; leave-one-out {m.mean:+.1%} +- {m.std:.1%}; factors "
             + ", ".join(f"{g} {f:.3g}" for g, f in sorted(m.factors.items())) + slow)

@@ -29,14 +29,13 @@ from typing import Callable
 
 from spaces.errors import HwcostError
 
+from .calibrate import HOST_SLOW
+
 DEFAULT_ROUNDS = 3
 FIRST_CALIBRATION = 5   # networks measured to calibrate a table that has no calibration yet
 # The derived network is measured in this many sessions (new memory placement each; the median kept): one
 # session of a DARTS network on ORT differed from another by up to 10% on a 2-vCPU VM.
 SESSIONS = 3
-
-
-HOST_SLOW = 1.05        # reference kernel this much slower than at calibration: the quiet phase did not come
 
 
 def verify_default(table_path: str | None) -> tuple[bool, str]:
