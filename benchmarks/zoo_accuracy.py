@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/zoo_accuracy.py [--backend ort-cpu] [--zoo torchvision|timm]
         [--models SPEC,SPEC,...] [--via layers|onnx] [--tag NAME] [--out-dir DIR]
     .venv/bin/python benchmarks/zoo_accuracy.py --darts N [--calibrate K] [--seed S] [--via onnx]
-    .venv/bin/python benchmarks/zoo_accuracy.py --rescore RESULT.json [--streamed off|choose|on]
+    .venv/bin/python benchmarks/zoo_accuracy.py --rescore RESULT.json [--streamed off|choose|on] [--cold off|choose|on]
 
 A model SPEC is what ``--model`` takes: ``torchvision:NAME``, ``timm:NAME``,
 ``pkg.module:factory`` or ``NET.onnx``; a bare name is a torchvision one.
@@ -149,13 +149,14 @@ def twins(extra: dict) -> dict[str, set]:
 
 
 def score(samples: dict, extra: dict, calibration: set, per_call: float, via: str, log,
-          streamed: str = "off") -> tuple[list, dict, float]:
+          streamed: str = "off", cold: str = "off") -> tuple[list, dict, float]:
     """Predict every network not in ``calibration`` through an in-context model fitted on ``calibration``
     (else on all the other networks: leave one model out -- and its twins, :func:`twins`); print the
     per-model table and the summary. Each row names the op types of its network that the fit's networks
     never held (``unseen``)."""
     rows = []
-    fixed = fit_in_context([samples[k] for k in calibration], per_call, streamed=streamed) if calibration else None
+    fixed = fit_in_context([samples[k] for k in calibration], per_call, streamed=streamed,
+                           cold=cold) if calibration else None
     twin = {} if calibration else twins(extra)
     for n, held in twin.items():
         if held and n < min(held):
@@ -166,7 +167,7 @@ def score(samples: dict, extra: dict, calibration: set, per_call: float, via: st
         others = [s for k, s in samples.items() if k != n and k not in twin[n]]
         if not fixed and len(others) < 2:                   # too few left without its twins: keep them
             others = [s for k, s in samples.items() if k != n]
-        ic = fixed or fit_in_context(others, per_call, streamed=streamed)
+        ic = fixed or fit_in_context(others, per_call, streamed=streamed, cold=cold)
         cal = ic.predict(smp.features, smp.n_ops)
         lo, hi = ic.interval(cal, 0.9)
         unseen = ic.unseen(smp.op_types)
@@ -205,7 +206,7 @@ def score(samples: dict, extra: dict, calibration: set, per_call: float, via: st
     return rows, summary, cover
 
 
-def rescore(path: Path, log, streamed: str = "off") -> int:
+def rescore(path: Path, log, streamed: str = "off", cold: str = "off") -> int:
     """Fit and score again from a saved result (its rows' per-key times and measurements) and its
     table's per-call overhead: nothing measured. ``streamed``: the in-context fit's streamed-weights
     group (``costmodels.incontext.fit_in_context``), read from the rows' 5th column."""
@@ -228,7 +229,7 @@ def rescore(path: Path, log, streamed: str = "off") -> int:
     if calibration and not calibration <= set(samples):
         log(f"{path} does not keep its calibration networks' rows: cannot rescore it")
         return 2
-    score(samples, extra, calibration, per_call, d.get("via", "layers"), log, streamed)
+    score(samples, extra, calibration, per_call, d.get("via", "layers"), log, streamed, cold)
     return 0
 
 
@@ -249,13 +250,17 @@ def main() -> int:
                          "session, before and after the profile (profilers.profile.measure_models; default 1)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--rescore", metavar="RESULT.json", help="fit and score a saved run again (nothing measured)")
+    ap.add_argument("--cold", choices=STREAMED_MODES, default="off",
+                    help="the in-context fit's cold group (each call's isolated ms ** 0.6, costmodels.incontext): "
+                         "off (default), choose (kept where leave-one-out prefers it) or on")
     ap.add_argument("--streamed", choices=STREAMED_MODES, default="off",
                     help="the in-context fit's streamed-weights group: off (default), choose (kept where "
                          "leave-one-out prefers it) or on")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     if args.rescore:
-        return rescore(Path(args.rescore), lambda line: print(line, flush=True), streamed=args.streamed)
+        return rescore(Path(args.rescore), lambda line: print(line, flush=True), streamed=args.streamed,
+                       cold=args.cold)
     specs = [m for m in (args.models.split(",") if args.models else ZOOS[args.zoo]) if m]
     zoo = "darts" if args.darts else args.zoo if not args.models else "custom"
     tag = args.tag or zoo + ("-onnx" if args.via == "onnx" else "")
@@ -322,7 +327,7 @@ def main() -> int:
                     "per_key": [[k.to_str(), c, a, ms] + ([raw.streamed[k]] if k in raw.streamed else [])
                                 for k, c, a, ms, _ in raw.per_key],
                     "sum_of_ops_ms": raw.latency_ms, "layers": raw.n_calls, "fused": raw.n_fused}
-    rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log, args.streamed)
+    rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log, args.streamed, args.cold)
     log(f"total {time.perf_counter() - t0:.0f} s, load {load()}")
     path = out / f"zoo_{tag}_{args.backend}.json"
     path.write_text(json.dumps({"backend": args.backend, "via": args.via, "specs": specs, "machine": {**dev, "label": host_label()},

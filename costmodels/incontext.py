@@ -25,6 +25,14 @@ Xeon host 16 % over) -- so it is measured, per table:
   fitted factor like any group when the fit is asked to (``streamed=``; off by
   default: alexnet's Gemm nodes ran up to 2.2x their isolated times in the
   network, but on host D the group did not carry across model zoos);
+* ``X_cold`` -- a pseudo-group, ``sum (n_k - a_k) t_k ** 0.6`` (``t_k`` in ms): an
+  op alone is timed in a loop that keeps its data, code and branch history hot,
+  and in a network it meets them cold; what that costs grows less than its time.
+  Measured per layer on eager PyTorch (``benchmarks/node_context.py --backend
+  torch-cpu``, 16 torchvision models, host E): a layer of < 20 us ran 2.7x its
+  isolated time in the network, 0.1-0.3 ms 1.6x, 1-3 ms 1.2x, > 3 ms 1.0x -- an
+  extra of about 0.3 ms x t ** 0.6 per call. Its factor is fitted like a
+  group's (never shrunk with them) when the fit is asked to (``cold=``);
 * ``f_g >= 0`` -- the group's in-context factor, ``beta`` a per-op-call term
   (either sign; what is not in any entry, e.g. a node's dispatch or the memory
   planner), both fitted on whole networks measured on the device (``hwcost
@@ -64,6 +72,11 @@ VERIFY_WEIGHT = 5.0
 UNSEEN_WARN = 0.05
 # The pseudo-group of weights a network streams from memory (module doc; profilers.stream).
 STREAMED = "streamed"
+# The pseudo-group of what each op call loses in a network for meeting its data and code cold, which grows
+# less than its isolated time (module doc): sum over calls of (isolated ms) ** COLD_POWER.
+COLD = "cold"
+COLD_POWER = 0.6
+PSEUDO_GROUPS = (STREAMED, COLD)
 STREAMED_MODES = ("off", "choose", "on")
 
 _NORMS = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm2d",
@@ -133,6 +146,11 @@ def op_type(key: OpKey) -> str:
     return key.op.rsplit(".", 1)[-1] if key.space == "onnx" else key.op
 
 
+def ops_ms(features: Mapping[str, float]) -> float:
+    """The isolated op time of a network's group features (the pseudo-groups left out)."""
+    return float(sum(x for g, x in features.items() if g not in PSEUDO_GROUPS))
+
+
 def op_type_times(rows: Iterable[tuple]) -> dict[str, float]:
     """{op type: isolated ms after fusion} of a prediction's rows ``(key, count, fused, ms, source)``."""
     out: dict[str, float] = {}
@@ -156,6 +174,7 @@ def group_features(rows: Iterable[tuple], streamed: Mapping | None = None) -> tu
             continue
         g = op_group(key)
         feats[g] = feats.get(g, 0.0) + (n - a) * ms
+        feats[COLD] = feats.get(COLD, 0.0) + (n - a) * max(ms, 0.0) ** COLD_POWER
         n_ops += n - a
         extra = streamed.get(key, 0.0)
         if extra > 0:
@@ -267,9 +286,15 @@ class InContextModel:
 
     # -- prediction
     def factor(self, group: str) -> float:
-        if group == STREAMED:      # never fitted (no calibration network streamed): priced as before, at 0
+        if group in PSEUDO_GROUPS:      # not fitted (off, or a calibration from before it): priced at 0
             return self.factors.get(group, 0.0)
         return self.factors.get(group, self.default_factor)
+
+    def key_ms(self, key, ms: float, streamed_ms: float = 0.0) -> float:
+        """One call of ``key`` (isolated ``ms``; ``streamed_ms`` what its weights can add) in a network: the
+        model is a sum over calls, so a search prices each op by this (plus the per-op term)."""
+        return (self.factor(op_group(key)) * ms + self.factor(STREAMED) * streamed_ms
+                + self.factor(COLD) * max(ms, 0.0) ** COLD_POWER)
 
     def predict(self, features: Mapping[str, float], n_ops: int) -> float:
         s = sum(self.factor(g) * x for g, x in features.items())
@@ -389,10 +414,14 @@ def _solve(samples: Sequence[Sample], groups: list[str], per_call_ms: float, lam
     rows, rhs = [A], [target * w]
     if lam > 0:
         # Shrink the factors towards their mean, each group weighted by its share of the time,
-        # and the per-op term towards 0 (in units of its share of the latency).
-        share = X.sum(0) / max(X.sum(), 1e-12)
+        # and the per-op term towards 0 (in units of its share of the latency). The cold pseudo-group
+        # is no op time (its unit is ms ** COLD_POWER): it is neither shrunk nor counted in the mean.
+        shrunk = np.array([g != COLD for g in groups])
+        Gs = max(int(shrunk.sum()), 1)
+        share = np.where(shrunk, X.sum(0), 0.0) / max(X[:, shrunk].sum(), 1e-12)
         P = np.zeros((G + 1, G + 1))
-        P[:G, :G] = (np.eye(G) - 1.0 / G) * np.sqrt(np.maximum(share, 1.0 / (10 * G)))[:, None]
+        P[:G, :G] = ((np.eye(G) - np.outer(shrunk, shrunk) / Gs) * shrunk[:, None]
+                     * np.sqrt(np.maximum(share, 1.0 / (10 * Gs)))[:, None])
         P[G, G] = float(np.mean(n / y))
         rows.append(np.sqrt(lam) * P)
         rhs.append(np.zeros(G + 1))
@@ -407,12 +436,14 @@ def _solve_structure(samples: Sequence[Sample], groups: list[str], per_call_ms: 
     per-op term: the plain sum of isolated ops, nothing streamed); ``scale`` -- one factor for every group and the
     per-op term; ``groups`` -- a factor per group, shrunk towards their mean with weight ``lam``."""
     if structure == "sum":
-        return {g: 0.0 if g == STREAMED else 1.0 for g in groups}, 0.0
+        return {g: 0.0 if g in PSEUDO_GROUPS else 1.0 for g in groups}, 0.0
     if structure == "scale":
-        merged = [Sample(s.name, {"all": sum(s.features.get(g, 0.0) for g in groups)}, s.n_ops, s.measured_ms,
+        cold = [COLD] if COLD in groups else []
+        merged = [Sample(s.name, {"all": sum(s.features.get(g, 0.0) for g in groups if g != COLD),
+                                  **{g: s.features.get(g, 0.0) for g in cold}}, s.n_ops, s.measured_ms,
                          role=s.role) for s in samples]
-        f, beta = _solve(merged, ["all"], per_call_ms, 0.0)
-        return {g: f["all"] for g in groups}, beta
+        f, beta = _solve(merged, ["all"] + cold, per_call_ms, 0.0)
+        return {g: f[g] if g == COLD else f["all"] for g in groups}, beta
     return _solve(samples, groups, per_call_ms, lam)
 
 
@@ -430,7 +461,7 @@ def _loo(samples: Sequence[Sample], groups: list[str], per_call_ms: float, lam: 
 def _model(factors, beta, per_call_ms, lam, samples, loo) -> InContextModel:
     # the default factor (a group no calibration network had) is the op groups' time-weighted mean;
     # the streamed pseudo-group is no op time
-    totals = {g: sum(s.features.get(g, 0.0) for s in samples) for g in factors if g != STREAMED}
+    totals = {g: sum(s.features.get(g, 0.0) for s in samples) for g in factors if g not in PSEUDO_GROUPS}
     weight = sum(totals.values())
     default = (sum(factors[g] * totals[g] for g in totals) / weight) if weight > 0 else 1.0
     return InContextModel(dict(factors), float(default), beta, per_call_ms, lam, list(samples), loo)
@@ -438,7 +469,8 @@ def _model(factors, beta, per_call_ms, lam, samples, loo) -> InContextModel:
 
 def fit_in_context(samples: Sequence[Sample], per_call_ms: float = 0.0, lambdas: Sequence[float] = LAMBDAS,
                    backend: str = "", host: dict | None = None, created: str = "",
-                   structures: Sequence[str] = STRUCTURES, streamed: str = "off") -> InContextModel:
+                   structures: Sequence[str] = STRUCTURES, streamed: str = "off",
+                   cold: str = "off") -> InContextModel:
     """Fit the in-context model on whole networks measured on the table's device.
 
     The structure -- the plain sum (nothing fitted), one common factor, or a
@@ -454,9 +486,13 @@ def fit_in_context(samples: Sequence[Sample], per_call_ms: float = 0.0, lambdas:
     with it, kept where it lowers the leave-one-out error) or ``"on"`` (always
     fitted).  Off by default: on host D it fixed alexnet in one torchvision zoo
     run and made another run and the timm zoo worse (docs/in-context.md).
+    ``cold``: the same choice for the :data:`COLD` pseudo-group; it is fitted
+    only when every sample records it (a calibration from before it does not).
     """
     if streamed not in STREAMED_MODES:
         raise HwcostError(f"streamed must be one of {', '.join(STREAMED_MODES)}, got {streamed!r}")
+    if cold not in STREAMED_MODES:
+        raise HwcostError(f"cold must be one of {', '.join(STREAMED_MODES)}, got {cold!r}")
     samples = list(samples)
     if len(samples) < 2:
         raise HwcostError(f"an in-context model needs at least 2 measured networks, got {len(samples)}")
@@ -474,12 +510,19 @@ def fit_in_context(samples: Sequence[Sample], per_call_ms: float = 0.0, lambdas:
     best = None
     candidates = [(st, 0.0) for st in STRUCTURES[:2] if st in structures]
     candidates += [("groups", lam) for lam in lambdas] if "groups" in structures else []
-    # The streamed pseudo-group (streamed="choose"): each candidate without it first, then with it (the
-    # plain sum streams nothing); it stays only if it lowers the leave-one-out error.
-    op_groups = [g for g in groups if g != STREAMED]
-    with_stream = [(groups, st, lam) for st, lam in candidates if st != "sum"] if STREAMED in groups else []
-    without = [(op_groups, st, lam) for st, lam in candidates]
-    variants = {"off": without, "choose": without + with_stream, "on": with_stream or without}[streamed]
+    # The pseudo-groups (mode "choose"): each candidate without them first, then with them (the plain sum
+    # has neither); one stays only if it lowers the leave-one-out error.
+    if COLD in groups and not all(COLD in s.features for s in samples):
+        groups.remove(COLD)
+    op_groups = [g for g in groups if g not in PSEUDO_GROUPS]
+
+    def pseudo(mode: str, g: str) -> list[list[str]]:
+        """The pseudo-group sets one pseudo-group's mode tries (it must be in the samples to be fitted)."""
+        return {"off": [[]], "choose": [[], [g]], "on": [[g]]}[mode] if g in groups else [[]]
+    variants = [(op_groups + s_set + c_set, st, lam)
+                for s_set in pseudo(streamed, STREAMED) for c_set in pseudo(cold, COLD)
+                for st, lam in candidates if not (st == "sum" and (s_set or c_set))]
+    variants = variants or [(op_groups, st, lam) for st, lam in candidates]   # "on" with the plain sum only
     for use, structure, lam in variants:
         pred = np.array(_loo(samples, use, per_call_ms, lam, structure))
         err = float(np.mean(((y - pred) / np.maximum(pred, 1e-12)) ** 2)) if np.all(pred > 0) else math.inf
@@ -510,6 +553,6 @@ def model_of(table) -> InContextModel | None:
         raise TableError(f"table {getattr(table, 'source', None) or ''}: calibration: {e}") from None
 
 
-__all__ = ["DEFAULT_CONFIDENCE", "STREAMED", "STREAMED_MODES", "STRUCTURES", "UNSEEN_WARN", "InContextModel", "Sample", "check_confidence",
-           "fit_in_context", "group_features", "model_of", "op_group", "op_type", "op_type_times", "stream_bandwidth",
+__all__ = ["COLD", "COLD_POWER", "DEFAULT_CONFIDENCE", "PSEUDO_GROUPS", "STREAMED", "STREAMED_MODES", "STRUCTURES", "UNSEEN_WARN", "InContextModel", "Sample", "check_confidence",
+           "fit_in_context", "group_features", "model_of", "op_group", "op_type", "op_type_times", "ops_ms", "stream_bandwidth",
            "streaming_ms"]

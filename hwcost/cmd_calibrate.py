@@ -46,6 +46,7 @@ def add_calibrate_parser(sub) -> argparse.ArgumentParser:
 def cmd_calibrate(args) -> int:
     from device_tables import load_table
     from .calibrate import calibrate, network_settings
+    from costmodels.incontext import ops_ms
     if args.max_time <= 0:
         raise HwcostError(f"--max-time must be positive, got {args.max_time}")
     table = load_table(args.table)
@@ -69,7 +70,7 @@ def cmd_calibrate(args) -> int:
         return 0
     print(f"{'network':<40} {'measured':>9} {'sum of ops':>10} {'fit':>8} {'held out':>9}")
     for smp, fit, loo in zip(model.samples, model.fit_ms, model.loo_ms):
-        raw = sum(smp.features.values()) - max(smp.n_ops - 1, 0) * model.per_call_ms
+        raw = ops_ms(smp.features) - max(smp.n_ops - 1, 0) * model.per_call_ms
         print(f"{smp.name[:40]:<40} {smp.measured_ms:7.3f}ms {raw:8.3f}ms {fit:6.3f}ms {loo:7.3f}ms")
     print(f"leave-one-out error over {s['networks']} networks: MAPE {s['loo_mape']:.1%}, within 5% "
           f"{s['loo_within_5']:.0%}, within 10% {s['loo_within_10']:.0%}; mean {s['loo_mean']:+.1%}, "

@@ -145,17 +145,16 @@ def search_cost_tensor(space: str, network: str, ops: tuple[str, ...], table_pat
         from costmodels.surrogate import load_surrogate
         surrogate = load_surrogate(surrogate_path, table=table)
     model = CostModel(table, surrogate)
-    from costmodels.incontext import STREAMED, model_of, op_group, streaming_ms
+    from costmodels.incontext import model_of, streaming_ms
     incontext = model_of(table)
-    # The in-context model is linear in the ops' isolated times: each op's entry is scaled by its
-    # group's factor (plus what its weights take to stream, priced by the streamed factor, as
+    # The in-context model is a sum over op calls: each op's entry is scaled by its group's factor (plus
+    # what its weights take to stream and what it meets cold, priced by those pseudo-groups' factors, as
     # costmodels.predict does for a table's keys), and the per-op term joins the fixed part (below).
     stream = streaming_ms(table)
 
     def in_context_ms(key):
         ms = model.latency_ms(key)
-        extra = stream(key, ms) if stream is not None else 0.0
-        return incontext.factor(op_group(key)) * ms + incontext.factor(STREAMED) * extra
+        return incontext.key_ms(key, ms, stream(key, ms) if stream is not None else 0.0)
 
     latency_fn = model.latency_ms if incontext is None else in_context_ms
     ct = build_cost_tensor(space, target, metrics=("latency_ms",) + ANALYTICAL, latency_fn=latency_fn,

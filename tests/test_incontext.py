@@ -335,3 +335,60 @@ def test_a_prediction_names_the_op_types_its_calibration_never_measured(tmp_path
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     with pytest.raises(TableError, match=r"networks\[0\]\.op_types"):
         load_table(tmp_path / "bad.json")
+
+
+def _cold_rows(rng, n_keys=12):
+    keys = [OpKey("torch", op, 1, c, c, h, h, 1, {"kernel": 1} if op == "Conv2d" else {})
+            for op, c, h in [("Conv2d", 8 * (i + 1), 8 + i) for i in range(n_keys // 2)]
+            + [("BatchNorm2d", 8 * (i + 1), 8 + i) for i in range(n_keys - n_keys // 2)]]
+    return [(k, int(rng.integers(1, 4)), 0, float(rng.uniform(0.005, 3.0)), "table") for k in keys]
+
+
+def test_the_cold_group_is_each_calls_time_to_the_power_and_is_fitted_unshrunk():
+    from costmodels.incontext import COLD, COLD_POWER, group_features
+    rng = np.random.default_rng(5)
+    rows = _cold_rows(rng)
+    feats, n_ops = group_features(rows)
+    assert feats[COLD] == pytest.approx(sum(n * ms ** COLD_POWER for _, n, _, ms, _ in rows))
+    assert n_ops == sum(n for _, n, _, _, _ in rows)
+    # networks whose time is 1.1 x their ops plus 0.3 x their cold feature: "on" finds both, even when the
+    # op factors are shrunk hard towards their mean (the cold factor is not one of them)
+    cal = []
+    for i in range(10):
+        r = [(k, n, a, ms * rng.uniform(0.3, 3), s) for k, n, a, ms, s in rows]
+        f, n = group_features(r)
+        ops = sum(x for g, x in f.items() if g != COLD)
+        cal.append(Sample(f"n{i}", f, n, 1.1 * ops + 0.3 * f[COLD]))
+    m = fit_in_context(cal, 0.0, structures=("groups",), lambdas=(10.0,), cold="on")
+    assert m.factor(COLD) == pytest.approx(0.3, rel=0.02)
+    assert all(m.factor(g) == pytest.approx(1.1, rel=0.02) for g in m.factors if g != COLD)
+    assert max(abs(v) for v in m.loo) < 1e-3
+    scale = fit_in_context(cal, 0.0, structures=("scale",), cold="on")
+    assert scale.factor(COLD) == pytest.approx(0.3, rel=0.02)
+    # off (the default): not fitted, priced 0; a sample without the feature (a calibration from before it)
+    # keeps it out even when asked for
+    assert COLD not in fit_in_context(cal, 0.0).factors and fit_in_context(cal, 0.0).factor(COLD) == 0.0
+    old = [Sample(s.name, {g: x for g, x in s.features.items() if g != COLD}, s.n_ops, s.measured_ms)
+           for s in cal[:3]]
+    assert COLD not in fit_in_context(old + cal[3:], 0.0, cold="on").factors
+    with pytest.raises(HwcostError, match="cold must be one of"):
+        fit_in_context(cal, 0.0, cold="yes")
+
+
+def test_a_search_prices_each_call_as_the_calibrated_prediction_does():
+    # search.costs prices every op call by InContextModel.key_ms; summed over a network's calls (plus the
+    # per-op and per-call terms) it must be the network's calibrated prediction, cold group included
+    from costmodels.incontext import COLD, group_features
+    rng = np.random.default_rng(6)
+    rows = _cold_rows(rng)
+    cal = []
+    for i in range(8):
+        r = [(k, n, a, ms * rng.uniform(0.3, 3), s) for k, n, a, ms, s in rows]
+        f, n = group_features(r)
+        cal.append(Sample(f"n{i}", f, n, sum(x for g, x in f.items() if g != COLD) * rng.uniform(1.0, 1.3)
+                          + 0.2 * f[COLD]))
+    m = fit_in_context(cal, 0.01, cold="on")
+    assert m.factor(COLD) > 0
+    feats, n_ops = group_features(rows)
+    by_calls = sum(n * m.key_ms(k, ms) for k, n, _, ms, _ in rows)
+    assert by_calls - (n_ops - 1) * m.per_call_ms + m.per_op_ms * n_ops == pytest.approx(m.predict(feats, n_ops))
