@@ -145,7 +145,7 @@ def run_backend(name: str, args, log) -> dict:
         if args.calibrate:
             t0 = time.perf_counter()
             specs = network_specs(tables["now"], args.calibrate, args.seed + 10_000, "cifar10", exclude=test_specs)
-            _, measured_cal = measure_specs(tables["now"], specs, backend, NET_SETTINGS)
+            _, measured_cal = measure_specs(tables["now"], specs, backend, NET_SETTINGS, log=log)
             for label, t in tables.items():
                 # the same measured networks, priced by each table's ops
                 cal = [_repriced(smp, t) for smp in measured_cal]
