@@ -52,6 +52,10 @@ def add_search_parser(sub) -> argparse.ArgumentParser:
                         "to the table's calibration and derive again (default: on when the table was profiled on "
                         "this machine)")
     g.add_argument("--verify-rounds", type=int, default=None, help="re-derivations at most (default 3)")
+    g.add_argument("--verify-finetune", type=int, default=None, metavar="STEPS",
+                   help="when a re-derivation leads back to a network measured already, train the architecture "
+                        "weights this many steps more under the corrected costs and derive again (default 10; 0: "
+                        "stop there)")
     p.add_argument("--epochs", type=int, help="default 10")
     p.add_argument("--steps-per-epoch", type=int)
     p.add_argument("--batch-size", type=int,
@@ -141,18 +145,22 @@ def cmd_search(args) -> int:
     cfg = resume_config(args.out, given) if args.resume else SearchConfig(**given)
     from search import distributed as D
 
-    from .verify import DEFAULT_ROUNDS, check_verifiable, verify_default
+    from .verify import DEFAULT_FINETUNE, DEFAULT_ROUNDS, check_verifiable, verify_default
     verify, why = args.verify, ""
+    tuning = [f for f, v in (("--verify-rounds", args.verify_rounds), ("--verify-finetune", args.verify_finetune))
+              if v is not None]
+    if args.verify_finetune is not None and args.verify_finetune < 0:
+        raise HwcostError(f"--verify-finetune must be a non-negative number of steps, got {args.verify_finetune}")
     if cfg.devices:
-        if args.verify_rounds is not None:
-            raise HwcostError("--verify-rounds re-derives for one device's table; with several devices the derived "
+        if tuning:
+            raise HwcostError(f"{tuning[0]} re-derives for one device's table; with several devices the derived "
                               "network is measured on each device profiled here, without re-deriving")
     elif verify:
         check_verifiable(cfg.table)            # before training: one error if this machine cannot verify
     elif verify is None:
         verify, why = verify_default(cfg.table)
-    if args.verify_rounds is not None and not verify:
-        raise HwcostError("--verify-rounds goes with --verify (the table must be profiled on this machine)")
+    if tuning and not verify:
+        raise HwcostError(f"{tuning[0]} goes with --verify (the table must be profiled on this machine)")
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     try:
         r = run_search(cfg, args.out, resume=args.resume, progress=not args.json)
@@ -173,7 +181,8 @@ def cmd_search(args) -> int:
         rounds = DEFAULT_ROUNDS if args.verify_rounds is None else args.verify_rounds
         log(f"verify: measuring the derived network on the backend of {r.get('table')} ({rounds} re-derivations "
             f"at most)")
-        r = verify_search(cfg, args.out, r, rounds, log=log)
+        r = verify_search(cfg, args.out, r, rounds, log=log,
+                          finetune=DEFAULT_FINETUNE if args.verify_finetune is None else args.verify_finetune)
     elif args.verify is None and cfg.table is not None and not args.json:
         print(f"(not verified on this machine: {why})")
     if args.json:

@@ -164,6 +164,12 @@ def _verify_step(cfg, out: Path, r: dict, budget: float, backend: str, network_t
               f"[{v['measured_p10_ms']:.2f}, {v['measured_p90_ms']:.2f}]   "
               f"{'in [85%, 100%]' if v['in_band'] else ('OVER budget' if v['measured_ms'] > budget else 'under 85%')}"
               + scaled)
+        if v.get("finetune"):
+            f = v["finetune"]
+            print(f"          it led back to a network measured already: {f['steps']} search steps under the "
+                  f"corrected costs moved the expected latency {f['expected_before'].get('latency_ms', 0):.2f} -> "
+                  f"{f['expected_after'].get('latency_ms', 0):.2f} ms"
+                  + ("" if f["new_network"] else ", still to a network measured already"))
     if r["verify"].get("stopped"):
         print(f"   verify stopped: {r['verify']['stopped']}")
     if len(rounds) > 1:

@@ -14,7 +14,9 @@ A table without a calibration is calibrated first (a few random networks of its
 space), since one measured network cannot separate an op mix from noise.
 Re-deriving reuses the search's architecture weights (its last checkpoint):
 the constrained derivation picks the most probable network inside the band
-under the corrected costs -- no further training.  The correction is local:
+under the corrected costs.  Only when that leads back to a network measured
+already do the weights train a few steps more under the corrected costs
+(``finetune``, from the checkpoint, which stays the search's own).  The correction is local:
 the refitted model is scaled by measured / predicted of the network measured
 last (its neighbours share most of its error), measured networks are priced
 by their measurement, and the derivation aims inside [floor B, B] by the
@@ -32,6 +34,9 @@ from spaces.errors import HwcostError
 from .calibrate import HOST_SLOW
 
 DEFAULT_ROUNDS = 3
+# Search steps that fine-tune the architecture weights under the corrected costs when a re-derivation
+# leads back to a network measured already (the issue's "a few alpha fine-tuning steps if needed").
+DEFAULT_FINETUNE = 10
 FIRST_CALIBRATION = 5   # networks measured to calibrate a table that has no calibration yet
 # The derived network is measured in this many sessions (new memory placement each; the median kept): one
 # session of a DARTS network on ORT differed from another by up to 10% on a 2-vCPU VM.
@@ -318,11 +323,17 @@ def _measure_derived(model, shape, table, backend, settings, budget: float | Non
     return rec, meas, ref, p
 
 
+def _arch_key(result: dict) -> str:
+    return _arch_text(result.get("genotype") if "genotype" in result else result.get("arch"))
+
+
 def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUNDS, settings=None,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, finetune: int = DEFAULT_FINETUNE) -> dict:
     """Measure the derived network; while it lies outside [floor * B, B], add it to the table's
-    calibration and re-derive (at most ``rounds`` times). Returns the final result, with
-    ``verify`` recording every round; writes it to ``out/result.json``."""
+    calibration and re-derive (at most ``rounds`` times). A re-derivation that leads back to a
+    network measured already is tried once more after ``finetune`` search steps under the corrected
+    costs (0: never). Returns the final result, with ``verify`` recording every round; writes it
+    to ``out/result.json``."""
     from costmodels.incontext import model_of
     from costmodels.node_tensor import is_space_node_table
     from device_tables import load_table, save_table
@@ -331,6 +342,8 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     from .calibrate import calibrate, fit_table, network_settings, sample_of, table_backend
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise HwcostError(f"--verify-rounds must be a non-negative integer, got {rounds!r}")
+    if isinstance(finetune, bool) or not isinstance(finetune, int) or finetune < 0:
+        raise HwcostError(f"--verify-finetune must be a non-negative integer, got {finetune!r}")
     settings = settings or network_settings()
     out = Path(out)
     table_path = cfg.table
@@ -390,13 +403,32 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
             log(f"   re-derivation refused: {e}; stopping")
             stopped = f"re-derivation refused: {e}"
             break
-        new_key = _arch_text(again.get("genotype") if "genotype" in again else again.get("arch"))
+        new_key = _arch_key(again)
+        if new_key in seen and finetune:
+            # the architecture weights still favour a network measured already: let them answer the
+            # corrected costs for a few search steps, then derive again
+            log(f"   the corrected costs derive a network measured already: fine-tuning the architecture weights "
+                f"{finetune} steps under them")
+            try:
+                tuned = run_search(cfg, str(out), resume=True, progress=False, correction=correction,
+                                   finetune=finetune)
+            except HwcostError as e:
+                log(f"   fine-tuning refused: {e}")
+            else:
+                rec["finetune"] = {**tuned["finetune"], "arch": _arch_key(tuned),
+                                   "new_network": _arch_key(tuned) not in seen}
+                f = tuned["finetune"]
+                log(f"   expected latency under the corrected costs {f['expected_before'].get('latency_ms', 0):.3f} -> "
+                    f"{f['expected_after'].get('latency_ms', 0):.3f} ms; it derives "
+                    f"{'a new network' if rec['finetune']['new_network'] else 'a network measured already'}")
+                again, new_key = tuned, _arch_key(tuned)
         if new_key in seen:
             # the corrected costs lead back to a network measured already: nothing new to learn. The
             # result stays the network of the last round, so result.json and verify.rounds agree.
             log("   the corrected costs derive a network measured already; stopping (a longer search or another "
                 "budget may be needed)")
-            stopped = "re-derived a network measured already"
+            stopped = "re-derived a network measured already" + (f" (after {finetune} fine-tuning steps)"
+                                                                 if finetune else "")
             break
         result = again
     met = history[-1]["in_band"]
@@ -422,7 +454,7 @@ def _cost_model_ms(cfg, table_path, arch) -> float:
     return float(derived_latency(cfg.space, arch, ct, None)["latency_ms_predicted"])
 
 
-__all__ = ["DEFAULT_ROUNDS", "price_by_nodes", "check_verifiable", "local_margin", "verify_default", "verify_search"]
+__all__ = ["DEFAULT_FINETUNE", "DEFAULT_ROUNDS", "price_by_nodes", "check_verifiable", "local_margin", "verify_default", "verify_search"]
 
 
 def measure_devices(cfg, out: str | Path, result: dict, settings=None, log: Callable[[str], None] = print) -> dict:

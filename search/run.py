@@ -385,7 +385,7 @@ class SearchRun:
     def _epoch_seed(self, epoch: int) -> int:
         return self.cfg.seed * 1000 + epoch + 100_000 * self.stage
 
-    def run(self, progress: bool = True) -> dict:
+    def run(self, progress: bool = True, finetune: int = 0) -> dict:
         cfg = self.cfg
         bar = None
         if progress and D.is_main():
@@ -395,7 +395,47 @@ class SearchRun:
         self.train(bar)
         if bar is not None:
             bar.close()
-        return self.finish(time.perf_counter() - t0)
+        tuned = self.finetune(finetune) if finetune else None
+        result = self.finish(time.perf_counter() - t0, tuned)
+        return result
+
+    def finetune(self, steps: int) -> dict:
+        """``steps`` more search steps (architecture and weights, as in the last epoch) under the costs
+        this run was built with -- in the verify loop, the model corrected by a measured network -- so
+        that the architecture weights answer those costs before the derivation. Nothing is
+        checkpointed: the run's checkpoint stays the search's own, and each fine-tuning starts from
+        it. Each step is logged to ``finetune.jsonl``. Returns the expected costs before and after,
+        the budgets' multipliers and the largest change of an architecture logit."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise HwcostError(f"fine-tuning steps must be a non-negative integer, got {steps!r}")
+        cfg = self.cfg
+        with torch.no_grad():
+            before = self.objective.report(self.costs())
+            logits = self.model.arch_logits().detach().clone()
+        lr = self.spec.weight_lr_at(cfg, max(0, self.epoch - 1))
+        for g in self.w_opt.param_groups:
+            g["lr"] = lr
+        seed = self._epoch_seed(self.epoch) + 7_919      # batches the last epoch did not draw in this order
+        _seed_all(seed)
+        done, rec = 0, None
+        if D.is_main():
+            (self.out / "finetune.jsonl").write_text("")  # this fine-tuning's steps only
+        while done < steps:
+            train, val = search_loaders(self.data, cfg.batch_size, seed + done)
+            for (xt, yt), (xv, yv) in zip(train, val):
+                if done >= steps:
+                    break
+                rec = self._step(xt, yt, xv, yv, lr, True)
+                rec.update(finetune_step=done, lr=lr)
+                self._log("finetune.jsonl", rec)
+                done += 1
+        with torch.no_grad():
+            after = self.objective.report(self.costs())
+            moved = self.model.arch_logits().detach() - logits
+            finite = torch.isfinite(moved)     # ops a stage dropped stay at -inf
+        return {"steps": steps, "expected_before": before, "expected_after": after,
+                "alpha_change_max": float(moved[finite].abs().max()) if finite.any() else 0.0,
+                "multipliers": {t.metric: float(t.multiplier) for t in self.terms if t.kind == "hard"}}
 
     def train(self, bar: Progress | None = None) -> None:
         """Every (remaining) epoch of every (remaining) stage; :meth:`finish` derives and reports."""
@@ -487,7 +527,7 @@ class SearchRun:
             total += len(y)
         return correct / max(1, total)
 
-    def finish(self, seconds: float) -> dict:
+    def finish(self, seconds: float, finetuned: dict | None = None) -> dict:
         val_loader = search_loaders(self.data, 256, self.cfg.seed)[1]
         from .costs import enumerate_nb201_costs, exact_cost_fn
         # The derivation sees alpha with dropped ops at -inf (P-DARTS subsets, the skip cap).
@@ -523,6 +563,8 @@ class SearchRun:
             "supernet_val_accuracy": self.accuracy(val_loader), "epochs": self.epoch, "steps": self.step,
             "search_seconds": round(seconds, 2), "lr_schedule": self.cfg.lr_schedule, "max_w": self.cfg.max_w,
         }
+        if finetuned is not None:
+            result["finetune"] = finetuned
         if D.is_distributed():
             result["world_size"] = D.world_size()
         self.spec.report(self, result, derived["arch"], notes)
@@ -541,7 +583,8 @@ class SearchRun:
 
 
 def run_search(cfg: SearchConfig, out: str, resume: bool = False, progress: bool = True,
-               correction: dict | None = None) -> dict:
+               correction: dict | None = None, finetune: int = 0) -> dict:
     """Run (or resume) a search; ``correction`` (hardware in the loop, see
-    :func:`search.costs.local_correction`) re-derives with the latency model scaled to a measured network."""
-    return SearchRun(cfg, out, resume, correction).run(progress)
+    :func:`search.costs.local_correction`) re-derives with the latency model scaled to a measured network,
+    after ``finetune`` more search steps under those costs (:meth:`SearchRun.finetune`) when asked."""
+    return SearchRun(cfg, out, resume, correction).run(progress, finetune)

@@ -160,11 +160,14 @@ def test_a_network_measured_on_the_device_is_priced_by_its_measurement(toy_table
     assert exact_cost_fn("nb201", str(toy_table), ct)(arch, ct.fixed.clone())[i].item() == pytest.approx(1.2)
 
 
-def test_cli_verify_rounds_without_verify_is_one_error(tmp_path, capsys):
+@pytest.mark.parametrize("flag,value,says", [("--verify-rounds", "2", "--verify-rounds goes with --verify"),
+                                              ("--verify-finetune", "5", "--verify-finetune goes with --verify"),
+                                              ("--verify-finetune", "-1", "non-negative number of steps")])
+def test_cli_verify_tuning_without_verify_is_one_error(tmp_path, capsys, flag, value, says):
     assert main(["search", "--space", "nb201", "--data", "synthetic", "--epochs", "1", "--table", "raspi4",
-                 "--budget", "latency=20ms", "--verify-rounds", "2", "--out", str(tmp_path / "r")]) == 2
+                 "--budget", "latency=20ms", flag, value, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "--verify-rounds goes with --verify" in err and "Traceback" not in err
+    assert says in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
 
 
@@ -179,7 +182,7 @@ def test_verify_stopping_on_a_measured_network_keeps_result_and_rounds_in_agreem
     r = run_search(cfg, str(tmp_path / "run"), progress=False)
     same = {**r, "derived": {**r["derived"], "latency_ms": 999.0}}     # the same arch, other costs
     monkeypatch.setattr(search.run, "run_search", lambda *a, **k: same)
-    out = verify_search(cfg, tmp_path / "run", r, rounds=3, log=lambda s: None)
+    out = verify_search(cfg, tmp_path / "run", r, rounds=3, log=lambda s: None, finetune=0)
     assert out["verify"]["stopped"] == "re-derived a network measured already"
     assert len(out["verify"]["rounds"]) == 1
     assert out["derived"]["latency_ms"] == out["verify"]["rounds"][-1]["predicted_ms"] != 999.0
@@ -266,3 +269,65 @@ def test_a_rounds_interval_is_printed_beside_the_figure_it_belongs_to():
     assert text == "7.29 ms (the table: 7.97 ms [7.49, 8.58])"
     assert not text.startswith("7.29 ms [")
     assert predicted_text({**same, "calibrated": False, "low_ms": None}, 3) == "7.530 ms (uncalibrated)"
+
+
+def test_fine_tuning_trains_alpha_under_the_corrected_costs_and_leaves_the_checkpoint(toy_table, tmp_path):
+    """SearchRun.finetune: N more search steps under the corrected cost tensor, from the search's
+    checkpoint (left as it was, so two fine-tunings from it agree), logged to finetune.jsonl."""
+    budget = _budget(toy_table) * 1.1
+    cfg = SearchConfig(space="nb201", table=str(toy_table), budgets=[f"latency={budget}ms"], arch_lr=1e-3, **FAST)
+    run = tmp_path / "run"
+    r = run_search(cfg, str(run), progress=False)
+    ckpt = (run / "checkpoint.pt").read_bytes()
+    plain = run_search(cfg, str(run), resume=True, progress=False, correction={"scale": 1.0, "margin": 0.0},
+                       finetune=4)
+    tuned = run_search(cfg, str(run), resume=True, progress=False, correction={"scale": 1.6, "margin": 0.0},
+                       finetune=4)
+    f = tuned["finetune"]
+    # before any step: the checkpoint's alpha priced by the corrected costs (every op and the fixed part x 1.6)
+    assert f["expected_before"]["latency_ms"] == pytest.approx(1.6 * plain["finetune"]["expected_before"]["latency_ms"],
+                                                              rel=1e-6)
+    assert f["steps"] == 4 and "latency_ms" in f["multipliers"]
+    steps = [json.loads(line) for line in (run / "finetune.jsonl").read_text().splitlines()]
+    assert [s["finetune_step"] for s in steps] == [0, 1, 2, 3]          # this fine-tuning's steps only
+    assert (run / "checkpoint.pt").read_bytes() == ckpt                 # the search's own checkpoint stays
+    again = run_search(cfg, str(run), resume=True, progress=False, correction={"scale": 1.6, "margin": 0.0},
+                       finetune=4)
+    assert again["finetune"] == f and again["arch"] == tuned["arch"]    # from the checkpoint each time
+    # the steps trained alpha (Adam moves each logit by about its learning rate per step)
+    assert 0 < f["alpha_change_max"] <= 4 * 2 * cfg.arch_lr and plain["finetune"]["alpha_change_max"] > 0
+    with pytest.raises(Exception, match="non-negative"):
+        run_search(cfg, str(run), resume=True, progress=False, finetune=-1)
+    assert r["steps"] == 6
+
+
+def test_a_re_derivation_back_to_a_measured_network_fine_tunes_alpha_first(toy_table, tmp_path, monkeypatch):
+    """The verify loop: a re-derivation that leads back to the network measured already is tried once
+    more after fine-tuning; its network (a new one) is measured in the next round."""
+    import search.run
+    from hwcost.verify import verify_search
+    real = search.run.run_search
+    budget = _budget(toy_table) * 1.1
+    cfg = SearchConfig(space="nb201", table=str(toy_table), budgets=[f"latency={budget}ms"], **FAST)
+    r = real(cfg, str(tmp_path / "run"), progress=False)
+    calls = []
+
+    def back_to_the_measured_one(cfg, out, resume=False, progress=True, correction=None, finetune=0):
+        calls.append(finetune)
+        if not finetune:
+            return {**r, "derived": {**r["derived"], "latency_ms": 999.0}}
+        return real(cfg, out, resume=resume, progress=progress, correction=correction, finetune=finetune)
+    monkeypatch.setattr(search.run, "run_search", back_to_the_measured_one)
+    out = verify_search(cfg, tmp_path / "run", r, rounds=1, log=lambda s: None, finetune=3)
+    rounds = out["verify"]["rounds"]
+    assert calls == [0, 3]
+    f = rounds[0]["finetune"]
+    assert f["steps"] == 3 and f["arch"] != rounds[0]["arch"] and f["new_network"]
+    # the measured network is priced by its (over-budget) measurement: the fine-tuned derivation moves
+    # elsewhere, and that network is the one measured in round 1
+    assert len(rounds) == 2 and rounds[1]["arch"] == f["arch"] and out["verify"]["stopped"] is None
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["verify"]["rounds"][0]["finetune"] == f
+    # with fine-tuning off the loop stops there, as before
+    calls.clear()
+    out = verify_search(cfg, tmp_path / "run", r, rounds=1, log=lambda s: None, finetune=0)
+    assert calls == [0] and out["verify"]["stopped"] == "re-derived a network measured already"
