@@ -103,7 +103,6 @@ def cheapest_genotype(ct, metric: str) -> Genotype:
     return Genotype(cells[0], (2, 3, 4, 5), cells[1], (2, 3, 4, 5))
 
 
-@pytest.mark.slow
 def test_darts_range_with_a_latency_table_is_the_derived_networks_cost(tmp_path):
     """The darts tensor with an op-level table carries the search's overhead handling in its fixed
     part: the minimum is the derived cheapest network's cost, as the search reports it, and random

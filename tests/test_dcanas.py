@@ -189,7 +189,6 @@ def test_dcanas_darts_cost_only_objective_avoids_convs(tmp_path):
     assert r["dcanas"] == {"share_weights": True, "bottleneck": 2, "derived_cells": True}
 
 
-@pytest.mark.slow
 def test_dcanas_darts_hard_budget_is_met(tmp_path):
     budget = 1.6e6       # the parameter-free cells' network has 1.37M (stem, preprocessing, classifier)
     r = run_search(SearchConfig(space="darts", strategy="dcanas", bottleneck=2, budgets=[f"params={budget}"],

@@ -60,7 +60,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     D.shutdown()
 
 
-@pytest.mark.slow
 def test_two_gloo_processes_take_the_same_steps_as_one(tmp_path):
     import torch.multiprocessing as mp
     from search.train import TrainConfig, run_train

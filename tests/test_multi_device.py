@@ -72,6 +72,7 @@ def test_cli_multi_device_bad_input_is_one_error(tmp_path, capsys, argv, match):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow   # ~23 s; test_two_device_search_meets_both_budgets... runs by default
 def test_a_device_profiled_here_is_measured_beside_its_prediction(tmp_path, capsys):
     """With several devices, the derived network is measured on each device whose table was profiled on
     this machine (here: the shipped ORT table re-labelled as this host's); a Raspberry Pi's table keeps its

@@ -109,6 +109,7 @@ def test_a_bad_record_of_keyed_networks_is_one_clear_error():
         fit_op_costs(synthetic_table(40), "nb201", ("cell",), OPS)
 
 
+@pytest.mark.slow   # ~115 s on a 2-vCPU VM; the node cost tensor and node keys have their own default tests
 def test_a_search_on_a_space_node_table_prices_its_network_by_its_nodes(tmp_path, capsys):
     """profile --space nb201 --keys nodes, calibrate, search under a budget: the derived network's
     latency is its own node price -- what predict --arch says of it from the same table -- and verify

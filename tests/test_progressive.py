@@ -153,7 +153,6 @@ def test_dropped_ops_have_probability_zero_in_the_expected_cost():
             assert mixed.primitives == tuple(ct.ops[i] for i in subsets[e])
 
 
-@pytest.mark.slow   # ~20 s alone: the darts target network's cost tensor, the derived network's costs, plots
 def test_tiny_darts_pdarts_run_writes_result(tmp_path):
     cfg = SearchConfig(space="darts", strategy="pdarts", stages=[2, 3, 3], layers=2, **TINY)
     r = run_search(cfg, tmp_path / "run", progress=False)

@@ -145,7 +145,7 @@ def uninterrupted_search(tmp_path_factory):
 # The kill is an event inside the search process (tests/search_killed_at_checkpoint.py), not a
 # timer in this one: right after the 2nd of 4 epoch checkpoints, or 2 steps into the 3rd epoch
 # (log lines past the checkpoint, which the resume must drop and run again).
-@pytest.mark.parametrize("steps_after", [0, 2], ids=["at-checkpoint", "mid-epoch"])
+@pytest.mark.parametrize("steps_after", [pytest.param(0, marks=pytest.mark.slow), 2], ids=["at-checkpoint", "mid-epoch"])
 def test_resume_after_kill_gives_the_same_alphas(uninterrupted_search, steps_after, tmp_path):
     full, cut = uninterrupted_search, tmp_path / "cut"
     killed = subprocess.run([sys.executable, str(KILLER), "2", str(steps_after), *RESUME_ARGS, "--out", str(cut)],

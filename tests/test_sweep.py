@@ -270,7 +270,6 @@ def test_cli_lookup_on_a_flat_curve_is_one_line_exit_2_and_keeps_the_sweep(tmp_p
 TINY = dict(space="nb201", data="synthetic", epochs=1, steps_per_epoch=2, batch_size=16, C=4, layers=3)
 
 
-@pytest.mark.slow
 def test_budget_sweep_of_real_searches_gathers_their_results(tmp_path):
     doc = budget_sweep(SearchConfig(**TINY), opts(tmp_path), ["params=0.3M", "params=0.6M"])
     assert doc["failed"] == 0
@@ -300,7 +299,6 @@ def test_ray_backend_runs_a_sweep(tmp_path):
     assert [r["cost"] for r in doc["rows"]] == [pytest.approx(0.9e6), None, pytest.approx(1.8e6)]
 
 
-@pytest.mark.slow
 def test_process_backend_runs_a_sweep(tmp_path):
     o = SweepOptions(out=str(tmp_path / "sweep"), backend="process", workers=2, progress=False)
     doc = budget_sweep(SearchConfig(), o, ["params=1M", "params=1.3M"], search_fn=fake_search)
@@ -390,6 +388,7 @@ def test_pareto_front_over_several_costs():
     assert pareto_front([1.0, 2.0, 3.0], [0.5, 0.4, 0.7]) == [0, 2]
 
 
+@pytest.mark.slow   # ~15 s; the budget sweep of real searches runs by default
 def test_cli_sweep_budgets_on_two_bundled_devices(tmp_path, capsys):
     from hwcost.cli import main
     rc = main(["sweep", "budgets", "--space", "nb201", "--data", "synthetic", "--epochs", "1",
