@@ -422,6 +422,9 @@ class SearchRun:
             (self.out / "finetune.jsonl").write_text("")  # this fine-tuning's steps only
         while done < steps:
             train, val = search_loaders(self.data, cfg.batch_size, seed + done)
+            if min(len(train), len(val)) == 0:
+                raise HwcostError(f"fine-tuning needs one batch of {cfg.batch_size} from each half of the search "
+                                  f"data; the data set is smaller")
             for (xt, yt), (xv, yv) in zip(train, val):
                 if done >= steps:
                     break
