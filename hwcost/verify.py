@@ -415,13 +415,11 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
             except HwcostError as e:
                 log(f"   fine-tuning refused: {e}")
             else:
-                rec["finetune"] = {**tuned["finetune"], "arch": _arch_key(tuned),
-                                   "new_network": _arch_key(tuned) not in seen}
-                f = tuned["finetune"]
+                again, new_key = tuned, _arch_key(tuned)
+                f = rec["finetune"] = {**tuned["finetune"], "arch": new_key, "new_network": new_key not in seen}
                 log(f"   expected latency under the corrected costs {f['expected_before'].get('latency_ms', 0):.3f} -> "
                     f"{f['expected_after'].get('latency_ms', 0):.3f} ms; it derives "
-                    f"{'a new network' if rec['finetune']['new_network'] else 'a network measured already'}")
-                again, new_key = tuned, _arch_key(tuned)
+                    f"{'a new network' if f['new_network'] else 'a network measured already'}")
         if new_key in seen:
             # the corrected costs lead back to a network measured already: nothing new to learn. The
             # result stays the network of the last round, so result.json and verify.rounds agree.

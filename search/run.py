@@ -396,8 +396,7 @@ class SearchRun:
         if bar is not None:
             bar.close()
         tuned = self.finetune(finetune) if finetune else None
-        result = self.finish(time.perf_counter() - t0, tuned)
-        return result
+        return self.finish(time.perf_counter() - t0, tuned)
 
     def finetune(self, steps: int) -> dict:
         """``steps`` more search steps (architecture and weights, as in the last epoch) under the costs
@@ -417,7 +416,7 @@ class SearchRun:
             g["lr"] = lr
         seed = self._epoch_seed(self.epoch) + 7_919      # batches the last epoch did not draw in this order
         _seed_all(seed)
-        done, rec = 0, None
+        done = 0
         if D.is_main():
             (self.out / "finetune.jsonl").write_text("")  # this fine-tuning's steps only
         while done < steps:
