@@ -49,7 +49,9 @@ def export_onnx(model: nn.Module, inputs: tuple | torch.Tensor, path: str | os.P
     """Export ``model`` (eval mode) at ``inputs`` to ``path``; check it.
 
     ``check`` runs ``onnx.checker`` and compares ORT CPU with PyTorch; with
-    ``atol`` set, a larger max abs difference raises.
+    ``atol`` set, a max abs difference larger than ``atol`` times the output's scale
+    (its largest magnitude, at least 1) raises: float32 rounds relative to the values, and
+    a derived network of pooling cells alone sums its paths into outputs of ~1e7.
     """
     import onnx
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
@@ -66,9 +68,10 @@ def export_onnx(model: nn.Module, inputs: tuple | torch.Tensor, path: str | os.P
     onnx.checker.check_model(proto)
     diff = None
     if check:
-        diff = max_abs_diff_vs_torch(model, inputs, path)
-        if atol is not None and not diff <= atol:
-            raise HwcostError(f"ONNX Runtime output differs from PyTorch by {diff:.3g} (> {atol:g})")
+        diff, scale = max_abs_diff_vs_torch(model, inputs, path)
+        if atol is not None and not diff <= atol * max(1.0, scale):
+            raise HwcostError(f"ONNX Runtime output differs from PyTorch by {diff:.3g} (> {atol:g}"
+                              + (f" x the output's scale {scale:.3g}" if scale > 1.0 else "") + ")")
     return ExportResult(path, diff, opset, len(proto.graph.node))
 
 
@@ -81,14 +84,17 @@ def ort_session(path: str, threads: int = 1, providers=("CPUExecutionProvider",)
     return ort.InferenceSession(path, so, providers=list(providers))
 
 
-def max_abs_diff_vs_torch(model: nn.Module, inputs: tuple, path: str) -> float:
+def max_abs_diff_vs_torch(model: nn.Module, inputs: tuple, path: str) -> tuple[float, float]:
+    """(largest |ORT - PyTorch| over the first output, largest |PyTorch output|)."""
     sess = ort_session(path)
     feed = {i.name: t.detach().cpu().numpy() for i, t in zip(sess.get_inputs(), inputs)}
     got = sess.run(None, feed)[0]
     with torch.no_grad():
         want = model(*inputs)
-    want = want[0] if isinstance(want, (tuple, list)) else want
-    return float(np.max(np.abs(got - want.detach().cpu().numpy()))) if got.size else 0.0
+    want = (want[0] if isinstance(want, (tuple, list)) else want).detach().cpu().numpy()
+    if not got.size:
+        return 0.0, 0.0
+    return float(np.max(np.abs(got - want))), float(np.max(np.abs(want)))
 
 
 def export_to_temp(model: nn.Module, inputs, opset: int = DEFAULT_OPSET, check: bool = True,
