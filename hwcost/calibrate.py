@@ -56,7 +56,8 @@ def table_backend(table: DeviceTable, backend: str | None = None):
     if name in _REMOTE or table.provenance.get("source") == "runner" or \
             table.measurement.get("tool") == "hwcost runner":
         raise HwcostError(f"table {table.source} was measured on a remote device through a bundle; its networks "
-                          f"must be measured there too (not supported yet: profile and calibrate on the device)")
+                          f"are measured there too, through bundles: `hwcost bundle --calibration-networks N` "
+                          f"calibrates it, `hwcost verify RUN` verifies a search's network on it (or with --ssh)")
     same, why = same_host(table.device)
     if not same:
         raise HwcostError(f"table {table.source}: {why}; calibrating here would mix two machines' timings "

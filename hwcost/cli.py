@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cmd_sweep import add_sweep_parser
     from .cmd_table import add_table_parser
     from .cmd_train import add_train_parser
+    from .cmd_verify import add_verify_parser
     add_profile_parsers(sub)
     add_table_parser(sub)
     add_bundle_parsers(sub)
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_parser(sub)
     add_fit_parser(sub)
     add_search_parser(sub)
+    add_verify_parser(sub)
     add_sweep_parser(sub)
     add_train_parser(sub)
     return parser

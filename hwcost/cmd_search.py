@@ -184,7 +184,7 @@ def cmd_search(args) -> int:
         r = verify_search(cfg, args.out, r, rounds, log=log,
                           finetune=DEFAULT_FINETUNE if args.verify_finetune is None else args.verify_finetune)
     elif args.verify is None and cfg.table is not None and not args.json:
-        print(f"(not verified on this machine: {why})")
+        print(f"(not verified on this machine: {why.replace('RUN', str(args.out))})")
     if args.json:
         print(json.dumps(r, indent=1))
         return 0

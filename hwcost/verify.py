@@ -57,6 +57,10 @@ def verify_default(table_path: str | None) -> tuple[bool, str]:
     table = load_table(path)
     if table.kind != "op":
         return False, "an architecture-level table (its latencies are already measured networks)"
+    from .verify_remote import is_remote_table
+    if is_remote_table(table):
+        return False, (f"{table_path} was measured on a remote device ({table.device.get('name')}): "
+                       f"`hwcost verify RUN` measures the derived network there, through a bundle")
     from .calibrate import table_backend
     try:
         table_backend(table)
@@ -264,17 +268,21 @@ def candles(table, k: int = CANDLES) -> list[tuple]:
     calibrated: (network, input shape, measured ms then). Timed again beside a derived network they
     say how fast the host runs *now* for networks of this kind -- a DARTS network's time drifted by
     up to +-12% over tens of minutes here while a lone convolution (the reference kernel) moved 3%."""
-    from costmodels.incontext import model_of
-
     from .calibrate import build_spec
-    model = model_of(table)
-    if model is None or k <= 0:
-        return []
     out = []
-    for s in [s for s in model.samples if s.role == "calibration" and s.spec][:k]:
+    for s in candle_samples(table, k):
         net, shape = build_spec(s.spec)
         out.append((net, shape, s.measured_ms))
     return out
+
+
+def candle_samples(table, k: int = CANDLES) -> list:
+    """The first ``k`` calibration networks of the table's in-context model (samples with a spec)."""
+    from costmodels.incontext import model_of
+    model = model_of(table)
+    if model is None or k <= 0:
+        return []
+    return [s for s in model.samples if s.role == "calibration" and s.spec][:k]
 
 
 def measure_in_phase(model, shape, table, backend, settings, sessions: int = SESSIONS, k: int = CANDLES):
@@ -323,17 +331,33 @@ def _measure_derived(model, shape, table, backend, settings, budget: float | Non
     return rec, meas, ref, p
 
 
+class VerifyPending(Exception):
+    """A round's derived network waits for a measurement on a remote device: a bundle of it was
+    written (``pending`` says which round, network and bundle); ``hwcost verify RUN --results R``
+    continues the loop with the device's results."""
+
+    def __init__(self, pending: dict):
+        super().__init__(f"round {pending.get('round')} waits for the device's results of {pending.get('bundle')}")
+        self.pending = pending
+
+
 def _arch_key(result: dict) -> str:
     return _arch_text(result.get("genotype") if "genotype" in result else result.get("arch"))
 
 
 def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUNDS, settings=None,
-                  log: Callable[[str], None] = print, finetune: int = DEFAULT_FINETUNE) -> dict:
+                  log: Callable[[str], None] = print, finetune: int = DEFAULT_FINETUNE, measure=None) -> dict:
     """Measure the derived network; while it lies outside [floor * B, B], add it to the table's
     calibration and re-derive (at most ``rounds`` times). A re-derivation that leads back to a
     network measured already is tried once more after ``finetune`` search steps under the corrected
     costs (0: never). Returns the final result, with ``verify`` recording every round; writes it
-    to ``out/result.json``."""
+    to ``out/result.json``.
+
+    ``measure``: None measures on this machine, on the table's backend. Otherwise a callable
+    ``(round, spec, model, shape, table, prediction, budget, floor) -> (record, measurement, reference)``
+    (``hwcost.verify_remote.RemoteMeasure``: through a remote device's runner); it may raise
+    :class:`VerifyPending` -- the loop then writes ``result.json`` with ``verify.pending`` and returns,
+    and a later call with the same ``result`` (its pending rounds) continues where it stopped."""
     from costmodels.incontext import model_of
     from costmodels.node_tensor import is_space_node_table
     from device_tables import load_table, save_table
@@ -348,23 +372,41 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     out = Path(out)
     table_path = cfg.table
     table = load_table(table_path)
-    backend = table_backend(table)
+    backend = table_backend(table) if measure is None else None
+    where_measured = backend.name if backend is not None else f"{table.device.get('name')} (remote, through its runner)"
     budget = result.get("budgets_given", result["budgets"]).get("latency_ms")
     floor = cfg.budget_floor * budget if budget is not None else None
-    history, seen, stopped = [], set(), None
+    prior = result.get("verify") if (result.get("verify") or {}).get("pending") else {}
+    history = list(prior.get("rounds") or [])   # a loop that waited for a remote device goes on
+    seen, stopped = {h["arch"] for h in history}, None
     nodes_record = result.get("nodes")
     margin = result.get("confidence")          # the search's own (global) margin, kept in the result
     confidence = (margin or {}).get("confidence")
-    for r in range(rounds + 1):
+    for r in range(len(history), rounds + 1):
         arch = result.get("arch", result.get("genotype"))
         spec, model, shape = _build(cfg.space, cfg.network, arch, table)
-        table, p = _priced(table, table_path, model, shape, confidence, log)
-        measured, meas, ref, p = _measure_derived(model, shape, table, backend, settings, budget, floor, confidence, p)
+        table, p = _priced(table, table_path, model, shape, confidence, log, profile_missing=measure is None)
+        if measure is None:
+            measured, meas, ref, p = _measure_derived(model, shape, table, backend, settings, budget, floor,
+                                                      confidence, p)
+        else:
+            try:
+                measured, meas, ref = measure(r, spec, model, shape, table, p, budget, floor)
+            except VerifyPending as e:
+                result["verify"] = {"rounds": history, "met": None, "rounds_used": len(history),
+                                    "pending": {**e.pending, "round": r, "arch": _arch_text(arch)},
+                                    "table": str(table_path), "backend": where_measured,
+                                    "correction": (result.get("confidence") if result.get("confidence") is not margin
+                                                   else prior.get("correction")),
+                                    "limits": {"rounds": rounds, "finetune": finetune}}
+                result["confidence"] = margin
+                (out / "result.json").write_text(json.dumps(result, indent=1))
+                return result
         ms, ref_ms = measured["measured_ms"], measured["reference_ms"]
         ref_cal = model_of(table).reference_ms if table.calibration is not None else None
         inside = measured["in_band"] is not False          # no budget: nothing to move towards
         rec = {"round": r, "predicted_ms": result["derived"]["latency_ms"], **measured, "in_band": inside,
-               "host_vs_calibration": (ref_ms / ref_cal) if ref_cal else None, "arch": _arch_text(arch),
+               "host_vs_calibration": (ref_ms / ref_cal) if ref_cal and ref_ms else None, "arch": _arch_text(arch),
                "calibrated": p.calibrated}
         history.append(rec)
         where = ("" if budget is None else f" ({ms / budget:.0%} of the budget {budget:.3f} ms: "
@@ -372,13 +414,16 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
         log(f"   verify round {r}: predicted {predicted_text(rec)}, measured {ms:.3f} ms{where}"
             + (f"; the clock said {rec['measured_raw_ms']:.3f} ms, in a phase where calibration networks beside it "
                f"ran {rec['phase'] - 1:+.0%} against their calibrated time" if (rec.get("phase") or 0) > 1.0 else ""))
-        if ref_cal and ref_ms / ref_cal > HOST_SLOW:
+        if ref_cal and ref_ms and ref_ms / ref_cal > HOST_SLOW:
             log(f"   note: the host runs a reference kernel {ref_ms / ref_cal - 1:+.0%} slower than when the table was "
                 f"calibrated: this measurement did not meet the host's quiet phase")
         if inside or r == rounds:
             break
         key = rec["arch"]
         seen.add(key)
+        if table.calibration is None and measure is not None:
+            raise HwcostError(f"{table_path} has no calibration: a remote device's table is calibrated by the "
+                              f"networks its bundle measures (hwcost bundle --calibration-networks N)")
         if table.calibration is None:
             log(f"   the table has no calibration: measuring {FIRST_CALIBRATION} random networks of its space first")
             table, _ = calibrate(table, table_path, n=FIRST_CALIBRATION, seed=1000 + r, settings=settings,
@@ -432,10 +477,10 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
     met = history[-1]["in_band"]
     if nodes_record is not None:      # the node-price rounds that chose the network of round 0
         result.setdefault("nodes", nodes_record)
-    local = result.get("confidence") if result.get("confidence") is not margin else None
+    local = result.get("confidence") if result.get("confidence") is not margin else prior.get("correction")
     result["confidence"] = margin
     result["verify"] = {"rounds": history, "met": met, "rounds_used": len(history) - 1, "stopped": stopped,
-                        "table": str(table_path), "backend": backend.name,
+                        "table": str(table_path), "backend": where_measured,
                         # the re-derivation that gave the result: budgets.latency_ms is its aim B (1 - d)
                         "correction": local}
     (out / "result.json").write_text(json.dumps(result, indent=1))
@@ -452,7 +497,7 @@ def _cost_model_ms(cfg, table_path, arch) -> float:
     return float(derived_latency(cfg.space, arch, ct, None)["latency_ms_predicted"])
 
 
-__all__ = ["DEFAULT_FINETUNE", "DEFAULT_ROUNDS", "price_by_nodes", "check_verifiable", "local_margin", "verify_default", "verify_search"]
+__all__ = ["DEFAULT_FINETUNE", "DEFAULT_ROUNDS", "VerifyPending", "price_by_nodes", "check_verifiable", "local_margin", "verify_default", "verify_search"]
 
 
 def measure_devices(cfg, out: str | Path, result: dict, settings=None, log: Callable[[str], None] = print) -> dict:

@@ -39,13 +39,13 @@ _ZIP_MAIN = (
     "from runner import main\n"
     "sys.exit(main([sys.argv[0]] + sys.argv[1:]))\n"
 )
-_README = """hwcost profiling bundle: {n} op models ({spaces}), ONNX opset {opset}.
+_README = """hwcost profiling bundle: {n} op models ({spaces}){nets}, ONNX opset {opset}.
 
 On the device (Python 3.8+):   pip install numpy onnxruntime
 Run it:                        python3 {name} --out results.json
 or, with the runner unzipped:  unzip -j {name} runner.py && python3 runner.py {name} --out results.json
 Options: --threads N  --rel-ci 0.02  --max-time 2  --provider NAME  --resume (after an interruption)
-Back on the host:              hwcost table import results.json --out device.json
+Back on the host:              {back}
 """
 # Remote paths that scp reads the same way in its SFTP and legacy modes (no shell expansion).
 _SAFE_REMOTE = re.compile(r"[A-Za-z0-9._+/-]+")
@@ -80,13 +80,16 @@ def _model_inputs(proto) -> list[dict]:
 def write_bundle(keys: Iterable[OpKey], out_zip: str | os.PathLike, opset: int = DEFAULT_OPSET,
                  settings: dict | None = None, networks: Sequence[str] = (), atol: float = 1e-3,
                  progress: Callable[[int, int, OpKey], None] | None = None,
-                 calibration: Sequence[tuple] = ()) -> BundleInfo:
+                 calibration: Sequence[tuple] = (),
+                 back_on_host: str = "hwcost table import results.json --out device.json") -> BundleInfo:
     """Export every key's op module to ONNX, check it, and zip models + manifest + runner.
 
     ``settings`` are the runner's defaults (threads, rel_ci, max_time_s, ...;
     see ``runner.DEFAULT_SETTINGS``); the command line on the device overrides them.
     ``calibration``: (name, spec, module, input shape) of whole networks the runner
-    times after the keys, for the table's in-context model (``hwcost table import``).
+    times after the keys, for the table's in-context model (``hwcost table import``); a bundle of
+    such networks alone (no keys) is what ``hwcost verify`` sends a remote device. ``back_on_host``:
+    the command its README.txt names for the results.
     The zip is written atomically: an interrupted export leaves no half bundle.
     """
     import onnx
@@ -94,8 +97,8 @@ def write_bundle(keys: Iterable[OpKey], out_zip: str | os.PathLike, opset: int =
 
     from .shapes import key_module
 
-    keys = list(keys)
-    if not keys:
+    keys, calibration = list(keys), list(calibration)
+    if not keys and not calibration:
         raise HwcostError("no op keys to bundle")
     for k in keys:
         if not isinstance(k, OpKey):
@@ -137,7 +140,8 @@ def write_bundle(keys: Iterable[OpKey], out_zip: str | os.PathLike, opset: int =
                 zf.write(path, f"networks/{i:03d}.onnx")
                 nets.append({"name": f"{i:03d} {name}", "spec": spec, "model": f"networks/{i:03d}.onnx",
                              "inputs": _model_inputs(onnx.load(path))})
-            batches = sorted({k.batch for k in keys})
+            # a bundle of whole networks only (verify): the networks' batch
+            batches = sorted({k.batch for k in keys} or {int(shape[0]) for _, _, _, shape in calibration})
             # the empty op a local ORT profile times for measurement.call_overhead_ms, so the runner records it too
             from .backends import _Empty
             path = os.path.join(tmp, "empty.onnx")
@@ -151,7 +155,8 @@ def write_bundle(keys: Iterable[OpKey], out_zip: str | os.PathLike, opset: int =
             manifest = {
                 "format": runner.MANIFEST_FORMAT, "version": max(runner.MANIFEST_VERSIONS), "created": now_iso(),
                 "producer": {"tool": "hwcost", "torch": torch.__version__, "onnx": onnx.__version__, "opset": opset},
-                "spaces": sorted({k.space for k in keys}), "networks": list(networks),
+                "spaces": sorted({k.space for k in keys} or {c[1].get("space") for c in calibration} - {None}),
+                "networks": list(networks),
                 "dtype": "float32", "batch": batches[0] if len(batches) == 1 else None,
                 "settings": settings, "call_overhead": call_overhead, "keys": entries,
                 **({"calibration": nets} if nets else {}),
@@ -159,8 +164,9 @@ def write_bundle(keys: Iterable[OpKey], out_zip: str | os.PathLike, opset: int =
             zf.writestr("manifest.json", json.dumps(manifest, indent=1, allow_nan=False))
             zf.write(RUNNER_PATH, "runner.py")
             zf.writestr("__main__.py", _ZIP_MAIN)
-            zf.writestr("README.txt", _README.format(n=len(keys), spaces=", ".join(manifest["spaces"]),
-                                                     opset=opset, name=out_zip.name))
+            zf.writestr("README.txt", _README.format(
+                n=len(keys), spaces=", ".join(manifest["spaces"]), opset=opset, name=out_zip.name,
+                nets=f" and {len(nets)} whole networks" if nets else "", back=back_on_host))
         os.replace(tmp_zip, out_zip)
     except BaseException:
         if os.path.exists(tmp_zip):

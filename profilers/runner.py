@@ -390,7 +390,8 @@ def open_bundle(path: str):
               f"{', '.join(map(str, MANIFEST_VERSIONS))}); use the runner.py shipped inside the same bundle")
     m["settings"] = check_settings(m.get("settings", {}), f"{path}: manifest settings")
     keys = m.get("keys")
-    if not isinstance(keys, list) or not keys:
+    # a verify bundle (`hwcost verify`) holds whole networks only: no op keys, calibration networks
+    if not isinstance(keys, list) or not (keys or m.get("calibration")):
         _fail(f"{path}: manifest.json lists no keys")
     names = set(zf.namelist())
     co = m.get("call_overhead")  # optional (bundles before it lack it): the empty op's model
