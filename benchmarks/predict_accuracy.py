@@ -38,6 +38,10 @@ Writes ``benchmarks/results/predict_vs_measured_<backend>.png`` and ``.json``
 (``--replot JSON`` prints the report of a saved run again and redraws its plot, without measuring;
 the report adds the calibrated figures "in the calibration's phase": each prediction times the
 now / then ratio of the calibration networks measured beside the test networks).
+``--remeasure`` measures the test networks a second time (chunks in reverse order) and prints how far two
+measurements of one network agree -- the ceiling of any prediction's agreement with one measurement on
+this host -- and the calibrated predictions against the second measurement and against the geometric mean
+of both; ``--sessions K`` prepares each test network K times and keeps the median session (as verify does).
 """
 from __future__ import annotations
 
@@ -168,7 +172,8 @@ def run_backend(name: str, args, log) -> dict:
         for start in range(0, len(tests), step):
             chunk = tests[start:start + step]
             nets = [(n, n.input_shape(1)) for n in (build_network(network_config("cifar10", g)) for g in chunk)]
-            measured, ref = measure_models_with_reference(nets + [(n, sh) for n, sh, _ in lit], backend, NET_SETTINGS)
+            measured, ref = measure_models_with_reference(nets + [(n, sh) for n, sh, _ in lit], backend, NET_SETTINGS,
+                                                          sessions=args.sessions)
             measured, again = measured[:len(chunk)], measured[len(chunk):]
             phase.append({"reference_ms": ref.median * 1e3,
                           "calibration_now_over_then": [a.median * 1e3 / then for a, (_, _, then) in zip(again, lit)]})
@@ -185,6 +190,21 @@ def run_backend(name: str, args, log) -> dict:
                         row[f"upper90_{label}_ms"] = c.latency_ms * models[label].upper_factor(0.9)
                 rows.append(row)
             log(f"  darts {start + len(chunk)}/{len(tests)} ({time.perf_counter() - t0:.0f} s, load {load()})")
+        if args.remeasure:
+            # The same test networks measured a second time, chunks in reverse order (so a network's two
+            # measurements fall in different parts of the run): how far two measurements of one network
+            # agree is the ceiling of any prediction's agreement with one of them.
+            darts_rows = [r for r in rows if r["kind"] == "darts"]
+            t1 = time.perf_counter()
+            for start in reversed(range(0, len(tests), step)):
+                chunk = tests[start:start + step]
+                nets = [(n, n.input_shape(1)) for n in (build_network(network_config("cifar10", g)) for g in chunk)]
+                measured, ref = measure_models_with_reference(nets, backend, NET_SETTINGS, sessions=args.sessions)
+                for r, m in zip(darts_rows[start:start + step], measured):
+                    r["remeasured_ms"] = m.median * 1e3
+                    r["remeasured_reference_ms"] = ref.median * 1e3
+                log(f"  remeasured darts {start + 1}-{start + len(chunk)} ({time.perf_counter() - t1:.0f} s, "
+                    f"load {load()})")
         if lit:
             ratios = [v for ph in phase for v in ph["calibration_now_over_then"]]
             then_ref = models["now"].reference_ms
@@ -215,7 +235,7 @@ def run_backend(name: str, args, log) -> dict:
                          "profile_s": sec})
             log(f"  {model_name}: predicted {pred.latency_ms:.2f} ms, measured {m.median * 1e3:.2f} ms "
                 f"({m.quality}), load {load()}")
-    return {"backend": name, "runtime": tables["now"].runtime, "tables": list(tables),
+    return {"backend": name, "runtime": tables["now"].runtime, "tables": list(tables), "sessions": args.sessions,
             "shipped_table_created": tables["shipped"].created if "shipped" in tables else None,
             "chain": chain, "calibration": {k: m.to_json() for k, m in models.items()}, "rows": rows,
             "phase": phase}
@@ -250,6 +270,35 @@ def in_phase(rows: list[dict], field: str, phase: list[dict]) -> list[dict] | No
         return None
     step = -(-len(rows) // len(ratios))
     return [{**r, field: r[field] * ratios[i // step]} for i, r in enumerate(rows)]
+
+
+def repeatability(rows: list[dict], result: dict, log) -> dict:
+    """How far two measurements of the same networks agree (the ceiling of a prediction's agreement with
+    one measurement), and the calibrated predictions scored against the second measurement and against the
+    geometric mean of both (the measurement noise halved in variance)."""
+    a = np.array([r["measured_ms"] for r in rows])
+    b = np.array([r["remeasured_ms"] for r in rows])
+    d = np.log(b / a)
+    rel = np.abs(b / a - 1)
+    out = {"n": len(rows), "within_5": float(np.mean(rel <= 0.05)), "within_10": float(np.mean(rel <= 0.10)),
+           "median_ratio": float(np.exp(np.median(d))), "sd_log_ratio": float(np.std(d, ddof=1)),
+           "single_measurement_sd": float(np.std(d, ddof=1) / np.sqrt(2))}
+    log(f"\n{result['backend']}: the {len(rows)} DARTS test networks measured twice (second pass in reverse order): "
+        f"second / first median {out['median_ratio']:.3f}, agree within 5% {out['within_5']:.0%}, within 10% "
+        f"{out['within_10']:.0%}; sd of log(second / first) {out['sd_log_ratio']:.2%} -> one measurement's noise "
+        f"about {out['single_measurement_sd']:.2%} (sessions per network: {result.get('sessions', 1)})")
+    for label in result.get("calibration", {}):
+        field = f"calibrated_{label}_ms"
+        if not all(field in r for r in rows):
+            continue
+        second = summarize([{**r, "measured_ms": r["remeasured_ms"]} for r in rows], field)
+        both = summarize([{**r, "measured_ms": float(np.sqrt(r["measured_ms"] * r["remeasured_ms"]))} for r in rows],
+                         field)
+        out[field] = {"second": second, "geomean": both}
+        for what, s in (("the second measurement", second), ("the geometric mean of both", both)):
+            log(f"  {label} table, in-context model against {what}: MAPE {s['mape']:.2%}, within 5% "
+                f"{s['within_5']:.0%}, within 10% {s['within_10']:.0%}, mean signed {s['mean_signed_error']:+.2%}")
+    return out
 
 
 def report(result: dict, log) -> dict:
@@ -291,6 +340,9 @@ def report(result: dict, log) -> dict:
                     log(f"  in the calibration's phase (each prediction x the now / then ratio of the calibration "
                         f"networks measured beside it, as verify does): MAPE {s['mape']:.2%}, within 5% "
                         f"{s['within_5']:.0%}, within 10% {s['within_10']:.0%}, mean signed {s['mean_signed_error']:+.2%}")
+    again = [r for r in groups["darts"] if "remeasured_ms" in r]
+    if again:
+        out["repeatability"] = repeatability(again, result, log)
     label = result["tables"][0]
     log("")
     if "shipped" in result["tables"] and groups["darts"]:
@@ -349,6 +401,11 @@ def main() -> int:
     ap.add_argument("--calibrate", type=int, default=10,
                     help="other genotypes to calibrate the in-context model on (reported beside the sum of "
                          "ops; 0: none)")
+    ap.add_argument("--sessions", type=int, default=1,
+                    help="sessions per test network, the median one kept (verify uses 3; default 1)")
+    ap.add_argument("--remeasure", action="store_true",
+                    help="measure the test networks a second time and report how far two measurements agree "
+                         "(the ceiling of any prediction's agreement with one of them)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--replot", metavar="JSON", help="report a results .json again and redraw its plot (no measuring)")
     args = ap.parse_args()
@@ -357,6 +414,8 @@ def main() -> int:
         report(result, lambda line: print(line, flush=True))
         plot(result, Path(args.replot).with_suffix(".png"))
         return 0
+    if args.sessions < 1:
+        ap.error("--sessions must be at least 1")
     if args.quick:
         args.n = 20
     args.models = [m for m in args.models.split(",") if m]
