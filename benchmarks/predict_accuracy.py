@@ -38,7 +38,9 @@ Writes ``benchmarks/results/predict_vs_measured_<backend>.png`` and ``.json``
 (``--replot JSON`` prints the report of a saved run again and redraws its plot, without measuring;
 the report adds the calibrated figures "in the calibration's phase": each prediction times the
 now / then ratio of the calibration networks measured beside the test networks).
-``--remeasure`` measures the test networks a second time (chunks in reverse order) and prints how far two
+The report also scores the chunks of test networks whose calibration networks, measured beside them, ran
+within 5% of their calibration time (the host in the calibration's phase, chosen without looking at any
+prediction). ``--remeasure`` measures the test networks a second time (chunks in reverse order) and prints how far two
 measurements of one network agree -- the ceiling of any prediction's agreement with one measurement on
 this host -- and the calibrated predictions against the second measurement and against the geometric mean
 of both; ``--sessions K`` prepares each test network K times and keeps the median session (as verify does).
@@ -272,6 +274,19 @@ def in_phase(rows: list[dict], field: str, phase: list[dict]) -> list[dict] | No
     return [{**r, field: r[field] * ratios[i // step]} for i, r in enumerate(rows)]
 
 
+QUIET = 1.05   # a chunk whose calibration networks ran within 5% of their calibration time: the host in that phase
+
+
+def quiet_chunks(rows: list[dict], phase: list[dict]) -> list[dict] | None:
+    """The rows of the chunks whose calibration networks, measured beside them, ran within :data:`QUIET` of
+    their calibration time (median now / then in [1 / QUIET, QUIET]); None without phase records."""
+    ratios = [statistics.median(ph["calibration_now_over_then"]) for ph in phase if ph.get("calibration_now_over_then")]
+    if not rows or not ratios or len(ratios) != len(phase):
+        return None
+    step = -(-len(rows) // len(ratios))
+    return [r for i, r in enumerate(rows) if 1 / QUIET <= ratios[i // step] <= QUIET]
+
+
 def repeatability(rows: list[dict], result: dict, log) -> dict:
     """How far two measurements of the same networks agree (the ceiling of a prediction's agreement with
     one measurement), and the calibrated predictions scored against the second measurement and against the
@@ -334,6 +349,16 @@ def report(result: dict, log) -> dict:
                 out[field]["upper90_coverage"] = float(below)
                 log(f"  90% prediction interval covers {inside:.0%} of the test networks; the one-sided 90% bound "
                     f"(what a budget at --confidence 0.9 uses) {below:.0%}")
+                quiet = quiet_chunks(d, result.get("phase") or []) if label == "now" else None
+                if quiet:
+                    s = out[field]["quiet_chunks"] = summarize(quiet, field)
+                    log(f"  the {s['n']} test networks of chunks measured while the calibration networks beside them ran "
+                        f"within {QUIET - 1:.0%} of their calibration time (the host in the calibration's phase; chosen by "
+                        f"those networks, not by any prediction): MAPE {s['mape']:.2%}, within 5% {s['within_5']:.0%}, "
+                        f"within 10% {s['within_10']:.0%}, mean signed {s['mean_signed_error']:+.2%}")
+                elif quiet is not None:
+                    log(f"  no chunk of test networks was measured with the calibration networks within {QUIET - 1:.0%} "
+                        f"of their calibration time")
                 phased = in_phase(d, field, result.get("phase") or []) if label == "now" else None
                 if phased is not None:
                     s = out[field]["in_calibration_phase"] = summarize(phased, field)
