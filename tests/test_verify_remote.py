@@ -257,3 +257,40 @@ def test_the_real_runner_measures_a_verify_bundle_with_torch_blocked(remote, tmp
 def test_verify_pending_carries_the_round():
     e = VerifyPending({"round": 2, "bundle": "b.zip"})
     assert e.pending["round"] == 2 and "b.zip" in str(e)
+
+
+def test_cli_verify_over_ssh_runs_each_round_on_the_host(remote, tmp_path, monkeypatch, capsys):
+    """`hwcost verify RUN --ssh HOST`: every round's bundle is copied there, run by its own runner and its
+    results fetched, to the end of the loop (ssh and scp are fakes that run the host's commands here)."""
+    import os
+    import stat
+
+    from test_bundle import FAKE
+    import hwcost.verify_remote as VR
+    path, _ = remote
+    t = load_table(path)
+    save_table(dataclasses.replace(t, device={**t.device, "cpu_model": runner.cpu_model()}), path)
+    bindir, home, log = tmp_path / "bin", tmp_path / "home", tmp_path / "calls.jsonl"
+    bindir.mkdir()
+    home.mkdir()
+    for name in ("ssh", "scp"):
+        (bindir / name).write_text(FAKE.format(python=sys.executable))
+        (bindir / name).chmod((bindir / name).stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("FAKE_HOME", str(home))
+    real = VR.runner_settings
+    monkeypatch.setattr(VR, "runner_settings", lambda table: {**real(table), "max_time_s": 0.06, "passes": 2})
+    out = tmp_path / "run"
+    _searched(path, out)
+    assert main(["verify", str(out), "--ssh", "pi@board", "--rounds", "1", "--python", sys.executable]) == 0
+    text = capsys.readouterr().out
+    v = json.loads((out / "result.json").read_text())["verify"]
+    assert "pending" not in v and 1 <= len(v["rounds"]) <= 2 and "measured" in text
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    runs = [c for c in calls if c[0] == "ssh" and "runner.py" in c[-1]]
+    assert len(runs) == len(v["rounds"]) and all("--force" in c[-1] for c in runs)   # each round measured afresh
+    for rec in v["rounds"]:
+        doc = json.loads(Path(rec["results"]).read_text())
+        assert doc["calibration"][0]["name"].endswith(f"verify round {rec['round']}")
+        assert rec["measured_raw_ms"] == doc["calibration"][0]["median_ms"]
