@@ -221,6 +221,7 @@ BOOT = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); script = sys.argv[2
         "sys.argv = sys.argv[2:]; runpy.run_path(script, run_name='__main__')")
 
 
+@pytest.mark.slow   # the --ssh test runs the bundle's own runner too; this one adds torch blocked, as on a board
 def test_the_real_runner_measures_a_verify_bundle_with_torch_blocked(remote, tmp_path):
     """A verify bundle holds no op keys: the runner shipped in it runs it on a 'board' (isolated Python,
     torch and hwcost unimportable) and its results record the round."""
