@@ -25,7 +25,9 @@ def test_the_readme_lists_every_strategy():
     assert set(STRATEGIES) <= named
 
 
-@pytest.mark.parametrize("line", _tiny_lines())
+# the sharpDARTS line takes ~30 s on a 2-vCPU host; tests/test_sharpdarts_search.py's runs are slow too
+@pytest.mark.parametrize("line", [pytest.param(line, marks=pytest.mark.slow) if "sharpdarts" in line else line
+                                  for line in _tiny_lines()])
 def test_tiny_configuration_runs(line, tmp_path):
     argv = shlex.split(line)[1:]
     i = argv.index("--out")
