@@ -331,3 +331,28 @@ def test_a_re_derivation_back_to_a_measured_network_fine_tunes_alpha_first(toy_t
     calls.clear()
     out = verify_search(cfg, tmp_path / "run", r, rounds=1, log=lambda s: None, finetune=0)
     assert calls == [0] and out["verify"]["stopped"] == "re-derived a network measured already"
+
+
+def test_cli_verify_of_a_run_searched_here_measures_here(toy_table, tmp_path, capsys):
+    """`hwcost verify RUN` on a run searched with --no-verify on a table profiled here: the local loop, as
+    `search --verify` runs it; asked again, it says the run was verified; --results is for remote tables."""
+    budget = _budget(toy_table) * 1.1
+    run = tmp_path / "run"
+    assert main(["search", "--space", "nb201", "--data", "synthetic", "--epochs", "2", "--steps-per-epoch", "3",
+                 "--C", "4", "--layers", "3", "--table", str(toy_table), "--budget", f"latency={budget}ms",
+                 "--no-verify", "--out", str(run)]) == 0
+    r = json.loads((run / "result.json").read_text())
+    assert "verify" not in r
+    capsys.readouterr()
+    assert main(["verify", str(run), "--rounds", "3"]) == 0
+    out = capsys.readouterr().out
+    v = json.loads((run / "result.json").read_text())["verify"]
+    assert v["backend"] == TOY and "pending" not in v and v["rounds"]
+    # the first measurement is the toy device's law on the searched network (over its ops' sum)
+    assert v["rounds"][0]["measured_ms"] == pytest.approx(SLOWDOWN * r["derived"]["latency_ms"] + EXTRA_MS, rel=1e-6)
+    assert "round 0: predicted" in out
+    assert main(["verify", str(run)]) == 0
+    assert "verified already" in capsys.readouterr().out
+    (tmp_path / "res.json").write_text("{}")
+    assert main(["verify", str(run), "--results", str(tmp_path / "res.json")]) == 2
+    assert "remote device" in capsys.readouterr().err
