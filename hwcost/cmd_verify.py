@@ -30,8 +30,11 @@ def _load_run(out: str):
         result = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HwcostError(f"{path} is unreadable ({type(e).__name__})") from None
-    if cfg.table is None or not Path(cfg.table).is_file():
-        raise HwcostError(f"{out} was searched without a device table file (--table): nothing to verify against")
+    if cfg.table is None:
+        raise HwcostError(f"{out} was searched without a device table (--table): nothing to verify against")
+    if not Path(cfg.table).is_file():
+        raise HwcostError(f"{out} was searched on {cfg.table}, not a table file here (a bundled table was measured "
+                          f"elsewhere and takes no calibration): nothing to verify against")
     if cfg.devices:
         raise HwcostError(f"{out} searched for several devices; verify re-derives for one device's table")
     if "latency_ms" not in result.get("derived", {}):

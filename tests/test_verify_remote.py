@@ -295,3 +295,14 @@ def test_cli_verify_over_ssh_runs_each_round_on_the_host(remote, tmp_path, monke
         doc = json.loads(Path(rec["results"]).read_text())
         assert doc["calibration"][0]["name"].endswith(f"verify round {rec['round']}")
         assert rec["measured_raw_ms"] == doc["calibration"][0]["median_ms"]
+
+
+def test_cli_verify_of_a_run_on_a_bundled_table_is_one_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["search", "--space", "nb201", "--table", "nb201_ort-cpu", "--budget", "latency=2ms", "--data",
+                 "synthetic", "--epochs", "1", "--steps-per-epoch", "2", "--C", "4", "--layers", "3",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "not a table file here" in err and "Traceback" not in err
