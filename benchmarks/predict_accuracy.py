@@ -267,11 +267,20 @@ def in_phase(rows: list[dict], field: str, phase: list[dict]) -> list[dict] | No
     beside them (``phase``: one record per chunk of test networks, in order), or None without records.
     No scored network enters the ratio: it says how much faster or slower the host ran than when the
     calibration was measured (``hwcost.verify`` measures its derived networks the same way)."""
+    ratios = chunk_ratios(rows, phase)
+    if ratios is None:
+        return None
+    return [{**r, field: r[field] * ratio} for r, ratio in zip(rows, ratios)]
+
+
+def chunk_ratios(rows: list[dict], phase: list[dict]) -> list[float] | None:
+    """For each of ``rows``, the median now / then of the calibration networks measured beside its chunk
+    (``phase``: one record per chunk, in order); None without a record for every chunk."""
     ratios = [statistics.median(ph["calibration_now_over_then"]) for ph in phase if ph.get("calibration_now_over_then")]
-    if not rows or len(ratios) != len(phase) or not ratios:
+    if not rows or not ratios or len(ratios) != len(phase):
         return None
     step = -(-len(rows) // len(ratios))
-    return [{**r, field: r[field] * ratios[i // step]} for i, r in enumerate(rows)]
+    return [ratios[i // step] for i in range(len(rows))]
 
 
 QUIET = 1.05   # a chunk whose calibration networks ran within 5% of their calibration time: the host in that phase
@@ -280,11 +289,10 @@ QUIET = 1.05   # a chunk whose calibration networks ran within 5% of their calib
 def quiet_chunks(rows: list[dict], phase: list[dict]) -> list[dict] | None:
     """The rows of the chunks whose calibration networks, measured beside them, ran within :data:`QUIET` of
     their calibration time (median now / then in [1 / QUIET, QUIET]); None without phase records."""
-    ratios = [statistics.median(ph["calibration_now_over_then"]) for ph in phase if ph.get("calibration_now_over_then")]
-    if not rows or not ratios or len(ratios) != len(phase):
+    ratios = chunk_ratios(rows, phase)
+    if ratios is None:
         return None
-    step = -(-len(rows) // len(ratios))
-    return [r for i, r in enumerate(rows) if 1 / QUIET <= ratios[i // step] <= QUIET]
+    return [r for r, ratio in zip(rows, ratios) if 1 / QUIET <= ratio <= QUIET]
 
 
 def repeatability(rows: list[dict], result: dict, log) -> dict:

@@ -44,6 +44,12 @@ def network_settings(max_time_s: float = 3.0, passes: int = 10):
     return Settings(max_time_s=max_time_s, passes=passes)
 
 
+def is_remote_table(table: DeviceTable) -> bool:
+    """Whether ``table`` was measured on a remote device through a bundle (its runner's results)."""
+    return (table.runtime.get("backend") in _REMOTE or table.provenance.get("source") == "runner"
+            or table.measurement.get("tool") == "hwcost runner")
+
+
 def table_backend(table: DeviceTable, backend: str | None = None):
     """The backend that measured ``table``, with its settings; refuses another one or another host."""
     from profilers.backends import get_backend
@@ -53,8 +59,7 @@ def table_backend(table: DeviceTable, backend: str | None = None):
     if backend is not None and backend != name:
         raise HwcostError(f"table {table.source} was profiled on backend {name}; calibrating it on {backend} would "
                           f"fit one runtime's networks to another's ops (profile a {backend} table first)")
-    if name in _REMOTE or table.provenance.get("source") == "runner" or \
-            table.measurement.get("tool") == "hwcost runner":
+    if is_remote_table(table):
         raise HwcostError(f"table {table.source} was measured on a remote device through a bundle; its networks "
                           f"are measured there too, through bundles: `hwcost bundle --calibration-networks N` "
                           f"calibrates it, `hwcost verify RUN` verifies a search's network on it (or with --ssh)")

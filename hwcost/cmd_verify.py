@@ -10,7 +10,6 @@ remote device through a bundle of whole networks and its runner (a table from ``
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,10 @@ def _load_run(out: str):
     from search.run import resume_config, run_settings
     if run_settings(out) is None:
         raise HwcostError(f"{out} is not a search's run directory (no config.json)")
+    from search.train import _read_search_result
     cfg = resume_config(out, {})
-    path = Path(out) / "result.json"
-    if not path.is_file():
-        raise HwcostError(f"{out} has no result.json: the search has not finished (continue it with "
-                          f"hwcost search --resume --out {out})")
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HwcostError(f"{path} is unreadable ({type(e).__name__})") from None
+    result = _read_search_result(out)       # one error for a missing, unreadable or foreign result.json
+    result.pop("_path")
     if cfg.table is None:
         raise HwcostError(f"{out} was searched without a device table (--table): nothing to verify against")
     if not Path(cfg.table).is_file():

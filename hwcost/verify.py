@@ -57,7 +57,7 @@ def verify_default(table_path: str | None) -> tuple[bool, str]:
     table = load_table(path)
     if table.kind != "op":
         return False, "an architecture-level table (its latencies are already measured networks)"
-    from .verify_remote import is_remote_table
+    from .calibrate import is_remote_table
     if is_remote_table(table):
         return False, (f"{table_path} was measured on a remote device ({table.device.get('name')}): "
                        f"`hwcost verify RUN` measures the derived network there, through a bundle")

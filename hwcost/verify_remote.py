@@ -26,16 +26,15 @@ from typing import Callable
 
 from spaces.errors import HwcostError
 
+from .calibrate import is_remote_table
 from .verify import CANDLES, VerifyPending, candle_samples
 
 NETWORK_NAME = "verify round {r}"
 CANDLE_NAME = "calibration network {i}"
 
 
-def is_remote_table(table) -> bool:
-    """Whether ``table`` was measured on a remote device through a bundle (its runner's results)."""
-    return (table.runtime.get("backend") == "onnxruntime" or table.provenance.get("source") == "runner"
-            or table.measurement.get("tool") == "hwcost runner")
+def _spec_key(spec: dict) -> str:
+    return json.dumps(spec, sort_keys=True)
 
 
 def bundle_id(path: str | Path) -> str:
@@ -125,9 +124,8 @@ class RemoteMeasure:
             why = f": {failed[0]['error']}" if failed else ""
             raise HwcostError(f"results {results}: the device did not measure the derived network{why}")
         row = mine[0]
-        then = {json.dumps(s.spec, sort_keys=True): s.measured_ms for s in candle_samples(table, CANDLES)}
-        ratios = [x["median_ms"] / then[json.dumps(x["spec"], sort_keys=True)] for x in rows
-                  if x is not row and json.dumps(x["spec"], sort_keys=True) in then]
+        then = {_spec_key(s.spec): s.measured_ms for s in candle_samples(table, CANDLES)}
+        ratios = [x["median_ms"] / then[k] for x in rows if x is not row and (k := _spec_key(x["spec"])) in then]
         phase = statistics.median(ratios) if ratios else None
         scale = phase if phase is not None and phase > 1.0 else 1.0   # a slower phase taken out, as locally
         ms = row["median_ms"] / scale
