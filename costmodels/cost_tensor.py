@@ -45,8 +45,8 @@ from spaces.errors import HwcostError, unknown
 from spaces.nb201 import Nb201Cell, Nb201NetConfig
 from spaces.nb201_arch import EDGES as NB201_EDGES, Nb201Arch
 from spaces.networks import Cell, CifarNetConfig, ImageNetConfig, build_network
-from spaces.opkeys import probe_genotype, probe_nb201_arch, tagged_op_counts
-from spaces.registry import get_space
+from spaces.opkeys import parameter_free, probe_genotype, probe_nb201_arch, tagged_op_counts
+from spaces.registry import build_op, get_space
 
 from .analytical import AUX_PREFIX, Costs, network_costs, op_costs
 
@@ -77,12 +77,17 @@ class CostTensor:
     target: dict                         # what network the costs are of
     keys: tuple = ()                     # keys[k][e][o]: KeyCounts that c[k, e, o] sums over
     fixed_keys: KeyCounts = ()           # the fixed part's keys (latency sums over these)
+    # merge[k, e, o, m]: what one call of op o on edge e's state saves when its ONNX graph merges it
+    # with an identical call on the same state (with_onnx_merges; merge_saving); None: nothing merges
+    merge: torch.Tensor | None = None
 
     def __post_init__(self):
         want = (len(self.cell_types), len(self.edges), len(self.ops), len(self.metrics))
         if tuple(self.c.shape) != want:
             raise HwcostError(f"cost tensor c has shape {tuple(self.c.shape)}, expected {want} "
                               f"(cell types, edges, ops, metrics)")
+        if self.merge is not None and tuple(self.merge.shape) != want:
+            raise HwcostError(f"cost tensor merge has shape {tuple(self.merge.shape)}, expected {want}")
         if tuple(self.fixed.shape) != (len(self.metrics),):
             raise HwcostError(f"cost tensor fixed has shape {tuple(self.fixed.shape)}, "
                               f"expected ({len(self.metrics)},)")
@@ -102,6 +107,7 @@ class CostTensor:
             "c": self.c.tolist(), "fixed": self.fixed.tolist(),
             "keys": [[[kc(p) for p in per_edge] for per_edge in per_type] for per_type in self.keys],
             "fixed_keys": kc(self.fixed_keys),
+            **({"merge": self.merge.tolist()} if self.merge is not None else {}),
         }
 
     @classmethod
@@ -115,7 +121,8 @@ class CostTensor:
                 edges=tuple(tuple(e) for e in d["edges"]), space=d["space"], target=dict(d["target"]),
                 keys=tuple(tuple(tuple(kc(p) for p in per_edge) for per_edge in per_type)
                            for per_type in d.get("keys", ())),
-                fixed_keys=kc(d.get("fixed_keys", ())))
+                fixed_keys=kc(d.get("fixed_keys", ())),
+                merge=torch.tensor(d["merge"], dtype=torch.float64) if d.get("merge") is not None else None)
         except (KeyError, TypeError, ValueError) as e:
             raise HwcostError(f"malformed cost tensor: {type(e).__name__}: {e}") from None
 
@@ -342,3 +349,58 @@ def build_cost_tensor(space: str, target_config, metrics: Iterable[str] | None =
     fixed_keys = tuple(sorted(layout.fixed_keys.items(), key=lambda kv: kv[0].to_str()))
     return CostTensor(c, fixed, metrics, ops, layout.cell_types, layout.edges, space,
                       _describe(target_config, batch), keys, fixed_keys)
+
+
+# ---------------------------------------------------------------------------
+# Identical parameter-free ops on one state: one node in the ONNX graph
+
+
+def source_groups(edges) -> list[list[int]]:
+    """Indices of the edges that read each state, for every state read by more than one edge."""
+    by: dict[int, list[int]] = {}
+    for e, (_, i) in enumerate(edges):
+        by.setdefault(i, []).append(e)
+    return [g for _, g in sorted(by.items()) if len(g) > 1]
+
+
+def merge_saving(merge: torch.Tensor, p: torch.Tensor, edges) -> torch.Tensor:
+    """What the merged calls save, per metric: for every state read by several edges and every op,
+    ``merge`` times (the expected calls of that op on that state - the probability that at least one
+    edge makes it), with ``p[..., k, e, o]`` the probability that edge e holds op o (0/1 for a derived
+    network: then exactly (calls - 1) saved where an op reads a state more than once). ``merge``
+    [k, e, o, m] is the same for every edge of one state (one key); leading dims of ``p`` are kept."""
+    out = torch.zeros(p.shape[:-3] + merge.shape[-1:], dtype=merge.dtype, device=merge.device)
+    for g in source_groups(edges):
+        P = p[..., g, :].to(merge.dtype).clamp(0.0, 1.0)          # [..., k, |g|, o]
+        dup = P.sum(-2) - (1 - (1 - P).prod(-2))                  # expected calls - P(any)
+        out = out + torch.einsum("...ko,kom->...m", dup, merge[:, g].mean(1))
+    return out
+
+
+def with_onnx_merges(ct: CostTensor, per_call_ms: float, per_op_ms: float = 0.0) -> CostTensor:
+    """``ct`` with its ``merge`` tensor for a runtime that runs the network as an ONNX graph: an edge's
+    op that has no parameters or buffers (a pool, an identity) and is chosen on another edge reading the
+    same state runs once (``spaces.opkeys.tagged_op_counts``). One merged call saves what the network's
+    latency gives that call: its entry in ``c`` (per cell of the type) minus the isolation overhead the
+    fixed part took off for it (``per_call_ms``) plus the in-context per-op term (``per_op_ms``), as
+    ``costmodels.predict`` leaves the call out. Analytical counts are of the network as written: 0."""
+    if LATENCY not in ct.metrics or not ct.keys:
+        return ct
+    li = ct.index(LATENCY)
+    merge = torch.zeros_like(ct.c)
+    free: dict = {}
+    for k, e, o in itertools.product(range(len(ct.cell_types)), range(len(ct.edges)), range(len(ct.ops))):
+        pairs = ct.keys[k][e][o]
+        if (ct.ops[o] == "none" and ct.space != "nb201") or not pairs:   # a darts none edge is absent
+            continue
+        for key, _ in pairs:
+            sig = (key.space, key.op, key.c_in, key.c_out, key.stride, key.extra)
+            if sig not in free:
+                free[sig] = parameter_free(build_op(key.space, key.op, key.c_in, key.c_out, key.stride,
+                                                    **dict(key.extra)))
+        if all(free[(key.space, key.op, key.c_in, key.c_out, key.stride, key.extra)] for key, _ in pairs):
+            calls = sum(n for _, n in pairs)
+            merge[k, e, o, li] = ct.c[k, e, o, li] - calls * (per_call_ms - per_op_ms)
+    if not torch.any(merge != 0):
+        return ct
+    return dataclasses.replace(ct, merge=merge)

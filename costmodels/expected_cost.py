@@ -16,6 +16,12 @@ cost tensor's units (ms, counts, bytes), for the *target* network:
   straight-through from a relaxation (:meth:`ExpectedCost.relaxed`): ops
   renormalised over the non-``none`` ops, edges weighted by a soft top-2.
 
+A cost tensor with a ``merge`` tensor (an ONNX Runtime table: identical
+parameter-free ops on one state run once) takes off, per state and op,
+``merge * (sum_e p_e - (1 - prod_e (1 - p_e)))`` -- expected calls minus the
+probability of at least one -- with p the weights each mode gives the edge's op
+(exact for a derived network; :func:`costmodels.cost_tensor.merge_saving`).
+
 The derivation rule lives here so the search and the cost use one rule.  See
 docs/expected_cost.md.
 """
@@ -31,7 +37,7 @@ from spaces.errors import HwcostError, unknown
 from spaces.genotypes import Genotype
 from spaces.nb201_arch import EDGES as NB201_EDGES, Nb201Arch
 
-from .cost_tensor import CostTensor, darts_edges
+from .cost_tensor import CostTensor, darts_edges, merge_saving
 
 MODES = ("expected", "derived")
 EDGES_KEPT = 2     # a derived DARTS node keeps its 2 strongest incoming edges
@@ -203,6 +209,8 @@ class ExpectedCost(nn.Module):
         idx = [ct.index(m) for m in self.metrics]
         self.register_buffer("c", ct.c[..., idx].to(torch.float64).clone())
         self.register_buffer("fixed", ct.fixed[idx].to(torch.float64).clone())
+        # identical parameter-free ops on one state, merged in an ONNX graph (cost_tensor.merge_saving)
+        self.register_buffer("merge", None if ct.merge is None else ct.merge[..., idx].to(torch.float64).clone())
         self.mode, self.tau = mode, float(tau)
         self.space, self.ops = ct.space, tuple(ct.ops)
         self.cell_types, self.edges = tuple(ct.cell_types), tuple(tuple(e) for e in ct.edges)
@@ -263,7 +271,8 @@ class ExpectedCost(nn.Module):
         w = self.weights(alphas, weights)
         if mode == "expected":
             return self.expected(w, betas)
-        hard = self.fixed + torch.einsum("keo,keom->m", self.selection(w, betas), self.c)
+        sel = self.selection(w, betas)
+        hard = self.fixed + torch.einsum("keo,keom->m", sel, self.c) - self._merged(sel)
         soft = self.relaxed(w, betas)
         return hard + (soft - soft.detach())   # value: the derived network's; gradient: the relaxation's
 
@@ -272,12 +281,16 @@ class ExpectedCost(nn.Module):
         per_edge = torch.einsum("keo,keom->kem", w, self.c)            # eq. 7
         ew = self._edge_softmax(betas)
         if ew is None:
-            return self.fixed + per_edge.sum(dim=(0, 1))              # eq. 9
+            return self.fixed + per_edge.sum(dim=(0, 1)) - self._merged(w)   # eq. 9
         mult = torch.ones_like(ew)
         for idx in self.groups:
             if len(idx) > EDGES_KEPT:
                 mult[:, idx] = EDGES_KEPT * ew[:, idx]
-        return self.fixed + torch.einsum("ke,kem->m", mult, per_edge)
+        return self.fixed + torch.einsum("ke,kem->m", mult, per_edge) - self._merged(mult[..., None] * w)
+
+    def _merged(self, p: torch.Tensor):
+        """What merged calls save (0 without a ``merge`` tensor); ``p[k, e, o]``: edge e holds op o."""
+        return 0.0 if self.merge is None else merge_saving(self.merge, p, self.edges)
 
     def selection(self, w: torch.Tensor, betas=None) -> torch.Tensor:
         """0/1 tensor [cell types, edges, ops] of the (edge, op) pairs derivation keeps."""
@@ -313,7 +326,7 @@ class ExpectedCost(nn.Module):
         if ew is not None:
             s = s + torch.log(ew.clamp_min(_TINY))
         g = soft_topk(s, self.groups, EDGES_KEPT, self.tau)
-        return self.fixed + torch.einsum("ke,kem->m", g, per_edge)
+        return self.fixed + torch.einsum("ke,kem->m", g, per_edge) - self._merged(g[..., None] * q)
 
     def derive(self, alphas=None, betas=None, weights=None):
         """The derived architecture: a Genotype (darts, sharpdarts) or an NB201 string."""

@@ -26,6 +26,10 @@
   convolution kernel; ``A = sum_k a_k``.  Layer-by-layer tables of PyTorch
   models time those layers separately; a space's ops are measured whole (BN
   inside), so the rule changes nothing there.
+* on a runtime that runs the network as an ONNX graph (:func:`runs_onnx_graph`), ``n_k``
+  leaves out the calls of a parameter-free op that repeat it on a tensor an
+  earlier call read: the export keeps one node for both
+  (:func:`spaces.opkeys.tagged_op_counts`; reported as ``merged``).
 * ``scale`` -- 1 unless a calibrated in-context factor is given (see
   :class:`Overhead`); never fitted on the networks it predicts.
 
@@ -181,9 +185,17 @@ def fused_layer_counts(model: nn.Module, input_shape: tuple[int, ...], level: st
     return absorbed
 
 
+def runs_onnx_graph(table: DeviceTable) -> bool:
+    """Whether ``table``'s runtime runs a network as an ONNX graph (an ONNX Runtime backend, here or on a
+    device through a bundle): the export and ONNX Runtime's common-subexpression elimination then keep one
+    node for identical parameter-free ops reading the same tensor (:func:`spaces.opkeys.tagged_op_counts`),
+    at every graph optimisation level (the exporter merges them already)."""
+    return str(table.runtime.get("backend", "")).startswith("ort")
+
+
 def runtime_fusion_level(table: DeviceTable) -> str:
     """The graph optimisation level whose fusions apply to ``table``'s runtime (``disable``: none)."""
-    if not str(table.runtime.get("backend", "")).startswith("ort"):
+    if not runs_onnx_graph(table):
         return "disable"   # eager PyTorch runs every layer as written
     return str(table.runtime.get("graph_optimization") or "all")
 
@@ -216,6 +228,9 @@ class NetworkPrediction:
     # {key: ms a call can add when its weights come from memory} (profilers.stream.streaming_ms); empty
     # when the table has no weight-stream probe or no key streams
     streamed: dict = field(default_factory=dict)
+    # {key: calls} the network makes as written but its ONNX graph does not (identical parameter-free ops
+    # on the same tensor, merged by the export; runs_onnx_graph); n_calls and the sums leave them out
+    merged: dict = field(default_factory=dict)
 
     @property
     def calibrated(self) -> bool:
@@ -240,6 +255,8 @@ class NetworkPrediction:
         if self.calibrated:
             d.update(uncalibrated_ms=self.uncalibrated_ms, low_ms=self.low_ms, high_ms=self.high_ms,
                      confidence=self.confidence)
+        if self.merged:
+            d.update(merged_ops=sum(self.merged.values()))
         calls, ms = self.subnormal
         if calls:
             d.update(subnormal_ops=calls, subnormal_ms=ms)
@@ -357,13 +374,17 @@ def predict_network(model: nn.Module, input_shape: tuple[int, ...], table: Devic
     if surrogate is not None and hasattr(surrogate, "table_"):
         from .surrogate import check_table
         check_table(surrogate, table)
-    counts = network_op_counts(model, input_shape)
+    merged: dict = {}
+    counts = network_op_counts(model, input_shape, merged if space != "torch" and runs_onnx_graph(table) else None)
+    counts.subtract(merged)   # what the ONNX graph does not run
     fused = fused_layer_counts(model, input_shape, runtime_fusion_level(table)) if space == "torch" else Counter()
     if isinstance(incontext, str):
         from .incontext import model_of
         incontext = model_of(table)
-    return predict_counts(counts, CostModel(table, surrogate), overhead or Overhead.from_table(table), fused,
-                          incontext, confidence)
+    p = predict_counts(+counts, CostModel(table, surrogate), overhead or Overhead.from_table(table), fused,
+                       incontext, confidence)
+    p.merged = {k.to_str(): n for k, n in sorted(merged.items(), key=lambda kv: kv[0].to_str())}
+    return p
 
 
 def predict_onnx(graph, table: DeviceTable, surrogate: OpSurrogate | None = None,
@@ -416,4 +437,4 @@ def predict_nb201(arch: str, table: DeviceTable, surrogate: OpSurrogate | None =
 
 __all__ = ["NetworkPrediction", "Overhead", "calibrate_scale", "check_table_for", "fused_layer_counts",
            "network_op_counts", "predict_counts", "predict_genotype", "predict_onnx", "predict_nb201", "predict_network",
-           "runtime_fusion_level"]
+           "runs_onnx_graph", "runtime_fusion_level"]

@@ -66,6 +66,8 @@ def cmd_predict(args) -> int:
         print(f"{d['latency_ms']:.3f} ms predicted for {d['network']} on {d['device']} ({d['backend']}): "
               f"{d['n_ops']} ops, {d['from_table']} from the table, {d['from_surrogate']} from the surrogate"
               + (f", {d['fused_ops']} fused away" if d.get("fused_ops") else "")
+              + (f", {d['merged_ops']} more its ONNX graph runs once (the same parameter-free op on the same "
+                 f"tensor)" if d.get("merged_ops") else "")
               + (f"; {d['overhead_removed_ms']:.3f} ms of per-call overhead removed"
                  if d.get("overhead_removed_ms") else ""))
         if d.get("calibrated"):

@@ -103,7 +103,11 @@ def scale_latency(cost_tensor: CostTensor, rho: float) -> CostTensor:
     c, fixed = cost_tensor.c.clone(), cost_tensor.fixed.clone()
     c[..., i] *= rho
     fixed[i] *= rho
-    return dataclasses.replace(cost_tensor, c=c, fixed=fixed)
+    merge = cost_tensor.merge
+    if merge is not None:
+        merge = merge.clone()
+        merge[..., i] *= rho
+    return dataclasses.replace(cost_tensor, c=c, fixed=fixed, merge=merge)
 
 
 def target_config(space: str, network: str):
@@ -161,6 +165,12 @@ def search_cost_tensor(space: str, network: str, ops: tuple[str, ...], table_pat
                            primitives=ops)
     notes["latency_sources"] = dict(model.sources)
     ct = _remove_isolation_overhead(ct, table, target, notes, incontext)
+    from costmodels.predict import runs_onnx_graph
+    if runs_onnx_graph(table):
+        from costmodels.cost_tensor import with_onnx_merges
+        ct = with_onnx_merges(ct, notes["overhead"]["per_call_ms"], incontext.per_op_ms if incontext else 0.0)
+        notes["merged"] = ("an ONNX graph runs identical parameter-free ops on one state once: the cost of a "
+                           "derived network counts them once (costmodels.cost_tensor.merge_saving)")
     return ct, notes
 
 
@@ -351,6 +361,10 @@ def enumerate_nb201_costs(tables, cost_tensor: CostTensor, upper_factor=1.0):
     idx = torch.tensor([[cost_tensor.ops.index(op) for op in a.ops] for a in all_archs()])
     c = cost_tensor.c[0]                                   # [edges, ops, metrics]
     costs = cost_tensor.fixed + c[torch.arange(c.shape[0]), idx].sum(1)  # [n, metrics]
+    if cost_tensor.merge is not None:                      # ops merged in an ONNX graph, once each
+        from costmodels.cost_tensor import merge_saving
+        onehot = torch.nn.functional.one_hot(idx, len(cost_tensor.ops)).to(costs.dtype)[:, None]
+        costs = costs - merge_saving(cost_tensor.merge, onehot, cost_tensor.edges)
     for metric, path in as_tables(tables).items():
         if metric not in cost_tensor.metrics:
             continue
@@ -427,6 +441,7 @@ def device_cost_tensor(space: str, network: str, ops: tuple[str, ...], tables: d
         raise HwcostError("--surrogate belongs to one device table; with several devices leave it out")
     base, _ = cached_search_cost_tensor(space, network, ops, None)
     cols, fixed, notes = [base.c], [base.fixed], {"target": None, "devices": {}}
+    merges = [torch.zeros_like(base.c)]
     for metric, path in tables.items():
         ct, n = cached_search_cost_tensor(space, network, ops, path)
         if "latency_ms" not in ct.metrics:
@@ -434,8 +449,10 @@ def device_cost_tensor(space: str, network: str, ops: tuple[str, ...], tables: d
         i = ct.index("latency_ms")
         cols.append(ct.c[..., i:i + 1])
         fixed.append(ct.fixed[i:i + 1])
+        merges.append(ct.merge[..., i:i + 1] if ct.merge is not None else torch.zeros_like(cols[-1]))
         notes["target"] = n["target"]
         notes["devices"][metric.partition("@")[2]] = json.loads(json.dumps(n, default=str))
+    merge = torch.cat(merges, dim=-1)
     ct = dataclasses.replace(base, c=torch.cat(cols, dim=-1), fixed=torch.cat(fixed),
-                             metrics=base.metrics + tuple(tables))
+                             metrics=base.metrics + tuple(tables), merge=merge if torch.any(merge != 0) else None)
     return ct, notes

@@ -184,6 +184,8 @@ def attainable_range(expected, all_costs=None) -> dict[str, tuple[float, float]]
     per-node extremes (each metric on its own: one network need not reach every minimum).
     ``all_costs`` -- ``(archs, costs [n, metrics])`` of every network of a small space in
     ``expected.metrics`` order, e.g. an architecture-level table's measurements -- answers exactly.
+    A cost tensor with a ``merge`` tensor (an ONNX Runtime table: a parameter-free op repeated on one
+    state runs once) does not add up: its minima come from :func:`_min_cell_with_merges`.
     """
     from costmodels.expected_cost import EDGES_KEPT
     if all_costs is not None:
@@ -194,6 +196,17 @@ def attainable_range(expected, all_costs=None) -> dict[str, tuple[float, float]]
             out[m] = (float(col.min()), float(col.max())) if len(col) else (math.inf, math.inf)
         return out
     c, fixed = expected.c, expected.fixed                   # [cell types, edges, ops, metrics], [metrics]
+    merge = getattr(expected, "merge", None)
+    if merge is not None and not expected.nb201:
+        out = attainable_range(_without_merges(expected))    # the maxima (no repeats), and every metric unmerged
+        allowed = [o for o, ok in enumerate(expected.non_none.tolist()) if ok]
+        for i, m in enumerate(expected.metrics):
+            if bool(torch.any(merge[..., i] != 0)):
+                lo = float(fixed[i]) + sum(_min_cell_with_merges(c[k, ..., i], merge[k, ..., i], expected.edges,
+                                                                 expected.groups, allowed)
+                                           for k in range(c.shape[0]))
+                out[m] = (lo, out[m][1])
+        return out
     if expected.nb201:
         lo = fixed + c.min(dim=2).values.sum(dim=(0, 1))
         hi = fixed + c.max(dim=2).values.sum(dim=(0, 1))
@@ -206,6 +219,47 @@ def attainable_range(expected, all_costs=None) -> dict[str, tuple[float, float]]
             lo = lo + e_lo[:, idx].sort(dim=1).values[:, :keep].sum(dim=(0, 1))
             hi = hi + e_hi[:, idx].sort(dim=1, descending=True).values[:, :keep].sum(dim=(0, 1))
     return {m: (float(lo[i]), float(hi[i])) for i, m in enumerate(expected.metrics)}
+
+
+def _without_merges(expected):
+    """What :func:`attainable_range` reads of ``expected``, without its ``merge`` (costs that add up)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(c=expected.c, fixed=expected.fixed, metrics=expected.metrics, nb201=expected.nb201,
+                           non_none=expected.non_none, groups=expected.groups, edges=expected.edges, merge=None)
+
+
+def _min_cell_with_merges(c, merge, edges, groups, allowed) -> float:
+    """The cheapest cell derivation can produce when a parameter-free op repeated on one state runs once
+    (``merge`` > 0: a repeat costs ``c - merge``; ``costmodels.cost_tensor.merge_saving``). Exact, by
+    dynamic programming over the nodes in order, keyed by the (state, op) pairs used so far; per edge only
+    the cheapest op that never merges can matter beside the ops that do."""
+    import itertools
+    from costmodels.expected_cost import EDGES_KEPT
+    c, merge = c.tolist(), merge.tolist()
+    free = {e: [o for o in allowed if merge[e][o] != 0] for e in range(len(edges))}
+    fixed_ops = {e: [o for o in allowed if merge[e][o] == 0] for e in range(len(edges))}
+    cand = {e: free[e] + ([min(fixed_ops[e], key=lambda o: c[e][o])] if fixed_ops[e] else []) for e in free}
+
+    def cost(e, o, used):
+        src = edges[e][1]
+        return c[e][o] - merge[e][o] if (src, o) in used else c[e][o]
+
+    frontier = {frozenset(): 0.0}
+    for n, idx in enumerate(groups):
+        keep = min(EDGES_KEPT, len(idx))
+        if n == len(groups) - 1:       # the last node: each edge on its own, then its cheapest edges
+            return min(total + sum(sorted(min(cost(e, o, used) for o in cand[e]) for e in idx)[:keep])
+                       for used, total in frontier.items())
+        nxt: dict = {}
+        for used, total in frontier.items():
+            for pick in itertools.combinations(idx, keep):
+                for ops in itertools.product(*(cand[e] for e in pick)):
+                    add = sum(cost(e, o, used) for e, o in zip(pick, ops))
+                    key = used | {(edges[e][1], o) for e, o in zip(pick, ops) if merge[e][o] != 0}
+                    if total + add < nxt.get(key, float("inf")):
+                        nxt[key] = total + add
+        frontier = nxt
+    return min(frontier.values())
 
 
 def _shown(metric: str, value: float, up: bool) -> str:

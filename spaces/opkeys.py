@@ -67,8 +67,14 @@ def op_key(module: nn.Module, x: torch.Tensor, batch: int | None = None) -> OpKe
                  args["c_in"], args["c_out"], int(x.shape[2]), int(x.shape[3]), args["stride"], extra)
 
 
+def parameter_free(module: nn.Module) -> bool:
+    """A module without parameters or buffers: its output is a function of its inputs alone, so two
+    calls of it (same op, same arguments) on the same tensor compute the same value."""
+    return next(module.parameters(), None) is None and next(module.buffers(), None) is None
+
+
 def tagged_op_counts(model: nn.Module, input_shape: tuple[int, ...], memo: dict | None = None,
-                     observe: Observer | None = None) -> dict[OpKey, int]:
+                     observe: Observer | None = None, merged: dict | None = None) -> dict[OpKey, int]:
     """Key -> number of calls in one forward pass (eval mode) of a network of tagged ops.
 
     Each tagged module computes once per distinct key; later calls with the
@@ -77,11 +83,23 @@ def tagged_op_counts(model: nn.Module, input_shape: tuple[int, ...], memo: dict 
     probes of a 20-cell network costs one run of each distinct op.
     ``observe(module, key, inputs)``, if given, sees every call (which edge of
     which cell a key belongs to, for the cost tensor).
+
+    ``merged`` (a dict, filled): key -> the calls an ONNX graph does not make
+    -- a parameter-free op (a pool, an identity, a node sum) called again with
+    the same key on the very tensors an earlier call read computes the same
+    value, and the ONNX export and ONNX Runtime's common-subexpression
+    elimination keep one node for both (``docs/in-context.md``). The later
+    call's output is the earlier one's, so a chain of them merges too. Every
+    call is still counted in the result.
     """
     counts: dict[OpKey, int] = {}
     memo = {} if memo is None else memo
+    seen: dict[tuple, torch.Tensor] = {}   # (key, ids of the input tensors) -> first call's output
+    alive: list = []                        # keeps every tensor an id stands for alive (no id reuse)
 
     def shape_only(module, real_forward):
+        free = merged is not None and parameter_free(module)
+
         def forward(*inputs):
             key = op_key(module, inputs[0])
             counts[key] = counts.get(key, 0) + 1
@@ -89,7 +107,18 @@ def tagged_op_counts(model: nn.Module, input_shape: tuple[int, ...], memo: dict 
                 observe(module, key, inputs)
             if key not in memo:
                 memo[key] = real_forward(*inputs).zero_()
-            return memo[key]
+            if merged is None:
+                return memo[key]
+            sig = (key, tuple(id(t) for t in inputs)) if free else None
+            if sig is not None and sig in seen:
+                merged[key] = merged.get(key, 0) + 1
+                return seen[sig]
+            out = memo[key].view_as(memo[key])   # a tensor of its own: identity tells values apart
+            alive.extend(inputs)
+            alive.append(out)
+            if sig is not None:
+                seen[sig] = out
+            return out
         return forward
 
     tagged = [m for m in model.modules() if hasattr(m, "hw_op")]
@@ -149,10 +178,13 @@ def probe_configs(space: str, config) -> list:
     raise HwcostError(f"cannot enumerate shapes of a {type(config).__name__}")
 
 
-def network_op_counts(model: nn.Module, input_shape: tuple[int, ...]) -> Counter:
-    """Key -> calls per forward pass: tagged space ops if the network has any, else its layers."""
+def network_op_counts(model: nn.Module, input_shape: tuple[int, ...], merged: dict | None = None) -> Counter:
+    """Key -> calls per forward pass: tagged space ops if the network has any, else its layers.
+
+    ``merged`` (a dict, filled for a network of tagged ops): the calls an ONNX graph merges
+    (:func:`tagged_op_counts`)."""
     if any(hasattr(m, "hw_op") for m in model.modules()):
-        return Counter(tagged_op_counts(model, tuple(input_shape)))
+        return Counter(tagged_op_counts(model, tuple(input_shape), merged=merged))
     return Counter({layer.key: layer.count for layer in model_layer_keys(model, tuple(input_shape))})
 
 

@@ -103,12 +103,14 @@ def cheapest_genotype(ct, metric: str) -> Genotype:
     return Genotype(cells[0], (2, 3, 4, 5), cells[1], (2, 3, 4, 5))
 
 
-def test_darts_range_with_a_latency_table_is_the_derived_networks_cost(tmp_path):
+@pytest.mark.parametrize("table", ["darts_torch-cpu", "darts_ort-cpu"])
+def test_darts_range_with_a_latency_table_is_the_derived_networks_cost(tmp_path, table):
     """The darts tensor with an op-level table carries the search's overhead handling in its fixed
     part: the minimum is the derived cheapest network's cost, as the search reports it, and random
-    derived networks (the demo's budgets are their quantiles) lie inside the range."""
+    derived networks (the demo's budgets are their quantiles) lie inside the range. On ONNX Runtime a
+    repeated parameter-free op runs once: the latency minimum is at most the additive cheapest network's
+    (tests/test_cse_merges.py checks it exactly against every network of a smaller space)."""
     from hwcost.pipeline import random_derived_costs
-    table = "darts_ort-cpu"
     ops = tuple(get_space("darts").primitives)
     ct, notes = cached_search_cost_tensor("darts", "cifar10", ops, table, None)
     ec = ExpectedCost(ct, mode="derived")
@@ -116,8 +118,11 @@ def test_darts_range_with_a_latency_table_is_the_derived_networks_cost(tmp_path)
     for metric in ("latency_ms", "params"):
         g = cheapest_genotype(ct, metric)
         got = derived_costs("darts", "cifar10", g, ct, ec, None, table)[metric]   # built network, exact counts
-        assert got == pytest.approx(rng[metric][0], rel=1e-9), metric
-        assert float(ec(weights=arch_weights(g, ops))[ct.index(metric)]) == pytest.approx(rng[metric][0], rel=1e-9)
+        assert float(ec(weights=arch_weights(g, ops))[ct.index(metric)]) == pytest.approx(got, rel=1e-9)
+        if metric == "latency_ms" and ct.merge is not None:
+            assert rng[metric][0] < got
+        else:
+            assert got == pytest.approx(rng[metric][0], rel=1e-9), metric
     rand = random_derived_costs(ct, n=200, seed=0)
     for i, m in enumerate(ct.metrics):
         assert rng[m][0] - 1e-9 * abs(rng[m][0]) <= float(rand[:, i].min())

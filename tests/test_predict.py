@@ -41,16 +41,37 @@ def small_net(C=8, layers=5):
     return cfg, build_network(cfg)
 
 
-def genotype_sum(C: int, layers: int, only: str | None = None) -> tuple[float, int]:
+def cell_merges(edges, reduction: bool) -> list[str]:
+    """The ops of one DARTS cell that its ONNX graph runs once for two calls, by genotype arithmetic:
+    a parameter-free op (a pool; skip_connect where it is an identity, i.e. not at stride 2 on a
+    reduction cell's inputs) on a state another edge of the cell applies it to already; then a node sum
+    whose two (op, state) inputs are those of an earlier node, both parameter-free (the same values)."""
+    free = lambda op, src: op in ("max_pool_3x3", "avg_pool_3x3") or (  # noqa: E731
+        op == "skip_connect" and not (reduction and src < 2))
+    seen, merged, nodes = set(), [], []
+    for node in range(len(edges) // 2):
+        pair = tuple(edges[2 * node:2 * node + 2])
+        for op, src in pair:
+            if free(op, src) and (op, src) in seen:
+                merged.append(op)
+            seen.add((op, src))
+        if all(free(*x) for x in pair) and pair in nodes:
+            merged.append("node_sum")
+        nodes.append(pair)
+    return merged
+
+
+def genotype_sum(C: int, layers: int, only: str | None = None, onnx: bool = False) -> tuple[float, int]:
     """(sum of hand latencies, number of op calls) of a CIFAR network, by genotype arithmetic:
-    stem, then per cell 2 preprocessing ops, 8 edges, 4 node sums, 1 concat, then the classifier."""
+    stem, then per cell 2 preprocessing ops, 8 edges, 4 node sums, 1 concat, then the classifier.
+    ``onnx``: without the calls its ONNX graph merges (:func:`cell_merges`)."""
     total, calls = 0.0, 0
 
-    def add(op, c_out):
+    def add(op, c_out, n=1):
         nonlocal total, calls
         if only is None or op == only:
-            total += hand_ms(op, c_out)
-            calls += 1
+            total += n * hand_ms(op, c_out)
+            calls += n
 
     add("stem_cifar", 3 * C)
     c, reduction_prev = C, False
@@ -59,11 +80,14 @@ def genotype_sum(C: int, layers: int, only: str | None = None) -> tuple[float, i
         c = 2 * c if reduction else c
         add("factorized_reduce" if reduction_prev else "preprocess", c)
         add("preprocess", c)
-        for op, _ in (GENOTYPE.reduce if reduction else GENOTYPE.normal):
+        edges = GENOTYPE.reduce if reduction else GENOTYPE.normal
+        for op, _ in edges:
             add(op, c)
         for _ in range(4):
             add("node_sum", c)
         add("concat", 4 * c)
+        for op in cell_merges(edges, reduction) if onnx else ():
+            add(op, c, -1)
         reduction_prev = reduction
     add("classifier", 10)
     return total, calls
@@ -73,9 +97,14 @@ def test_prediction_is_the_hand_sum_over_the_genotype_minus_the_call_overhead():
     cfg, net = small_net()
     table = table_of(network_op_counts(net, net.input_shape()))
     p = predict_network(net, net.input_shape(), table)
-    total, calls = genotype_sum(8, 5)
-    assert calls == 1 + 5 * (2 + 8 + 4 + 1) + 1
+    total, calls = genotype_sum(8, 5, onnx=True)
+    # DARTS_V2 as written: 1 + 5 * (2 + 8 + 4 + 1) + 1 calls; its ONNX graph runs the normal cell's two
+    # skip_connects on state 0 once (3 cells), and in the reduction cell (2) max_pool on state 0 twice,
+    # on state 1 three times, skip_connect on node 2 three times, and nodes 3 and 5 sum the same values
+    assert genotype_sum(8, 5)[1] == 1 + 5 * (2 + 8 + 4 + 1) + 1
+    assert calls == genotype_sum(8, 5)[1] - 3 * 1 - 2 * (1 + 2 + 2 + 1)
     assert p.n_calls == calls and p.from_table == calls and p.from_surrogate == 0
+    assert sum(p.merged.values()) == 3 + 2 * 6
     assert p.ops_sum_ms == pytest.approx(total, rel=1e-12)
     # each ORT entry carries one session run(); the network pays one
     assert p.latency_ms == pytest.approx(total - (calls - 1) * 0.01, rel=1e-12)
@@ -105,7 +134,7 @@ def test_sources_are_counted_and_missing_keys_named():
     keys = [k for k in network_op_counts(net, net.input_shape()) if k.op != "sep_conv_3x3"]
     table = table_of(keys)
     p = predict_network(net, net.input_shape(), table, surrogate=ConstantSepConv())
-    total, calls = genotype_sum(8, 5)
+    total, calls = genotype_sum(8, 5, onnx=True)
     _, n_sep = genotype_sum(8, 5, only="sep_conv_3x3")
     assert n_sep == 5 * 3        # DARTS_V2: 5 sep_conv_3x3 edges per normal cell, 3 normal cells
     assert (p.from_surrogate, p.from_table) == (n_sep, calls - n_sep)
@@ -212,8 +241,8 @@ def test_cli_genotype_json(capsys, monkeypatch, tables):
     code, out, _ = run(capsys, monkeypatch, "predict", "--table", str(tables / "darts.json"),
                        "--genotype", "DARTS_V2", "--network", "cifar10", "--json")
     d = json.loads(out)
-    total, calls = genotype_sum(36, 20)
-    assert code == 0 and d["from_table"] == calls and d["from_surrogate"] == 0
+    total, calls = genotype_sum(36, 20, onnx=True)
+    assert code == 0 and d["from_table"] == calls and d["from_surrogate"] == 0 and d["merged_ops"] == 302 - calls
     assert d["latency_ms"] == pytest.approx(total - (calls - 1) * 0.01, rel=1e-9)
 
 
