@@ -8,13 +8,17 @@ op mix misleads), written in the runner's results format; one test runs the real
 blocked, as on a board) on a verify bundle, which holds networks and no op keys."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -68,10 +72,11 @@ class Device:
         self.runs += 1
 
 
-@pytest.fixture
-def remote(tmp_path):
+@pytest.fixture(scope="module")
+def pristine_table(tmp_path_factory):
     """An imported table of a toy remote device (the shipped nb201 entries), calibrated on 4 networks
-    the device ran at their ops' sum; and the device."""
+    the device ran at their ops' sum; with the device's own table and those networks' specs. Built once
+    for the module; tests change the table (its calibration), so ``remote`` restores it for each."""
     t = load_table(DATA_DIR / "nb201_ort-cpu.json")
     t = dataclasses.replace(t, device=dict(DEVICE),
                             runtime={**t.runtime, "backend": "ort-cpu", "execution_provider": "CPUExecutionProvider",
@@ -79,21 +84,55 @@ def remote(tmp_path):
                             measurement={**t.measurement, "tool": "hwcost runner"},
                             provenance={**t.provenance, "source": "runner"}, calibration=None)
     nets = bundle_networks("nb201", ["nb201"], 4, seed=3)
-    device = Device(t, [spec for _, spec, _, _ in nets])
+    specs = [spec for _, spec, _, _ in nets]
+    device = Device(t, specs)
     rows = [{"name": name, "spec": spec, "median_ms": device.ms(spec), "p10_ms": device.ms(spec),
              "p90_ms": device.ms(spec)} for name, spec, _, _ in nets]
-    t, _ = fit_remote(t, rows)
-    path = tmp_path / "pi.json"
-    save_table(t, path)
-    return path, device
+    fitted, _ = fit_remote(t, rows)
+    path = tmp_path_factory.mktemp("remote") / "pi.json"
+    save_table(fitted, path)
+    return SimpleNamespace(path=path, saved=path.read_bytes(), device_table=t, specs=specs)
 
 
-def _searched(table_path, out, q=0.5) -> tuple[SearchConfig, dict, float]:
+def _restore(pristine) -> Path:
+    """The remote table's file as fitted (a test before may have added to its calibration)."""
+    fresh = pristine.path.with_name(pristine.path.name + ".restore")
+    fresh.write_bytes(pristine.saved)
+    os.replace(fresh, pristine.path)            # a new file, as save_table writes one
+    return pristine.path
+
+
+@pytest.fixture
+def remote(pristine_table):
+    """The remote table as fitted, and a fresh device."""
+    return _restore(pristine_table), Device(pristine_table.device_table, pristine_table.specs)
+
+
+@pytest.fixture(scope="module")
+def pristine_run(pristine_table, tmp_path_factory):
+    """One search on the remote table (as fitted) under a latency budget at the median of random
+    networks' prices: run once for the module; ``searched`` gives each test its own copy."""
+    out = tmp_path_factory.mktemp("searched") / "run"
+    cfg, r, budget = _search(_restore(pristine_table), out)
+    return SimpleNamespace(out=out, cfg=cfg, result=r, budget=budget)
+
+
+@pytest.fixture
+def searched(remote, pristine_run, tmp_path) -> tuple[Path, SearchConfig, dict, float]:
+    """(run directory, config, result, budget): a copy at ``tmp_path/run`` of the module's search on the
+    remote table, whose file ``remote`` restored as it was when searched."""
+    out = tmp_path / "run"
+    shutil.copytree(pristine_run.out, out)
+    return out, pristine_run.cfg, copy.deepcopy(pristine_run.result), pristine_run.budget
+
+
+def _search(table_path, out, q=0.5) -> tuple[SearchConfig, dict, float]:
     """A search on the table under a latency budget at the q-quantile of random networks' prices."""
     from hwcost.pipeline import random_derived_costs
-    from search.costs import search_cost_tensor
+    from search.costs import cached_search_cost_tensor
     from spaces import NB201_OPS
-    ct, _ = search_cost_tensor("nb201", "cifar10", tuple(NB201_OPS), str(table_path))
+    # the search builds the same tensor through this cache (same file): built once
+    ct, _ = cached_search_cost_tensor("nb201", "cifar10", tuple(NB201_OPS), str(table_path))
     lat = random_derived_costs(ct, 200, 0)[:, ct.index("latency_ms")].numpy()
     budget = float(np.quantile(lat, q))
     cfg = SearchConfig(space="nb201", table=str(table_path), budgets=[f"latency={budget}ms"], **FAST)
@@ -110,10 +149,9 @@ def test_a_remote_table_is_recognised_and_search_verify_points_to_hwcost_verify(
     assert code == 2 and "hwcost verify RUN" in err and "Traceback" not in err
 
 
-def test_remote_verify_waits_for_the_device_each_round_and_meets_the_budget(remote, tmp_path):
+def test_remote_verify_waits_for_the_device_each_round_and_meets_the_budget(remote, searched):
     path, device = remote
-    out = tmp_path / "run"
-    cfg, r, budget = _searched(path, out)
+    out, cfg, r, budget = searched
     first = device.ms({"kind": "nb201", "arch": r["arch"]})
     assert first > budget                      # the calibration's op mix said it fits; the device says 1.35x
     n_cal = len(model_of(load_table(path)).samples)
@@ -147,10 +185,9 @@ def test_remote_verify_waits_for_the_device_each_round_and_meets_the_budget(remo
     assert len(roles) == n_cal + len(v["rounds"]) - 1 and roles.count("verify") == len(v["rounds"]) - 1
 
 
-def test_a_slower_phase_on_the_device_is_taken_out_by_the_calibration_networks_beside(remote, tmp_path):
+def test_a_slower_phase_on_the_device_is_taken_out_by_the_calibration_networks_beside(remote, searched):
     path, device = remote
-    out = tmp_path / "run"
-    cfg, r, budget = _searched(path, out, q=0.7)
+    out, cfg, r, budget = searched
     r = verify_search(cfg, out, r, rounds=0, log=lambda s: None, measure=RemoteMeasure(out, log=lambda s: None))
     device.phase = 1.25                         # everything runs 25% slower on the device now
     device(Path(r["verify"]["pending"]["bundle"]), out / "res.json")
@@ -163,10 +200,9 @@ def test_a_slower_phase_on_the_device_is_taken_out_by_the_calibration_networks_b
     assert rec["measured_ms"] == pytest.approx(device.ms({"kind": "nb201", "arch": rec["arch"]}), rel=1e-9)
 
 
-def test_cli_verify_remote_round_by_round_and_its_errors(remote, tmp_path, capsys):
+def test_cli_verify_remote_round_by_round_and_its_errors(remote, searched, tmp_path, capsys):
     path, device = remote
-    out = tmp_path / "run"
-    _searched(path, out)
+    out = searched[0]
     assert main(["verify", str(out)]) == 0
     said = capsys.readouterr().out
     bundle = out / "verify_round0.zip"
@@ -205,11 +241,11 @@ def test_cli_verify_remote_round_by_round_and_its_errors(remote, tmp_path, capsy
     (["verify", "{run}", "--results", "{tmp}/r.json"], "waits for a device's results"),
     (["verify", "{run}", "--rounds", "-1"], "--rounds must be a non-negative"),
 ])
-def test_cli_verify_user_errors(remote, tmp_path, capsys, argv, says):
+def test_cli_verify_user_errors(remote, tmp_path, capsys, argv, says, request):
     path, _ = remote
     run = tmp_path / "run"
     if any("{run}" in a for a in argv):
-        _searched(path, run)
+        assert request.getfixturevalue("searched")[0] == run    # a searched run (a copy) at tmp_path/run
     (tmp_path / "r.json").write_text("{}")
     code = main([a.format(tmp=tmp_path, run=run) for a in argv])
     err = capsys.readouterr().err
@@ -222,15 +258,14 @@ BOOT = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); script = sys.argv[2
 
 
 @pytest.mark.slow   # the --ssh test runs the bundle's own runner too; this one adds torch blocked, as on a board
-def test_the_real_runner_measures_a_verify_bundle_with_torch_blocked(remote, tmp_path):
+def test_the_real_runner_measures_a_verify_bundle_with_torch_blocked(remote, searched, tmp_path):
     """A verify bundle holds no op keys: the runner shipped in it runs it on a 'board' (isolated Python,
     torch and hwcost unimportable) and its results record the round."""
     path, _ = remote
     t = load_table(path)
     t = dataclasses.replace(t, device={**t.device, "cpu_model": runner.cpu_model()})    # this machine is the board
     save_table(t, path)
-    out = tmp_path / "run"
-    cfg, r, _ = _searched(path, out)
+    out, cfg, r, _ = searched
     blocker = tmp_path / "blocker"
     for name in BLOCKED:
         (blocker / name).mkdir(parents=True)
@@ -260,7 +295,7 @@ def test_verify_pending_carries_the_round():
     assert e.pending["round"] == 2 and "b.zip" in str(e)
 
 
-def test_cli_verify_over_ssh_runs_each_round_on_the_host(remote, tmp_path, monkeypatch, capsys):
+def test_cli_verify_over_ssh_runs_each_round_on_the_host(remote, searched, tmp_path, monkeypatch, capsys):
     """`hwcost verify RUN --ssh HOST`: every round's bundle is copied there, run by its own runner and its
     results fetched, to the end of the loop (ssh and scp are fakes that run the host's commands here)."""
     import os
@@ -282,8 +317,7 @@ def test_cli_verify_over_ssh_runs_each_round_on_the_host(remote, tmp_path, monke
     monkeypatch.setenv("FAKE_HOME", str(home))
     real = VR.runner_settings
     monkeypatch.setattr(VR, "runner_settings", lambda table: {**real(table), "max_time_s": 0.06, "passes": 2})
-    out = tmp_path / "run"
-    _searched(path, out)
+    out = searched[0]
     assert main(["verify", str(out), "--ssh", "pi@board", "--rounds", "1", "--python", sys.executable]) == 0
     text = capsys.readouterr().out
     v = json.loads((out / "result.json").read_text())["verify"]
