@@ -2,8 +2,13 @@
 more than the sum of their ops -- the situation that put the demo's network over budget on another host."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -43,13 +48,30 @@ class _Toy(B.Backend):
         return [Measurement([f.toy_ms / 1e3] * 9) for f in fns]
 
 
-@pytest.fixture
-def toy_table(tmp_path):
-    """The shipped nb201 ort-cpu entries as a table of the toy backend, profiled 'here'."""
+@pytest.fixture(scope="module")
+def pristine_toy(tmp_path_factory):
+    """The shipped nb201 ort-cpu entries as a table of the toy backend, profiled 'here', saved once for
+    the module (tests add to its calibration: ``toy_table`` restores it for each); with ``median``, the
+    median of random networks' latency as this uncalibrated table prices them (``_budget``)."""
     t = load_table(DATA_DIR / "nb201_ort-cpu.json")
     t = dataclasses.replace(t, device=device_info(), runtime={**t.runtime, "backend": TOY})
-    path = tmp_path / "toy.json"
+    path = tmp_path_factory.mktemp("toy") / "toy.json"
     save_table(t, path)
+    return SimpleNamespace(path=path, saved=path.read_bytes(), median=_budget(path))
+
+
+def _restore(pristine) -> Path:
+    """The toy table's file as first saved (a test before may have calibrated it)."""
+    fresh = pristine.path.with_name(pristine.path.name + ".restore")
+    fresh.write_bytes(pristine.saved)
+    os.replace(fresh, pristine.path)            # a new file, as save_table writes one
+    return pristine.path
+
+
+@pytest.fixture
+def toy_table(pristine_toy):
+    """The toy table (uncalibrated), its backend registered."""
+    path = _restore(pristine_toy)
     B._BACKENDS[TOY] = _Toy
     _Toy.table = load_table(path)
     yield path
@@ -57,25 +79,44 @@ def toy_table(tmp_path):
     _Toy.phase = 1.0
 
 
+@pytest.fixture(scope="module")
+def pristine_run(pristine_toy, tmp_path_factory):
+    """One search on the uncalibrated toy table under 1.1 x the median (the sum of ops says it fits; the
+    toy device says 1.35x): run once for the module; ``searched`` gives each test its own copy."""
+    path = _restore(pristine_toy)
+    budget = pristine_toy.median * 1.1
+    cfg = SearchConfig(space="nb201", table=str(path), budgets=[f"latency={budget}ms"], **FAST)
+    out = tmp_path_factory.mktemp("searched") / "run"
+    return SimpleNamespace(out=out, cfg=cfg, result=run_search(cfg, str(out), progress=False), budget=budget)
+
+
+@pytest.fixture
+def searched(toy_table, pristine_run, tmp_path) -> tuple[Path, SearchConfig, dict, float]:
+    """(run directory, config, result, budget): a copy at ``tmp_path/run`` of the module's search, on the
+    toy table that ``toy_table`` restored as it was when searched."""
+    out = tmp_path / "run"
+    shutil.copytree(pristine_run.out, out)
+    return out, pristine_run.cfg, copy.deepcopy(pristine_run.result), pristine_run.budget
+
+
 def _budget(path, q=0.5) -> float:
-    """A latency budget inside the space as the uncalibrated table prices it (and as the toy runs it)."""
+    """A latency budget inside the space as the table prices it (and, uncalibrated, as the toy runs it)."""
     from hwcost.pipeline import random_derived_costs
-    from search.costs import search_cost_tensor
+    from search.costs import cached_search_cost_tensor
     from spaces import NB201_OPS
-    ct, _ = search_cost_tensor("nb201", "cifar10", tuple(NB201_OPS), str(path))
+    # a search on the same file builds the same tensor through this cache: built once
+    ct, _ = cached_search_cost_tensor("nb201", "cifar10", tuple(NB201_OPS), str(path))
     lat = random_derived_costs(ct, 200, 0)[:, ct.index("latency_ms")].numpy()
     return float(np.quantile(lat, q))
 
 
-def test_verify_loop_brings_the_measured_network_into_the_band(toy_table, tmp_path):
-    budget = _budget(toy_table) * 1.1
-    cfg = SearchConfig(space="nb201", table=str(toy_table), budgets=[f"latency={budget}ms"], **FAST)
-    r = run_search(cfg, str(tmp_path / "run"), progress=False)
+def test_verify_loop_brings_the_measured_network_into_the_band(toy_table, searched):
+    run, cfg, r, budget = searched
     # the uncalibrated sum says it fits; the device (toy) says 1.35x: over budget
     from hwcost.verify import verify_search
     first = SLOWDOWN * r["derived"]["latency_ms"] + EXTRA_MS
     assert first > budget
-    r = verify_search(cfg, tmp_path / "run", r, rounds=3, log=lambda s: None)
+    r = verify_search(cfg, run, r, rounds=3, log=lambda s: None)
     rounds = r["verify"]["rounds"]
     assert rounds[0]["measured_ms"] == pytest.approx(first, rel=1e-6)
     assert not rounds[0]["in_band"]
@@ -86,7 +127,7 @@ def test_verify_loop_brings_the_measured_network_into_the_band(toy_table, tmp_pa
     # what was measured is in the table's calibration, and result.json records every round
     cal = load_table(toy_table).calibration
     assert sum(n["role"] == "verify" for n in cal["networks"]) == len(rounds) - 1
-    assert json.loads((tmp_path / "run" / "result.json").read_text())["verify"]["rounds"] == rounds
+    assert json.loads((run / "result.json").read_text())["verify"]["rounds"] == rounds
 
 
 def test_confidence_budget_aims_under_the_budget_by_the_calibrated_margin(toy_table, tmp_path):
@@ -171,22 +212,20 @@ def test_cli_verify_tuning_without_verify_is_one_error(tmp_path, capsys, flag, v
     assert not (tmp_path / "r").exists()
 
 
-def test_verify_stopping_on_a_measured_network_keeps_result_and_rounds_in_agreement(toy_table, tmp_path,
+def test_verify_stopping_on_a_measured_network_keeps_result_and_rounds_in_agreement(toy_table, searched,
                                                                                     monkeypatch):
     """When re-derivation leads back to a network measured already, the loop stops and the result
     stays the last measured network's (result.json's derived latency is the last round's)."""
     import search.run
     from hwcost.verify import verify_search
-    budget = _budget(toy_table) * 1.1
-    cfg = SearchConfig(space="nb201", table=str(toy_table), budgets=[f"latency={budget}ms"], **FAST)
-    r = run_search(cfg, str(tmp_path / "run"), progress=False)
+    run, cfg, r, budget = searched
     same = {**r, "derived": {**r["derived"], "latency_ms": 999.0}}     # the same arch, other costs
     monkeypatch.setattr(search.run, "run_search", lambda *a, **k: same)
-    out = verify_search(cfg, tmp_path / "run", r, rounds=3, log=lambda s: None, finetune=0)
+    out = verify_search(cfg, run, r, rounds=3, log=lambda s: None, finetune=0)
     assert out["verify"]["stopped"] == "re-derived a network measured already"
     assert len(out["verify"]["rounds"]) == 1
     assert out["derived"]["latency_ms"] == out["verify"]["rounds"][-1]["predicted_ms"] != 999.0
-    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    saved = json.loads((run / "result.json").read_text())
     assert saved["derived"]["latency_ms"] == out["verify"]["rounds"][-1]["predicted_ms"]
 
 
@@ -271,10 +310,11 @@ def test_a_rounds_interval_is_printed_beside_the_figure_it_belongs_to():
     assert predicted_text({**same, "calibrated": False, "low_ms": None}, 3) == "7.530 ms (uncalibrated)"
 
 
-def test_fine_tuning_trains_alpha_under_the_corrected_costs_and_leaves_the_checkpoint(toy_table, tmp_path):
+def test_fine_tuning_trains_alpha_under_the_corrected_costs_and_leaves_the_checkpoint(toy_table, pristine_toy,
+                                                                                       tmp_path):
     """SearchRun.finetune: N more search steps under the corrected cost tensor, from the search's
     checkpoint (left as it was, so two fine-tunings from it agree), logged to finetune.jsonl."""
-    budget = _budget(toy_table) * 1.1
+    budget = pristine_toy.median * 1.1
     cfg = SearchConfig(space="nb201", table=str(toy_table), budgets=[f"latency={budget}ms"], arch_lr=1e-3, **FAST)
     run = tmp_path / "run"
     r = run_search(cfg, str(run), progress=False)
@@ -301,15 +341,13 @@ def test_fine_tuning_trains_alpha_under_the_corrected_costs_and_leaves_the_check
     assert r["steps"] == 6
 
 
-def test_a_re_derivation_back_to_a_measured_network_fine_tunes_alpha_first(toy_table, tmp_path, monkeypatch):
+def test_a_re_derivation_back_to_a_measured_network_fine_tunes_alpha_first(toy_table, searched, monkeypatch):
     """The verify loop: a re-derivation that leads back to the network measured already is tried once
     more after fine-tuning; its network (a new one) is measured in the next round."""
     import search.run
     from hwcost.verify import verify_search
     real = search.run.run_search
-    budget = _budget(toy_table) * 1.1
-    cfg = SearchConfig(space="nb201", table=str(toy_table), budgets=[f"latency={budget}ms"], **FAST)
-    r = real(cfg, str(tmp_path / "run"), progress=False)
+    run, cfg, r, budget = searched
     calls = []
 
     def back_to_the_measured_one(cfg, out, resume=False, progress=True, correction=None, finetune=0):
@@ -318,7 +356,7 @@ def test_a_re_derivation_back_to_a_measured_network_fine_tunes_alpha_first(toy_t
             return {**r, "derived": {**r["derived"], "latency_ms": 999.0}}
         return real(cfg, out, resume=resume, progress=progress, correction=correction, finetune=finetune)
     monkeypatch.setattr(search.run, "run_search", back_to_the_measured_one)
-    out = verify_search(cfg, tmp_path / "run", r, rounds=1, log=lambda s: None, finetune=3)
+    out = verify_search(cfg, run, r, rounds=1, log=lambda s: None, finetune=3)
     rounds = out["verify"]["rounds"]
     assert calls == [0, 3]
     f = rounds[0]["finetune"]
@@ -326,17 +364,17 @@ def test_a_re_derivation_back_to_a_measured_network_fine_tunes_alpha_first(toy_t
     # the measured network is priced by its (over-budget) measurement: the fine-tuned derivation moves
     # elsewhere, and that network is the one measured in round 1
     assert len(rounds) == 2 and rounds[1]["arch"] == f["arch"] and out["verify"]["stopped"] is None
-    assert json.loads((tmp_path / "run" / "result.json").read_text())["verify"]["rounds"][0]["finetune"] == f
+    assert json.loads((run / "result.json").read_text())["verify"]["rounds"][0]["finetune"] == f
     # with fine-tuning off the loop stops there, as before
     calls.clear()
-    out = verify_search(cfg, tmp_path / "run", r, rounds=1, log=lambda s: None, finetune=0)
+    out = verify_search(cfg, run, r, rounds=1, log=lambda s: None, finetune=0)
     assert calls == [0] and out["verify"]["stopped"] == "re-derived a network measured already"
 
 
-def test_cli_verify_of_a_run_searched_here_measures_here(toy_table, tmp_path, capsys):
+def test_cli_verify_of_a_run_searched_here_measures_here(toy_table, pristine_toy, tmp_path, capsys):
     """`hwcost verify RUN` on a run searched with --no-verify on a table profiled here: the local loop, as
     `search --verify` runs it; asked again, it says the run was verified; --results is for remote tables."""
-    budget = _budget(toy_table) * 1.1
+    budget = pristine_toy.median * 1.1
     run = tmp_path / "run"
     assert main(["search", "--space", "nb201", "--data", "synthetic", "--epochs", "2", "--steps-per-epoch", "3",
                  "--C", "4", "--layers", "3", "--table", str(toy_table), "--budget", f"latency={budget}ms",
