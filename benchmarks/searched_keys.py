@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/searched_keys.py --op-table OP.json --node-table NODES.json[.gz]
                      [--budgets benchmarks/results/budgets/budgets.json ...] [--calibrate 20] [--random 20]
                      [--skew 0.5] [--seed 30000]
+    .venv/bin/python benchmarks/searched_keys.py --rescore results/searched_keys.json --op-table OP.json
 
 Random networks are what a calibration sees; a search derives networks that are
 not random (it favours some ops, some edges).  This benchmark asks which keys
@@ -70,7 +71,9 @@ def summary(predicted, measured) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--op-table", required=True)
-    ap.add_argument("--node-table", required=True)
+    ap.add_argument("--node-table", help="required unless --rescore")
+    ap.add_argument("--rescore", metavar="JSON", help="a saved run's op-key fits again from its measurements "
+                                                     "(with --op-table, that run's; nothing measured)")
     ap.add_argument("--budgets", action="append",
                     help="a search_budgets.py budgets.json whose derived networks to score (repeatable; default "
                          "benchmarks/results/budgets/budgets.json)")
@@ -85,6 +88,11 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     lines: list[str] = []
     log = lambda line: (print(line, flush=True), lines.append(line))  # noqa: E731
+    if args.rescore:
+        rescore(args.rescore, args.op_table, log)
+        return 0
+    if not args.node_table:
+        raise SystemExit("--node-table is required (unless --rescore)")
     op_table, node_table = load_table(args.op_table), load_table(args.node_table)
     for t in (op_table, node_table):
         same, why = same_host(t.device)
@@ -111,33 +119,50 @@ def main() -> int:
     t0 = time.perf_counter()
     measured = measure_models(graphs, backend, Settings(max_time_s=3.0, passes=10))
     log(f"{len(graphs)} networks measured whole, interleaved, in {time.perf_counter() - t0:.0f} s")
-    span = {}
-    i = 0
-    for name, v in sets.items():
-        span[name] = range(i, i + len(v))
-        i += len(v)
     out = {"machine": device_info(), "sets": sets, "measured_ms": [m.median * 1e3 for m in measured], "fits": []}
-    log(f"\n{'keys':>5} {'calibrated on':<24} {'structure':<9} {'scored on':<9} {'mean':>7} {'sd':>6} "
-        f"{'MAPE':>6} {'<=5%':>5} {'<=10%':>6}")
-    for keys, table, models in (("ops", op_table, nets), ("nodes", node_table, graphs)):
-        samples = []
-        for (model, shape), m in zip(models, measured):
-            p = predict_network(model, shape, table, incontext=None)
-            samples.append(Sample.of_rows(keys, p.per_key, m.median * 1e3, streamed=p.streamed))
-        for cal in [k for k in sets if k.startswith("calibration")]:
-            ic = fit_in_context([samples[j] for j in span[cal]], Overhead.from_table(table).per_call_ms)
-            for scored in ("searched", "random"):
-                s = summary([ic.predict(samples[j].features, samples[j].n_ops) for j in span[scored]],
-                            [samples[j].measured_ms for j in span[scored]])
-                out["fits"].append({"keys": keys, "calibration": cal, "structure": ic.structure, "lambda": ic.lam,
-                                    "scored": scored, **s})
-                log(f"{keys:>5} {cal[13:]:<24} {ic.structure:<9} {scored:<9} {s['mean_signed']:>+7.1%} "
-                    f"{s['sd']:>6.1%} {s['mape']:>6.2%} {s['within_5']:>5.0%} {s['within_10']:>6.0%}")
+    out["fits"] = score(sets, out["measured_ms"], (("ops", op_table, nets), ("nodes", node_table, graphs)), log)
     d = Path(args.out_dir)
     d.mkdir(parents=True, exist_ok=True)
     (d / "searched_keys.json").write_text(json.dumps(out, indent=1))
     (d / "searched_keys.txt").write_text("\n".join(lines) + "\n")
     return 0
+
+
+def score(sets: dict, measured_ms: list, keyings, log) -> list[dict]:
+    """Fit the in-context model on each calibration set, per keying ``(keys, table, [(model, shape)])``, and
+    score the searched and the random networks; the fits' rows."""
+    span, i = {}, 0
+    for name, v in sets.items():
+        span[name] = range(i, i + len(v))
+        i += len(v)
+    fits = []
+    log(f"\n{'keys':>5} {'calibrated on':<24} {'structure':<9} {'scored on':<9} {'mean':>7} {'sd':>6} "
+        f"{'MAPE':>6} {'<=5%':>5} {'<=10%':>6}")
+    for keys, table, models in keyings:
+        samples = []
+        for (model, shape), ms in zip(models, measured_ms):
+            p = predict_network(model, shape, table, incontext=None)
+            samples.append(Sample.of_rows(keys, p.per_key, ms, streamed=p.streamed))
+        for cal in [k for k in sets if k.startswith("calibration")]:
+            ic = fit_in_context([samples[j] for j in span[cal]], Overhead.from_table(table).per_call_ms)
+            for scored in ("searched", "random"):
+                s = summary([ic.predict(samples[j].features, samples[j].n_ops) for j in span[scored]],
+                            [samples[j].measured_ms for j in span[scored]])
+                fits.append({"keys": keys, "calibration": cal, "structure": ic.structure, "lambda": ic.lam,
+                             "scored": scored, **s})
+                log(f"{keys:>5} {cal[13:]:<24} {ic.structure:<9} {scored:<9} {s['mean_signed']:>+7.1%} "
+                    f"{s['sd']:>6.1%} {s['mape']:>6.2%} {s['within_5']:>5.0%} {s['within_10']:>6.0%}")
+    return fits
+
+
+def rescore(path: str, op_table: str, log) -> None:
+    """The op keys' fits of a saved run again from its measurements, priced by today's code (nothing measured;
+    the op table is the run's, from its host)."""
+    saved = json.loads(Path(path).read_text())
+    log(f"rescoring {path} (measured on {saved['machine'].get('cpu_id') or saved['machine'].get('cpu')}) "
+        f"with op table {op_table}, nothing measured")
+    nets = [build_spec(s) for v in saved["sets"].values() for s in v]
+    score(saved["sets"], saved["measured_ms"], (("ops", load_table(op_table), nets),), log)
 
 
 if __name__ == "__main__":
