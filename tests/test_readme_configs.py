@@ -28,9 +28,15 @@ def test_the_readme_lists_every_strategy():
 # the sharpDARTS line takes ~30 s on a 2-vCPU host; tests/test_sharpdarts_search.py's runs are slow too
 @pytest.mark.parametrize("line", [pytest.param(line, marks=pytest.mark.slow) if "sharpdarts" in line else line
                                   for line in _tiny_lines()])
-def test_tiny_configuration_runs(line, tmp_path):
+# Every line runs by default with a batch of 16 (the lines leave it at the default 64, which made the two
+# progressive darts lines ~15 s each): every option as written, a smaller problem. As written, in full: slow.
+@pytest.mark.parametrize("batch", [pytest.param(None, marks=pytest.mark.slow, id="as-written"),
+                                   pytest.param(16, id="batch16")])
+def test_tiny_configuration_runs(line, batch, tmp_path):
     argv = shlex.split(line)[1:]
     i = argv.index("--out")
     argv[i + 1] = str(tmp_path / argv[i + 1])
-    assert main(argv + ["--threads", "1", "--json"]) == 0
+    # (a line that sets its own batch runs it as written either way)
+    extra = ["--batch-size", str(batch)] if batch is not None and "--batch-size" not in argv else []
+    assert main(argv + ["--threads", "1", *extra, "--json"]) == 0
     assert (tmp_path / shlex.split(line)[-1] / "result.json").exists()
