@@ -111,8 +111,9 @@ def test_darts_range_with_a_latency_table_is_the_derived_networks_cost(tmp_path,
     repeated parameter-free op runs once: the latency minimum is at most the additive cheapest network's
     (tests/test_cse_merges.py checks it exactly against every network of a smaller space)."""
     from hwcost.pipeline import random_derived_costs
+    from shared_tensors import darts_table_tensor
     ops = tuple(get_space("darts").primitives)
-    ct, notes = cached_search_cost_tensor("darts", "cifar10", ops, table, None)
+    ct, notes = darts_table_tensor(table)       # built once per process (tests/test_search_costs.py reads it too)
     ec = ExpectedCost(ct, mode="derived")
     rng = attainable_range(ec)
     for metric in ("latency_ms", "params"):

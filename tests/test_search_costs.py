@@ -7,13 +7,12 @@ from search.costs import derived_latency, search_cost_tensor
 from spaces import BUILTIN_GENOTYPES, get_space
 
 TABLES = ["device_tables/data/darts_ort-cpu.json", "device_tables/data/darts_torch-cpu.json"]
-_CACHE = {}
 
 
 def darts_tensor(table):
-    if table not in _CACHE:
-        _CACHE[table] = search_cost_tensor("darts", "cifar10", tuple(get_space("darts").primitives), table)
-    return _CACHE[table]
+    """The darts tensor of ``table``, built once per process (tests/test_budget_attainable.py reads it too)."""
+    from shared_tensors import darts_table_tensor
+    return darts_table_tensor(table)
 
 
 @pytest.mark.parametrize("table", TABLES)
