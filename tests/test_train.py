@@ -121,7 +121,7 @@ def test_aux_loss_weight_scales_only_the_aux_gradient(tmp_path):
 
 
 def test_digits_training_beats_chance_by_far(tmp_path):
-    r = run_train(TrainConfig(genotype="DARTS_V2", data="digits", C=8, layers=5, epochs=2, batch_size=64,
+    r = run_train(TrainConfig(genotype="DARTS_V2", data="digits", C=8, layers=3, epochs=2, batch_size=64,
                               threads=1, network=None), tmp_path / "r", progress=False)
     assert r["test_accuracy"] > 0.6                             # 10 classes: chance is 0.1
     assert r["heldout_samples"] == 359                          # data.py's 20% digits test split
