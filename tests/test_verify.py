@@ -2,11 +2,8 @@
 more than the sum of their ops -- the situation that put the demo's network over budget on another host."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
-import os
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +16,7 @@ from hwcost.cli import main
 from profilers import backends as B
 from profilers.environment import device_info
 from profilers.measure import Measurement
+from pristine import copy_run, restore
 from search.run import SearchConfig, run_search
 
 TOY = "toy-incontext"
@@ -60,18 +58,10 @@ def pristine_toy(tmp_path_factory):
     return SimpleNamespace(path=path, saved=path.read_bytes(), median=_budget(path))
 
 
-def _restore(pristine) -> Path:
-    """The toy table's file as first saved (a test before may have calibrated it)."""
-    fresh = pristine.path.with_name(pristine.path.name + ".restore")
-    fresh.write_bytes(pristine.saved)
-    os.replace(fresh, pristine.path)            # a new file, as save_table writes one
-    return pristine.path
-
-
 @pytest.fixture
 def toy_table(pristine_toy):
     """The toy table (uncalibrated), its backend registered."""
-    path = _restore(pristine_toy)
+    path = restore(pristine_toy)
     B._BACKENDS[TOY] = _Toy
     _Toy.table = load_table(path)
     yield path
@@ -83,7 +73,7 @@ def toy_table(pristine_toy):
 def pristine_run(pristine_toy, tmp_path_factory):
     """One search on the uncalibrated toy table under 1.1 x the median (the sum of ops says it fits; the
     toy device says 1.35x): run once for the module; ``searched`` gives each test its own copy."""
-    path = _restore(pristine_toy)
+    path = restore(pristine_toy)
     budget = pristine_toy.median * 1.1
     cfg = SearchConfig(space="nb201", table=str(path), budgets=[f"latency={budget}ms"], **FAST)
     out = tmp_path_factory.mktemp("searched") / "run"
@@ -94,9 +84,7 @@ def pristine_run(pristine_toy, tmp_path_factory):
 def searched(toy_table, pristine_run, tmp_path) -> tuple[Path, SearchConfig, dict, float]:
     """(run directory, config, result, budget): a copy at ``tmp_path/run`` of the module's search, on the
     toy table that ``toy_table`` restored as it was when searched."""
-    out = tmp_path / "run"
-    shutil.copytree(pristine_run.out, out)
-    return out, pristine_run.cfg, copy.deepcopy(pristine_run.result), pristine_run.budget
+    return copy_run(pristine_run, tmp_path)
 
 
 def _budget(path, q=0.5) -> float:

@@ -8,12 +8,10 @@ op mix misleads), written in the runner's results format; one test runs the real
 blocked, as on a board) on a verify bundle, which holds networks and no op keys."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -31,6 +29,7 @@ from hwcost.cli import main
 from hwcost.verify import VerifyPending, verify_search
 from hwcost.verify_remote import RemoteMeasure, is_remote_table
 from profilers import runner
+from pristine import copy_run, restore
 from search.run import SearchConfig, run_search
 
 FAST = dict(data="synthetic", epochs=2, steps_per_epoch=3, batch_size=16, C=4, layers=3, threads=1)
@@ -94,18 +93,10 @@ def pristine_table(tmp_path_factory):
     return SimpleNamespace(path=path, saved=path.read_bytes(), device_table=t, specs=specs)
 
 
-def _restore(pristine) -> Path:
-    """The remote table's file as fitted (a test before may have added to its calibration)."""
-    fresh = pristine.path.with_name(pristine.path.name + ".restore")
-    fresh.write_bytes(pristine.saved)
-    os.replace(fresh, pristine.path)            # a new file, as save_table writes one
-    return pristine.path
-
-
 @pytest.fixture
 def remote(pristine_table):
     """The remote table as fitted, and a fresh device."""
-    return _restore(pristine_table), Device(pristine_table.device_table, pristine_table.specs)
+    return restore(pristine_table), Device(pristine_table.device_table, pristine_table.specs)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +104,7 @@ def pristine_run(pristine_table, tmp_path_factory):
     """One search on the remote table (as fitted) under a latency budget at the median of random
     networks' prices: run once for the module; ``searched`` gives each test its own copy."""
     out = tmp_path_factory.mktemp("searched") / "run"
-    cfg, r, budget = _search(_restore(pristine_table), out)
+    cfg, r, budget = _search(restore(pristine_table), out)
     return SimpleNamespace(out=out, cfg=cfg, result=r, budget=budget)
 
 
@@ -121,9 +112,7 @@ def pristine_run(pristine_table, tmp_path_factory):
 def searched(remote, pristine_run, tmp_path) -> tuple[Path, SearchConfig, dict, float]:
     """(run directory, config, result, budget): a copy at ``tmp_path/run`` of the module's search on the
     remote table, whose file ``remote`` restored as it was when searched."""
-    out = tmp_path / "run"
-    shutil.copytree(pristine_run.out, out)
-    return out, pristine_run.cfg, copy.deepcopy(pristine_run.result), pristine_run.budget
+    return copy_run(pristine_run, tmp_path)
 
 
 def _search(table_path, out, q=0.5) -> tuple[SearchConfig, dict, float]:
