@@ -1,7 +1,7 @@
 """Predicted vs measured latency of a model zoo, each model calibrated on the others only.
 
     .venv/bin/python benchmarks/zoo_accuracy.py [--backend ort-cpu] [--zoo torchvision|timm]
-        [--models SPEC,SPEC,...] [--via layers|onnx] [--tag NAME] [--out-dir DIR]
+        [--models SPEC,SPEC,...] [--via layers|onnx] [--context alone|sequence] [--tag NAME] [--out-dir DIR]
     .venv/bin/python benchmarks/zoo_accuracy.py --darts N [--calibrate K] [--seed S] [--via onnx]
     .venv/bin/python benchmarks/zoo_accuracy.py --rescore RESULT.json [--streamed off|choose|on] [--cold off|choose|on]
 
@@ -249,6 +249,8 @@ def main() -> int:
                     help="prepare each model S times (new sessions, new memory placement) and keep the median "
                          "session, before and after the profile (profilers.profile.measure_models; default 1)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--context", choices=("alone", "sequence"), default="alone",
+                    help="how the table's keys are timed (hwcost profile --context; sequence: torch-cpu)")
     ap.add_argument("--rescore", metavar="RESULT.json", help="fit and score a saved run again (nothing measured)")
     ap.add_argument("--cold", choices=STREAMED_MODES, default="off",
                     help="the in-context fit's cold group (each call's isolated ms ** 0.6, costmodels.incontext): "
@@ -304,7 +306,7 @@ def main() -> int:
     t1 = time.perf_counter()
     before = measure_models([(m, shapes[n]) for n, m in models.items()], backend, NET_SETTINGS, args.sessions)
     log(f"{len(specs)} models measured whole in {time.perf_counter() - t1:.0f} s (load {load()})")
-    table = profile(jobs, backend, table_path, spaces=sorted(spaces), progress=False,
+    table = profile(jobs, backend, table_path, spaces=sorted(spaces), progress=False, context=args.context,
                     provenance={"models": specs, "via": args.via, "input": list(IMAGE) if not args.darts else None,
                                 "by": "benchmarks/zoo_accuracy.py"})
     log(f"table: {len(table)} keys of {len(specs)} models ({args.via}) profiled in {time.perf_counter() - t0:.0f} s "
@@ -330,7 +332,7 @@ def main() -> int:
     rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log, args.streamed, args.cold)
     log(f"total {time.perf_counter() - t0:.0f} s, load {load()}")
     path = out / f"zoo_{tag}_{args.backend}.json"
-    path.write_text(json.dumps({"backend": args.backend, "via": args.via, "specs": specs, "machine": {**dev, "label": host_label()},
+    path.write_text(json.dumps({"backend": args.backend, "via": args.via, "context": args.context, "specs": specs, "machine": {**dev, "label": host_label()},
                                 "rows": rows, "summary": summary, "interval90_coverage": cover,
                                 "calibration": sorted(calibration),
                                 "calibration_rows": [{"model": k, "measured_ms": samples[k].measured_ms,

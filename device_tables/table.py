@@ -379,14 +379,16 @@ def _identity(t: DeviceTable) -> dict[str, Any]:
     ident = {"kind": t.kind, "device.name": t.device.get("name")}
     runtime = canonical_runtime(t.runtime)
     ident.update((f"runtime.{k}", runtime.get(k)) for k in RUNTIME_IDENTITY)
+    ident["measurement.context"] = t.measurement.get("context", "alone")  # keys timed alone or in a sequence
     return ident
 
 
 def merge_tables(tables: Iterable[DeviceTable], force: bool = False) -> tuple[DeviceTable, list[Conflict]]:
     """Union of tables of one device/runtime; a key in several keeps the most-sampled entry.
 
-    Different devices or runtime settings (backend, provider, threads, dtype,
-    batch) are refused unless ``force``; different kinds are always refused.
+    Different devices, runtime settings (backend, provider, threads, dtype,
+    batch) or timing contexts (``measurement.context``: keys timed alone or in a
+    sequence) are refused unless ``force``; different kinds are always refused.
     An older runner table's backend ``onnxruntime`` is the same runtime as
     ``ort-cpu`` / ``ort:<EP>`` (:func:`canonical_runtime`).
     A calibration (in-context model) is not carried over: it was fitted on one

@@ -248,13 +248,26 @@ def _profile_missing_layers(table: DeviceTable, built, backend, log) -> DeviceTa
         # it has one, else the profile measures one if the new layers hold large weights
         has_probe = "weight_stream" in table.measurement
         extra = profile(jobs, backend, Path(tmp) / "layers.json", spaces=list(table.spaces), progress=False,
-                        provenance={"by": "hwcost calibrate"}, stream_bytes=0 if has_probe else None)
+                        settings=table_settings(table), provenance={"by": "hwcost calibrate"},
+                        stream_bytes=0 if has_probe else None, context=table.measurement.get("context", "alone"))
     merged, _ = merge_tables([table, extra], force=True)
     measurement = dict(table.measurement)
     if not has_probe and "weight_stream" in extra.measurement:
         measurement["weight_stream"] = extra.measurement["weight_stream"]
     return dataclasses.replace(merged, device=table.device, measurement=measurement, created=table.created,
                                provenance=table.provenance, source=table.source, calibration=table.calibration)
+
+
+def table_settings(table: DeviceTable):
+    """The measurement settings a table was profiled with (``measurement``; defaults where it records none),
+    so that keys added to it are timed as its own were."""
+    from profilers.measure import Settings
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    recorded = {k: v for k, v in (table.measurement or {}).items() if k in fields}
+    try:
+        return Settings(**recorded)
+    except HwcostError:
+        return Settings()
 
 
 def quiet_reference_ms(table: DeviceTable) -> float | None:

@@ -66,6 +66,9 @@ def cmd_profile(args) -> int:
     if args.random is not None and not (args.space is not None and args.keys == "nodes"):
         raise HwcostError("--random N goes with --space S --keys nodes (the random networks whose nodes to key)")
     check_out_path(args.out, args.resume)  # fail before any slow work
+    if args.context == "sequence" and args.backend != "torch-cpu":
+        raise HwcostError(f"--context sequence times each call with the host clock between the other keys' "
+                          f"calls: torch-cpu only, not {args.backend} (use --context alone)")
     settings = _settings(args)
     if args.space is not None and args.keys == "nodes":
         backend, jobs, provenance = _space_node_jobs(args)
@@ -113,7 +116,7 @@ def cmd_profile(args) -> int:
         table = profile(jobs, backend, args.out, spaces=spaces, settings=settings, resume=args.resume,
                         device_name=args.device_name, provenance=provenance,
                         stream_bytes=None if args.stream_mib is None else args.stream_mib << 20,
-                        progress=False if args.no_progress else None,
+                        progress=False if args.no_progress else None, context=args.context,
                         announce=lambda line: print(line, file=sys.stderr))
     except ProfileInterrupted as e:
         print(f"hwcost: {e}", file=sys.stderr)
@@ -209,6 +212,10 @@ def add_profile_parsers(sub) -> None:
     p.add_argument("--stream-mib", type=int, default=None, metavar="MIB",
                    help="matrix size of the weight-stream probe, measured when a key holds >= 1 MiB of weights "
                         "(default 1024, less where memory is short; 0: no probe)")
+    p.add_argument("--context", choices=("alone", "sequence"), default="alone",
+                   help="how each key is timed: alone, in a loop of its own calls (default), or in a sequence "
+                        "of the other keys, one call at a time with its input just rewritten -- closer to what "
+                        "a layer meets in an eager network (torch-cpu; docs/in-context.md)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("measure", help="end-to-end latency of a network on a backend")

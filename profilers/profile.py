@@ -83,6 +83,30 @@ def journal_path(out: str | Path) -> Path:
     return Path(str(out) + ".journal")
 
 
+CONTEXTS = ("alone", "sequence")
+SEQUENCE_KEYS = 32  # keys timed together in one sequence (--context sequence): a layer's neighbours
+
+
+def _context_record(context: str) -> dict:
+    if context == "alone":
+        return {}
+    return {"context": context,
+            "context_note": f"keys timed in sequences of up to {SEQUENCE_KEYS} in profile order, one call at a "
+                            f"time, round after round, each call after the other keys' and with its input "
+                            f"rewritten just before (host clock, per call; 'noisy' from an IQR of 30% of the median)"}
+
+
+def _steps(todo: list, size: int) -> list[list]:
+    """``todo`` ((pass, job) in pass order) cut into runs of at most ``size`` jobs of one pass."""
+    steps: list[list] = []
+    for item in todo:
+        if steps and len(steps[-1]) < size and steps[-1][0][0] == item[0]:
+            steps[-1].append(item)
+        else:
+            steps.append([item])
+    return steps
+
+
 def _settings_record(backend: Backend, settings: Settings, call_overhead: Measurement) -> dict:
     passes = ({"passes_note": f"{settings.passes} interleaved passes over all keys, one window of at most "
                               f"{settings.max_time_s / settings.passes:.3g} s per key and pass; each key keeps "
@@ -114,7 +138,7 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
             settings: Settings = Settings(), resume: bool = False, device_name: str | None = None,
             provenance: dict | None = None, progress: bool | None = None,
             on_entry: Callable | None = None, announce: Callable[[str], None] | None = None,
-            reference: bool = True, stream_bytes: int | None = None) -> DeviceTable:
+            reference: bool = True, stream_bytes: int | None = None, context: str = "alone") -> DeviceTable:
     """Measure every job on ``backend`` and write the table to ``out``.
 
     ``resume`` continues the journal ``out + ".journal"`` left by an
@@ -131,11 +155,19 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
     :func:`profilers.stream.probe_bytes`; 0: no probe) into ``measurement.weight_stream``: what the
     in-context model prices weights that a network streams from memory with. A probe that cannot run
     (too little memory, an error) is recorded as skipped, with why; every measured row is kept.
+
+    ``context``: ``"alone"`` (default) times each key in a loop of its own calls (block timing, one
+    window per key and pass); ``"sequence"`` times the keys of each run of ``SEQUENCE_KEYS`` jobs one
+    call at a time, round after round, each call after the others' and with its input just rewritten
+    (:meth:`Backend.measure_sequence`; host-clock backends): closer to what a layer meets in an eager
+    network. Recorded in ``measurement.context``; a resume must use the same.
     """
     from costmodels.analytical import weight_bytes
 
     from .stream import STREAM_MIN_WEIGHTS, probe_record
     from tqdm import tqdm
+    if context not in CONTEXTS:
+        raise HwcostError(f"context must be one of {', '.join(CONTEXTS)}, got {context!r}")
     jobs = list(jobs)
     keys = [j.key for j in jobs]
     if len(set(keys)) != len(keys):
@@ -146,13 +178,13 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
     header = {"kind": "op", "spaces": sorted(spaces),
               "device": device_info(device_name, backend.accelerator()),
               "runtime": backend.runtime(),
-              "measurement": _settings_record(backend, settings, overhead),
+              "measurement": {**_settings_record(backend, settings, overhead), **_context_record(context)},
               "provenance": {"tool": "hwcost profile", "keys": len(jobs), **(provenance or {})}}
     journal = Journal.open_or_resume(journal_path(out), header)
     passes = settings.passes
     rows = len(jobs) * passes
     try:
-        _check_same_settings(journal, settings)
+        _check_same_settings(journal, settings, context)
         done = journal.done_rows()
         todo = [(number, job) for number in range(1, passes + 1) for job in jobs
                 if (job.key, number if passes > 1 else None) not in done]
@@ -174,24 +206,36 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
             with backend.active():
                 if phases is not None:
                     phases.time("start")
-                for i, (number, job) in enumerate(todo):
-                    if phases is not None and i and number != todo[i - 1][0]:
-                        phases.time(f"after pass {todo[i - 1][0]}")
-                    bar.set_postfix_str(f"pass {number}/{passes} {job.key.op}" if passes > 1 else job.key.op,
-                                        refresh=False)
-                    if job.key not in prepared:
-                        module, inputs = job.build()
-                        wbytes[job.key] = weight_bytes(module)
-                        prepared[job.key] = backend.prepare(module.eval(), tuple(inputs))
-                    m = backend.timer(prepared[job.key], window).measure()
-                    if number == last_pass[job.key]:
-                        del prepared[job.key]
-                    weights = {"weight_bytes": wbytes[job.key]} if wbytes[job.key] else {}
-                    entry = m.to_entry(job.key, **job.extra, **weights, **({"pass": number} if passes > 1 else {}))
-                    journal.append(entry)
-                    if on_entry is not None:
-                        on_entry(entry)
-                    bar.update(1)
+                prepare = backend.prepare if context == "alone" else backend.prepare_in_sequence
+                size = 1 if context == "alone" else SEQUENCE_KEYS
+                for i, step in enumerate(_steps(todo, size)):
+                    number = step[0][0]
+                    if phases is not None and i and number != previous:
+                        phases.time(f"after pass {previous}")
+                    previous = number
+                    bar.set_postfix_str(f"pass {number}/{passes} {step[0][1].key.op}" if passes > 1
+                                        else step[0][1].key.op, refresh=False)
+                    for _, job in step:
+                        if job.key not in prepared:
+                            module, inputs = job.build()
+                            wbytes[job.key] = weight_bytes(module)
+                            prepared[job.key] = prepare(module.eval(), tuple(inputs))
+                    if context == "alone":
+                        measured = [backend.timer(prepared[step[0][1].key], window).measure()]
+                    else:
+                        measured = backend.measure_sequence([prepared[job.key] for _, job in step], window)
+                    entries = []
+                    for (_, job), m in zip(step, measured):
+                        if number == last_pass[job.key]:
+                            del prepared[job.key]
+                        weights = {"weight_bytes": wbytes[job.key]} if wbytes[job.key] else {}
+                        entries.append(m.to_entry(job.key, **job.extra, **weights,
+                                                  **({"pass": number} if passes > 1 else {})))
+                        journal.append(entries[-1])  # every measured row saved before anything else runs
+                    for entry in entries:
+                        if on_entry is not None:
+                            on_entry(entry)
+                    bar.update(len(step))
                 if phases is not None:
                     phases.time("end")
                 heaviest = max((e.extra.get("weight_bytes", 0) for e in journal.entries()), default=0)
@@ -244,10 +288,12 @@ class HostPhases:
                 "median_ms": ms, "when": self.when, "spread": spread, "quiet": spread <= self.QUIET}
 
 
-def _check_same_settings(journal: Journal, settings: Settings) -> None:
+def _check_same_settings(journal: Journal, settings: Settings, context: str = "alone") -> None:
     recorded = journal.header.get("measurement", {})
     diff = [f"{k}={recorded[k]!r} (this run: {v!r})" for k, v in settings.to_dict().items()
             if k in recorded and not _same(recorded[k], v)]
+    if recorded.get("context", "alone") != context:
+        diff.append(f"context={recorded.get('context', 'alone')!r} (this run: {context!r})")
     if diff:
         journal.close()
         raise HwcostError(f"journal {journal.path} was measured with {', '.join(diff)}; resume with the "
