@@ -82,7 +82,10 @@ def darts_part(args, out: Path, backend: str) -> list[dict]:
     print(f"  500 random derived networks (calibrated): {lat.min():.2f}-{lat.max():.2f} ms; budgets {budgets}",
           flush=True)
     rows = []
-    for b in budgets:
+    if args.start:
+        print(f"  starting at budget {args.start} ({budgets[args.start] if args.start < len(budgets) else 'none'})",
+              flush=True)
+    for b in budgets[args.start:]:
         run = out / f"darts_{backend}{'_nodes' if nodes else ''}_{b:.2f}ms"
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir(parents=True)
@@ -163,6 +166,9 @@ def main() -> int:
     ap.add_argument("--parts", default="darts,nb201")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--start", type=int, default=0, metavar="I",
+                    help="darts: begin at the I-th budget of the ladder (0-based) -- to complete a run cut short, "
+                         "with the same --out (its calibrated table is reused, so the ladder is the same)")
     ap.add_argument("--backends", default="ort-cpu,torch-cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--nb201-table", default="raspi4")

@@ -17,6 +17,8 @@ Conventions (the README repeats them):
 """
 from __future__ import annotations
 
+import functools
+
 import logging
 import warnings
 from dataclasses import asdict, dataclass
@@ -149,7 +151,21 @@ def network_costs(model: nn.Module, input_shape: tuple[int, ...]) -> Costs:
 
 def op_costs(space: str, op: str, c_in: int, c_out: int | None = None, h: int = 32, w: int | None = None,
              stride: int = 1, batch: int = 1, affine: bool = True, **extra) -> Costs:
-    """Costs of one op at one shape (the same numbers a table key stands for)."""
+    """Costs of one op at one shape (the same numbers a table key stands for). Counted once per process
+    for each op and shape (fvcore traces the op: ~0.1 s); :class:`Costs` is frozen."""
+    try:
+        return _op_costs_once(space, op, c_in, c_out, h, w, stride, batch, affine, tuple(sorted(extra.items())))
+    except TypeError:  # an unhashable extra: counted every time
+        return _op_costs(space, op, c_in, c_out, h, w, stride, batch, affine, **extra)
+
+
+@functools.lru_cache(maxsize=8192)
+def _op_costs_once(space, op, c_in, c_out, h, w, stride, batch, affine, extra_items) -> Costs:
+    return _op_costs(space, op, c_in, c_out, h, w, stride, batch, affine, **dict(extra_items))
+
+
+def _op_costs(space: str, op: str, c_in: int, c_out: int | None, h: int, w: int | None, stride: int, batch: int,
+              affine: bool, **extra) -> Costs:
     from spaces.registry import build_op, example_inputs
     module = build_op(space, op, c_in, c_out, stride, affine, **extra).eval()
     inputs = example_inputs(module, batch, h, h if w is None else w)

@@ -52,6 +52,8 @@ fitted on the networks a figure scores: the benchmarks calibrate on others.
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
@@ -261,6 +263,7 @@ def streaming_ms(table) -> Callable[[object, float], float] | None:
     return extra
 
 
+@functools.lru_cache(maxsize=1024)
 def _t_quantile(q: float, dof: int) -> float:
     from scipy.stats import t
     return float(t.ppf(q, max(dof, 1)))

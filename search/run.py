@@ -575,13 +575,20 @@ class SearchRun:
                                 "derived_cells": self.net_cfg.derived_cells}
         if D.is_main():
             (self.out / "result.json").write_text(json.dumps(result, indent=1))
-            try:
-                from .plots import plot_run
-                plot_run(self.out)
-            except ImportError:  # matplotlib missing: plots are optional
-                pass
+            if plots_wanted():
+                try:
+                    from .plots import plot_run
+                    plot_run(self.out)
+                except ImportError:  # matplotlib missing: plots are optional
+                    pass
         D.barrier()   # the run directory is complete when any rank returns
         return result
+
+
+def plots_wanted() -> bool:
+    """Whether a finished search draws its run directory's plots (``alphas.png``, ``costs.png``; about 1 s):
+    yes unless the environment sets ``HWCOST_PLOTS=0`` (batch jobs, the test suite)."""
+    return os.environ.get("HWCOST_PLOTS", "1").strip().lower() not in ("0", "no", "false", "off")
 
 
 def run_search(cfg: SearchConfig, out: str, resume: bool = False, progress: bool = True,

@@ -47,6 +47,7 @@ def test_hard_budget_is_met(strategy, tmp_path):
     r = run_search(cfg, tmp_path / "run", progress=False)
     assert r["within_budget"] == {"params": True}
     assert r["derived"]["params"] <= budget
+    assert not list((tmp_path / "run").glob("*.png"))  # HWCOST_PLOTS=0 (tests/conftest.py): no plots drawn
 
 
 def test_soft_penalty_moves_the_choice_the_right_way(tmp_path):
@@ -60,7 +61,8 @@ def test_soft_penalty_moves_the_choice_the_right_way(tmp_path):
     assert pen["derived"]["macs"] <= base["derived"]["macs"]
 
 
-def test_darts_space_search_writes_a_complete_run_directory(tmp_path):
+def test_darts_space_search_writes_a_complete_run_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HWCOST_PLOTS", "1")  # the suite turns plots off (tests/conftest.py)
     cfg = small(space="darts", strategy="pcdarts", partial_k=2, budgets=["params=2.5M"], warmup_epochs=1)
     r = run_search(cfg, tmp_path / "run", progress=False)
     assert set(r) >= {"space", "genotype", "budgets", "derived", "table"}
