@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from pathlib import Path
 
-from device_tables import load_table
+from device_tables import TableError, load_table, merge_tables
 from hwcost.cli import main
 from profilers.backends import get_backend, rewrite_in_place
 from profilers.measure import Settings, Timer, cpu_block_timer
@@ -108,6 +108,12 @@ def test_profile_in_sequence_records_it_and_resumes_only_in_it(tmp_path):
     assert again.measurement["context"] == "sequence" and "rewritten" in again.measurement["context_note"]
     for e in again.entries:
         assert e.extra["passes"] == 2 and e.extra["runs_per_sample"] == 1 and e.n >= 5 and e.median_ms > 0
+    # a table of the same keys timed alone is another measurement: merging the two needs --force
+    alone = profile(jobs, backend, tmp_path / "alone.json", spaces=["torch"], settings=settings, reference=False)
+    with pytest.raises(TableError, match="measurement.context"):
+        merge_tables([again, alone])
+    merged, conflicts = merge_tables([again, alone], force=True)
+    assert len(merged) == len(jobs) and len(conflicts) == len(jobs)
     with pytest.raises(HwcostError, match="context must be one of"):
         profile(jobs, backend, tmp_path / "u.json", spaces=["torch"], settings=settings, context="network")
 
