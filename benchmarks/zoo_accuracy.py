@@ -251,6 +251,9 @@ def main() -> int:
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--context", choices=("alone", "sequence"), default="alone",
                     help="how the table's keys are timed (hwcost profile --context; sequence: torch-cpu)")
+    ap.add_argument("--max-time", type=float, default=2.0, metavar="S",
+                    help="the profile's time per key over its 10 passes (per call with --context sequence; "
+                         "default 2)")
     ap.add_argument("--rescore", metavar="RESULT.json", help="fit and score a saved run again (nothing measured)")
     ap.add_argument("--cold", choices=STREAMED_MODES, default="off",
                     help="the in-context fit's cold group (each call's isolated ms ** 0.6, costmodels.incontext): "
@@ -307,6 +310,7 @@ def main() -> int:
     before = measure_models([(m, shapes[n]) for n, m in models.items()], backend, NET_SETTINGS, args.sessions)
     log(f"{len(specs)} models measured whole in {time.perf_counter() - t1:.0f} s (load {load()})")
     table = profile(jobs, backend, table_path, spaces=sorted(spaces), progress=False, context=args.context,
+                    settings=Settings(max_time_s=args.max_time),
                     provenance={"models": specs, "via": args.via, "input": list(IMAGE) if not args.darts else None,
                                 "by": "benchmarks/zoo_accuracy.py"})
     log(f"table: {len(table)} keys of {len(specs)} models ({args.via}) profiled in {time.perf_counter() - t0:.0f} s "

@@ -213,9 +213,10 @@ def add_profile_parsers(sub) -> None:
                    help="matrix size of the weight-stream probe, measured when a key holds >= 1 MiB of weights "
                         "(default 1024, less where memory is short; 0: no probe)")
     p.add_argument("--context", choices=("alone", "sequence"), default="alone",
-                   help="how each key is timed: alone, in a loop of its own calls (default), or in a sequence "
-                        "of the other keys, one call at a time with its input just rewritten -- closer to what "
-                        "a layer meets in an eager network (torch-cpu; docs/in-context.md)")
+                   help="how each key is timed: alone, in a loop of its own calls (default), or in sequence: "
+                        "every call of a model's layers in the order the model runs them, one call at a time, "
+                        "each with its own weights and its input just rewritten -- what a layer meets in an "
+                        "eager network (torch-cpu; docs/in-context.md)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("measure", help="end-to-end latency of a network on a backend")

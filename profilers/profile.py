@@ -15,6 +15,7 @@ continues in the pass and at the key where the run stopped.
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 
 import math
@@ -46,6 +47,9 @@ class Job:
     key: OpKey
     build: Callable[[], tuple[nn.Module, tuple]]
     extra: dict = field(default_factory=dict)  # recorded in the entry (e.g. a layer's count)
+    # a model's layer: every call of the key as (order, build), order = (model, position in its forward
+    # pass); ``--context sequence`` times them in that order, each with its own module and input
+    calls: tuple = ()
 
 
 def space_jobs(space: str, configs, batch: int = 1) -> list[Job]:
@@ -53,9 +57,15 @@ def space_jobs(space: str, configs, batch: int = 1) -> list[Job]:
     return [Job(k, (lambda k=k: key_module(k))) for k in space_keys(space, configs, batch)]
 
 
+_MODELS = itertools.count()  # tells the calls of models profiled together apart
+
+
 def model_jobs(model: nn.Module, input_shape: tuple[int, ...]) -> list[Job]:
-    """Jobs for every distinct layer of a model, each recording its count."""
-    return [Job(layer.key, (lambda layer=layer: (layer.module, layer.inputs)), {"count": layer.count})
+    """Jobs for every distinct layer of a model, each recording its count and its calls in the order the
+    model runs them."""
+    tag = next(_MODELS)
+    return [Job(layer.key, (lambda layer=layer: (layer.module, layer.inputs)), {"count": layer.count},
+                tuple(((tag, position), (lambda m=m, ins=ins: (m, ins))) for position, m, ins in layer.calls))
             for layer in model_layer_keys(model, input_shape)]
 
 
@@ -84,27 +94,51 @@ def journal_path(out: str | Path) -> Path:
 
 
 CONTEXTS = ("alone", "sequence")
-SEQUENCE_KEYS = 32  # keys timed together in one sequence (--context sequence): a layer's neighbours
+SEQUENCE_KEYS = 32  # calls timed together in one sequence (--context sequence): a layer's neighbours
 
 
 def _context_record(context: str) -> dict:
     if context == "alone":
         return {}
     return {"context": context,
-            "context_note": f"keys timed in sequences of up to {SEQUENCE_KEYS} in profile order, one call at a "
-                            f"time, round after round, each call after the other keys' and with its input "
-                            f"rewritten just before (host clock, per call; 'noisy' from an IQR of 30% of the median)"}
+            "context_note": f"every call of a model's layer keys timed in the order the model runs them (a "
+                            f"space's keys in profile order), in runs of {SEQUENCE_KEYS} calls, one call at a time, "
+                            f"round after round, each with its own module and its input rewritten just before "
+                            f"(host clock, per call); a key pools its calls' samples; 'noisy' from an IQR of 30% "
+                            f"of the median"}
 
 
-def _steps(todo: list, size: int) -> list[list]:
-    """``todo`` ((pass, job) in pass order) cut into runs of at most ``size`` jobs of one pass."""
+def _call_builds(job: Job) -> list[Callable[[], tuple[nn.Module, tuple]]]:
+    """The builds of a job's calls: every call of its key in a model (:attr:`Job.calls`), else its one build."""
+    return [build for _, build in job.calls] or [job.build]
+
+
+def _steps(todo: list, context: str) -> list[list]:
+    """What is measured together: ``todo`` ((pass, job) in pass order) as lists of (pass, job, call index).
+
+    Alone: one job (its first call) a step. Sequence: each pass's calls -- every call of a model's layer keys,
+    in the order the model runs them (:attr:`Job.calls`), a space's keys in profile order -- in runs of
+    ``SEQUENCE_KEYS``."""
+    if context == "alone":
+        return [[(number, job, 0)] for number, job in todo]
     steps: list[list] = []
-    for item in todo:
-        if steps and len(steps[-1]) < size and steps[-1][0][0] == item[0]:
-            steps[-1].append(item)
-        else:
-            steps.append([item])
+    by_pass: dict[int, list] = {}
+    for index, (number, job) in enumerate(todo):
+        calls = job.calls or (((1 << 62, index), job.build),)   # a key without calls: after any model's
+        by_pass.setdefault(number, []).extend((order, number, job, c) for c, (order, _) in enumerate(calls))
+    for number in sorted(by_pass):
+        ordered = [(n, job, c) for _, n, job, c in sorted(by_pass[number], key=lambda t: t[0])]
+        steps += [ordered[i:i + SEQUENCE_KEYS] for i in range(0, len(ordered), SEQUENCE_KEYS)]
     return steps
+
+
+def pool_calls(measured: list[Measurement]) -> Measurement:
+    """One key's measurement from the measurements of its calls (each call's samples, pooled)."""
+    if len(measured) == 1:
+        return measured[0]
+    first = measured[0]
+    return Measurement([x for m in measured for x in m.samples], 1, first.overhead_s, False, first.settings,
+                       sum(m.elapsed_s for m in measured))
 
 
 def _settings_record(backend: Backend, settings: Settings, call_overhead: Measurement) -> dict:
@@ -157,10 +191,11 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
     (too little memory, an error) is recorded as skipped, with why; every measured row is kept.
 
     ``context``: ``"alone"`` (default) times each key in a loop of its own calls (block timing, one
-    window per key and pass); ``"sequence"`` times the keys of each run of ``SEQUENCE_KEYS`` jobs one
-    call at a time, round after round, each call after the others' and with its input just rewritten
-    (:meth:`Backend.measure_sequence`; host-clock backends): closer to what a layer meets in an eager
-    network. Recorded in ``measurement.context``; a resume must use the same.
+    window per key and pass); ``"sequence"`` times every call of a model's layer keys in the order the
+    model runs them (:attr:`Job.calls`; a space's keys in profile order), runs of ``SEQUENCE_KEYS`` calls
+    one call at a time, round after round, each with its own module and its input just rewritten
+    (:meth:`Backend.measure_sequence`; host-clock backends), a key pooling its calls' samples: what a
+    layer meets in an eager network. Recorded in ``measurement.context``; a resume must use the same.
     """
     from costmodels.analytical import weight_bytes
 
@@ -198,7 +233,7 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
                    disable=not show, dynamic_ncols=True, desc=f"profile {backend.name}")
         window = settings.window()
         last_pass = {job.key: number for number, job in todo}  # todo runs pass by pass
-        prepared: dict[OpKey, Callable] = {}  # built once, reused by every pass
+        prepared: dict[tuple[OpKey, int], Callable] = {}  # (key, call) built once, reused by every pass
         wbytes: dict[OpKey, int] = {}
         phases = HostPhases(backend, window) if reference and todo else None
         extras: dict = {}
@@ -207,35 +242,42 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
                 if phases is not None:
                     phases.time("start")
                 prepare = backend.prepare if context == "alone" else backend.prepare_in_sequence
-                size = 1 if context == "alone" else SEQUENCE_KEYS
-                for i, step in enumerate(_steps(todo, size)):
+                pooled: dict[OpKey, list[Measurement]] = {}  # sequence: a key's calls measured in this pass
+                for i, step in enumerate(_steps(todo, context)):
                     number = step[0][0]
                     if phases is not None and i and number != previous:
                         phases.time(f"after pass {previous}")
                     previous = number
                     bar.set_postfix_str(f"pass {number}/{passes} {step[0][1].key.op}" if passes > 1
                                         else step[0][1].key.op, refresh=False)
-                    for _, job in step:
-                        if job.key not in prepared:
-                            module, inputs = job.build()
-                            wbytes[job.key] = weight_bytes(module)
-                            prepared[job.key] = prepare(module.eval(), tuple(inputs))
+                    for _, job, c in step:
+                        if (job.key, c) not in prepared:
+                            module, inputs = _call_builds(job)[c]()
+                            wbytes.setdefault(job.key, weight_bytes(module))
+                            prepared[job.key, c] = prepare(module.eval(), tuple(inputs))
                     if context == "alone":
-                        measured = [backend.timer(prepared[step[0][1].key], window).measure()]
+                        measured = [backend.timer(prepared[step[0][1].key, 0], window).measure()]
                     else:
-                        measured = backend.measure_sequence([prepared[job.key] for _, job in step], window)
+                        measured = backend.measure_sequence([prepared[job.key, c] for _, job, c in step], window)
                     entries = []
-                    for (_, job), m in zip(step, measured):
+                    for (_, job, c), m in zip(step, measured):
                         if number == last_pass[job.key]:
-                            del prepared[job.key]
+                            del prepared[job.key, c]
+                        mine = pooled.setdefault(job.key, [])
+                        mine.append(m)
+                        if context != "alone" and len(mine) < len(_call_builds(job)):
+                            continue  # the key's other calls come later in this pass's sequence
+                        del pooled[job.key]
+                        m = pool_calls(mine)
                         weights = {"weight_bytes": wbytes[job.key]} if wbytes[job.key] else {}
-                        entries.append(m.to_entry(job.key, **job.extra, **weights,
+                        calls = {"calls_timed": len(mine)} if len(mine) > 1 else {}
+                        entries.append(m.to_entry(job.key, **job.extra, **weights, **calls,
                                                   **({"pass": number} if passes > 1 else {})))
                         journal.append(entries[-1])  # every measured row saved before anything else runs
                     for entry in entries:
                         if on_entry is not None:
                             on_entry(entry)
-                    bar.update(len(step))
+                    bar.update(len(entries))
                 if phases is not None:
                     phases.time("end")
                 heaviest = max((e.extra.get("weight_bytes", 0) for e in journal.entries()), default=0)

@@ -207,6 +207,7 @@ class Layer(NamedTuple):
     module: nn.Module
     inputs: tuple
     count: int
+    calls: tuple = ()   # every call of the key: (position in the forward pass, module, inputs)
 
 
 class FunctionalCall(nn.Module):
@@ -544,9 +545,9 @@ def model_layer_keys(model: nn.Module, input_shape: tuple[int, ...], use_fx: boo
         raise HwcostError(f"{type(model).__name__} cannot take input of shape "
                           f"{_shape_str(input_shape)}: {str(e).splitlines()[0]}") from None
     first: dict[OpKey, tuple[nn.Module, tuple]] = {}
-    counts: dict[OpKey, int] = {}
-    for key, module, inputs in raw:
+    calls: dict[OpKey, list] = {}
+    for position, (key, module, inputs) in enumerate(raw):
         first.setdefault(key, (module, inputs))
-        counts[key] = counts.get(key, 0) + 1
-    return [Layer(k, m, ins, counts[k]) for k, (m, ins) in first.items()]
+        calls.setdefault(key, []).append((position, module, inputs))
+    return [Layer(k, m, ins, len(calls[k]), tuple(calls[k])) for k, (m, ins) in first.items()]
 

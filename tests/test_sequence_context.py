@@ -2,6 +2,8 @@
 the other keys' calls, its input rewritten just before."""
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 import torch
 import torch.nn as nn
@@ -12,7 +14,7 @@ from device_tables import TableError, load_table, merge_tables
 from hwcost.cli import main
 from profilers.backends import get_backend, rewrite_in_place
 from profilers.measure import Settings, Timer, cpu_block_timer
-from profilers.profile import ProfileInterrupted, model_jobs, profile
+from profilers.profile import ProfileInterrupted, _steps, model_jobs, profile
 from spaces.errors import HwcostError
 
 
@@ -124,3 +126,41 @@ def test_cli_sequence_is_for_torch_cpu_only(capsys, tmp_path):
                  "--context", "sequence", "--out", str(out)])
     err = capsys.readouterr().err
     assert code != 0 and "torch-cpu only" in err and "Traceback" not in err and not out.exists()
+
+
+def test_a_model_in_sequence_runs_every_call_in_its_own_order_each_with_its_own_module():
+    torch.manual_seed(0)
+    # two 3x3 convolutions of one shape (one key, two modules with their own weights), each followed by a ReLU
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 16, 1)).eval()
+    jobs = model_jobs(model, (1, 8, 12, 12))
+    assert [j.extra["count"] for j in jobs] == [2, 2, 1] and [len(j.calls) for j in jobs] == [2, 2, 1]
+    steps = _steps([(1, j) for j in jobs] + [(2, j) for j in jobs], "sequence")
+    assert len(steps) == 2  # one sequence per pass (5 calls < SEQUENCE_KEYS)
+    for step in steps:
+        order = [(j.key.op, c) for _, j, c in step]
+        assert order == [("Conv2d", 0), ("ReLU", 0), ("Conv2d", 1), ("ReLU", 1), ("Conv2d", 0)]
+    conv = jobs[0]
+    (m0, _), (m1, _) = conv.calls[0][1](), conv.calls[1][1]()
+    assert m0 is model[0] and m1 is model[2]   # each call its own weights, as in the network
+    assert _steps([(1, j) for j in jobs], "alone") == [[(1, j, 0)] for j in jobs]
+
+    backend = get_backend("torch-cpu")
+    seen: list = []
+    prepare = backend.prepare_in_sequence
+    backend.prepare_in_sequence = lambda module, inputs: seen.append(module) or prepare(module, inputs)
+    table = profile(jobs, backend, Path(tempfile.mkdtemp()) / "t.json", spaces=["torch"], context="sequence",
+                    settings=Settings(max_time_s=0.02, passes=1, min_samples=5), reference=False)
+    assert [id(m) for m in seen] == [id(m) for m in model]  # every call prepared with its own module, in order
+    entries = {e.key.op + str(e.key.c_out): e for e in table.entries}
+    assert entries["Conv2d8"].extra["calls_timed"] == 2 and "calls_timed" not in entries["Conv2d16"].extra
+    # a key pools its calls' samples: whole rounds, so twice the samples of a key called once
+    assert entries["Conv2d8"].n == 2 * entries["Conv2d16"].n
+
+
+def test_alone_a_repeated_layer_is_timed_once_by_its_first_call(tmp_path):
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()).eval()
+    jobs = model_jobs(model, (1, 8, 12, 12))
+    table = profile(jobs, get_backend("torch-cpu"), tmp_path / "t.json", spaces=["torch"], reference=False,
+                    settings=Settings(max_time_s=0.02, passes=2, min_samples=5))
+    assert len(table) == 2 and all(e.extra["count"] == 2 and "calls_timed" not in e.extra for e in table.entries)
