@@ -153,10 +153,12 @@ def op_costs(space: str, op: str, c_in: int, c_out: int | None = None, h: int = 
              stride: int = 1, batch: int = 1, affine: bool = True, **extra) -> Costs:
     """Costs of one op at one shape (the same numbers a table key stands for). Counted once per process
     for each op and shape (fvcore traces the op: ~0.1 s); :class:`Costs` is frozen."""
+    extra_items = tuple(sorted(extra.items()))
     try:
-        return _op_costs_once(space, op, c_in, c_out, h, w, stride, batch, affine, tuple(sorted(extra.items())))
+        hash(extra_items)
     except TypeError:  # an unhashable extra: counted every time
         return _op_costs(space, op, c_in, c_out, h, w, stride, batch, affine, **extra)
+    return _op_costs_once(space, op, c_in, c_out, h, w, stride, batch, affine, extra_items)
 
 
 @functools.lru_cache(maxsize=8192)

@@ -66,9 +66,10 @@ def cmd_profile(args) -> int:
     if args.random is not None and not (args.space is not None and args.keys == "nodes"):
         raise HwcostError("--random N goes with --space S --keys nodes (the random networks whose nodes to key)")
     check_out_path(args.out, args.resume)  # fail before any slow work
-    if args.context == "sequence" and args.backend != "torch-cpu":
-        raise HwcostError(f"--context sequence times each call with the host clock between the other keys' "
-                          f"calls: torch-cpu only, not {args.backend} (use --context alone)")
+    if args.context == "sequence":
+        from profilers.backends import sequence_refused, times_sequences
+        if not times_sequences(args.backend):   # before the model is loaded and keyed
+            raise HwcostError(sequence_refused(args.backend))
     settings = _settings(args)
     if args.space is not None and args.keys == "nodes":
         backend, jobs, provenance = _space_node_jobs(args)

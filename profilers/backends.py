@@ -56,6 +56,20 @@ def get_backend(name: str, threads: int = 1, batch: int = 1, dtype: str = "float
     raise unknown("backend", name, list_backends())
 
 
+def sequence_refused(backend: str) -> str:
+    """The error for ``--context sequence`` on a backend that cannot time keys in a sequence."""
+    able = ", ".join(sorted(n for n, c in _BACKENDS.items() if c.times_sequences))
+    return (f"--context sequence times each call with the host clock between the other calls: {able} only, "
+            f"not {backend} (use --context alone)")
+
+
+def times_sequences(name: str) -> bool:
+    """Whether the backend called ``name`` can time keys in a sequence (``--context sequence``), asked before
+    any backend is built; False for a name no backend has."""
+    cls = _BACKENDS.get(name) or next((c for p, c in _PREFIXES.items() if name.startswith(p)), None)
+    return bool(cls and cls.times_sequences)
+
+
 def _torch_module(module, backend: str) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise HwcostError(f"backend {backend} runs PyTorch modules; an ONNX model runs on ort-cpu or "
@@ -75,6 +89,7 @@ class Backend:
     name = "?"
     dtypes = ("float32",)
     wall_clock = staticmethod(time.perf_counter)  # what time caps and warm-up are counted in
+    times_sequences = False  # implements prepare_in_sequence (host-clock backends)
 
     def __init__(self, threads: int = 1, batch: int = 1, dtype: str = "float32"):
         for label, v in (("threads", threads), ("batch", batch)):
@@ -163,8 +178,7 @@ class Backend:
         """(run, touch): ``run`` as :meth:`prepare`'s, and ``touch`` rewrites its inputs in place with
         their own values -- what the layer before it in a network has just done. Host-clock backends
         only: each call is timed alone (:meth:`measure_sequence`)."""
-        raise HwcostError(f"--context sequence times each call with the host clock between other keys' "
-                          f"calls; backend {self.name} does not support it (torch-cpu does; use --context alone)")
+        raise HwcostError(sequence_refused(self.name))
 
     def measure_sequence(self, calls: list[tuple[Callable[[], object], Callable[[], None]]],
                          settings: Settings) -> list[Measurement]:
@@ -173,10 +187,8 @@ class Backend:
 
         A key timed in a loop of its own calls keeps its weights, code and branch history hot; in a
         network the other layers run between two of its calls and its input has just been written.
-        Here the other keys of the sequence run between two calls of a key, and its input is
-        rewritten just before: on eager PyTorch a network's time / its layers' sum spreads 0.99-1.26x
-        over 16 torchvision models this way against 0.62-0.97x in a loop (host E, docs/in-context.md).
-        Rounds go on for ``settings.max_time_s`` per call (at least ``min_samples`` rounds). The
+        Here the other calls of the sequence run between two calls of one, and its input is
+        rewritten just before (measured against keys timed alone: docs/in-context.md). Rounds go on for ``settings.max_time_s`` per call (at least ``min_samples`` rounds). The
         clock's own cost (an empty pair of reads) is subtracted from every sample."""
         clock = self.wall_clock
         for run, touch in calls:  # warm-up: every call twice
@@ -214,15 +226,17 @@ class Backend:
 class TorchCPU(Backend):
     """Eager PyTorch on the CPU: ``module(*inputs)`` under no_grad."""
     name = "torch-cpu"
+    times_sequences = True
+
+    def _placed(self, module, inputs) -> tuple[nn.Module, tuple]:
+        return _torch_module(module, self.name).to("cpu"), tuple(t.to("cpu") for t in inputs)
 
     def prepare(self, module, inputs):
-        module = _torch_module(module, self.name).to("cpu")
-        inputs = tuple(t.to("cpu") for t in inputs)
+        module, inputs = self._placed(module, inputs)
         return lambda: module(*inputs)
 
     def prepare_in_sequence(self, module, inputs):
-        module = _torch_module(module, self.name).to("cpu")
-        inputs = tuple(t.to("cpu") for t in inputs)
+        module, inputs = self._placed(module, inputs)
         return (lambda: module(*inputs)), rewrite_in_place(inputs)
 
 

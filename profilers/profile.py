@@ -30,7 +30,7 @@ import torch.nn as nn
 from device_tables import DeviceTable, Journal, OpKey
 from spaces.errors import HwcostError
 
-from .backends import Backend
+from .backends import Backend, sequence_refused
 from .environment import device_info
 from .measure import Measurement, Settings, combine_passes
 from .shapes import key_module, model_layer_keys, space_keys
@@ -203,6 +203,8 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
     from tqdm import tqdm
     if context not in CONTEXTS:
         raise HwcostError(f"context must be one of {', '.join(CONTEXTS)}, got {context!r}")
+    if context == "sequence" and not backend.times_sequences:   # before a journal is opened
+        raise HwcostError(sequence_refused(backend.name))
     jobs = list(jobs)
     keys = [j.key for j in jobs]
     if len(set(keys)) != len(keys):
@@ -253,7 +255,8 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
                     for _, job, c in step:
                         if (job.key, c) not in prepared:
                             module, inputs = _call_builds(job)[c]()
-                            wbytes.setdefault(job.key, weight_bytes(module))
+                            if job.key not in wbytes:
+                                wbytes[job.key] = weight_bytes(module)
                             prepared[job.key, c] = prepare(module.eval(), tuple(inputs))
                     if context == "alone":
                         measured = [backend.timer(prepared[step[0][1].key, 0], window).measure()]

@@ -164,3 +164,11 @@ def test_alone_a_repeated_layer_is_timed_once_by_its_first_call(tmp_path):
     table = profile(jobs, get_backend("torch-cpu"), tmp_path / "t.json", spaces=["torch"], reference=False,
                     settings=Settings(max_time_s=0.02, passes=2, min_samples=5))
     assert len(table) == 2 and all(e.extra["count"] == 2 and "calls_timed" not in e.extra for e in table.entries)
+
+
+def test_profile_refuses_a_sequence_on_a_backend_that_cannot_time_one_before_any_journal(tmp_path):
+    out = tmp_path / "t.json"
+    with pytest.raises(HwcostError, match="torch-cpu only, not ort-cpu"):
+        profile(model_jobs(_tiny(), (1, 3, 16, 16)), get_backend("ort-cpu"), out, spaces=["torch"],
+                context="sequence")
+    assert not out.exists() and not Path(str(out) + ".journal").exists()
