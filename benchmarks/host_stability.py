@@ -9,6 +9,15 @@ board the window medians agree within a few percent; on a shared VM whose host
 is busy they move together in phases of a second or so, which no per-key
 statistic can see (every sample of a key falls in one phase) -- profile such a
 machine twice and compare (benchmarks/profile_repeatability.py).
+
+It also says what a slow phase is made of. Each call is timed twice, by the
+wall clock and by the thread's CPU time, and on Linux the VM's steal time
+(``/proc/stat``) is read around each window. If the hypervisor takes the vCPU
+away (steal), the CPU time stays put while the wall clock runs on: a CPU-time
+clock would take such phases out. If the CPU time moves with the wall clock,
+the vCPU ran the whole time, only slower (a busy sibling hyperthread, shared
+cache or memory bandwidth, a lower clock): no clock takes that out; measure in
+the quiet phases, or on a quieter host.
 """
 from __future__ import annotations
 
@@ -20,6 +29,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def steal_ms() -> float | None:
+    """The VM's steal time so far (``/proc/stat``, all CPUs), ms; None where it cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) * 1e3 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def main() -> int:
@@ -34,22 +53,42 @@ def main() -> int:
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(72, 72, 3, padding=1).eval()
     x = torch.randn(1, 72, 16, 16)
-    medians = []
+    medians, cpu_medians, steals = [], [], []
     end = time.perf_counter() + args.seconds
     with torch.no_grad():
         while time.perf_counter() < end:
-            samples, stop = [], time.perf_counter() + args.window
+            samples, cpu, stop = [], [], time.perf_counter() + args.window
+            s0 = steal_ms()
             while time.perf_counter() < stop:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 conv(x)
+                cpu.append(time.thread_time() - c0)
                 samples.append(time.perf_counter() - t0)
+            s1 = steal_ms()
             medians.append(statistics.median(samples) * 1e6)
+            cpu_medians.append(statistics.median(cpu) * 1e6)
+            steals.append(s1 - s0 if s0 is not None and s1 is not None else None)
     lo, hi = min(medians), max(medians)
     mid = statistics.median(medians)
     print(f"{cpu_model()}, {os.cpu_count()} logical cores; load average {tuple(round(v, 2) for v in os.getloadavg())}")
     print(f"window medians (us, {args.window:g} s each): " + " ".join(f"{m:.0f}" for m in medians))
     print(f"median of windows {mid:.0f} us; min {lo:.0f}, max {hi:.0f} ({100 * (hi - lo) / mid:.0f}% of the median); "
           f"p90/p10 {statistics.quantiles(medians, n=10)[-1] / statistics.quantiles(medians, n=10)[0]:.2f}")
+    ratio = [w / c for w, c in zip(medians, cpu_medians)]
+    print(f"the thread's CPU time per call: window medians {min(cpu_medians):.0f}-{max(cpu_medians):.0f} us; "
+          f"wall / CPU time per window {min(ratio):.3f}-{max(ratio):.3f}")
+    if None not in steals:
+        print(f"steal time (the hypervisor ran something else on this vCPU): {sum(steals):.0f} ms over "
+              f"{args.seconds:g} s, at most {max(steals):.0f} ms in a window (both CPUs)")
+    slow = (hi - lo) / mid
+    if slow > 0.05:
+        cpu_spread = (max(cpu_medians) - min(cpu_medians)) / statistics.median(cpu_medians)
+        if cpu_spread > slow / 2:
+            print(f"so the slow windows ran on the CPU the whole time, only slower (its CPU time moved "
+                  f"{cpu_spread:.0%}): contention or clock, not steal; no clock takes it out")
+        else:
+            print(f"so the slow windows lost the CPU (its CPU time moved only {cpu_spread:.0%}): steal; a CPU-time "
+                  f"clock would take them out")
     return 0
 
 

@@ -38,6 +38,13 @@ For one backend (1 thread, batch 1, 1x3x224x224):
    only (leave one model out) -- the model scored never calibrates its own
    prediction.  With (b), its 90 % interval.
 
+``--blocks model`` changes steps 1-2 to what a noisy host needs: each model's
+keys are profiled in a table of their own, the model measured whole just
+before and just after them (its quietest window of the 20), model after model
+-- a model's layers and its network then meet the same host phases (minutes
+apart, not half an hour); no weight-streaming probe. A key two models share is
+timed in both blocks, each model priced from its own.
+
 When a model holds large weights, the profile also measures the backend's
 weight-streaming bandwidth (``profilers.stream``); a model's ``per_key`` rows
 then carry what each node's weights take to stream beyond its isolated time
@@ -233,6 +240,32 @@ def rescore(path: Path, log, streamed: str = "off", cold: str = "off") -> int:
     return 0
 
 
+def _model_blocks(models: dict, shapes: dict, backend, table_path: Path, sessions: int, profile_args: dict,
+                  provenance: dict, log) -> tuple[dict, list, list]:
+    """``--blocks model``: model after model, the model measured whole, its keys profiled into a table of
+    their own, the model measured whole again. Returns ({model: its table}, before, after); writes the
+    models' tables merged (a shared key keeps its most-sampled entry) to ``table_path``."""
+    import tempfile
+
+    from device_tables import merge_tables, save_table
+    tables, before, after = {}, [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, m in models.items():
+            t1 = time.perf_counter()
+            before += measure_models([(m, shapes[n])], backend, NET_SETTINGS, sessions)
+            jobs = jobs_for(m, shapes[n], "all", backend.session_providers())
+            tables[n] = profile(jobs, backend, Path(tmp) / f"{n}.json.gz", stream_bytes=0,
+                                spaces=["onnx" if isinstance(m, OnnxGraph) else "torch"],
+                                provenance={**provenance, "block": n}, **profile_args)
+            after += measure_models([(m, shapes[n])], backend, NET_SETTINGS, sessions)
+            log(f"{n}: {len(tables[n])} keys profiled between two measurements of the model "
+                f"({before[-1].median * 1e3:.2f} ms, {after[-1].median * 1e3:.2f} ms) in "
+                f"{time.perf_counter() - t1:.0f} s (load {load()})")
+    merged, _ = merge_tables(list(tables.values()))
+    save_table(merged, table_path)
+    return tables, before, after
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="ort-cpu")
@@ -254,6 +287,9 @@ def main() -> int:
     ap.add_argument("--max-time", type=float, default=2.0, metavar="S",
                     help="the profile's time per key over its 10 passes (per call with --context sequence; "
                          "default 2)")
+    ap.add_argument("--blocks", choices=("all", "model"), default="all",
+                    help="all (default): one table of every model's keys, the models measured whole before and "
+                         "after it; model: a table per model, the model measured just before and after its keys")
     ap.add_argument("--rescore", metavar="RESULT.json", help="fit and score a saved run again (nothing measured)")
     ap.add_argument("--cold", choices=STREAMED_MODES, default="off",
                     help="the in-context fit's cold group (each call's isolated ms ** 0.6, costmodels.incontext): "
@@ -288,44 +324,52 @@ def main() -> int:
         both = {_short(s): _subject(s, args.via) for s in specs}
     models = {n: m for n, (m, _) in both.items()}
     shapes = {n: sh for n, (_, sh) in both.items()}
-    jobs, seen, spaces = [], set(), set()
-    for n, m in models.items():
-        if args.darts and not isinstance(m, OnnxGraph):   # the space's op keys at the network's shapes, once
-            spaces.add("darts")
-            new = [] if jobs else space_jobs("darts", "cifar10")
-        else:
-            spaces.add("onnx" if isinstance(m, OnnxGraph) else "torch")
-            new = jobs_for(m, shapes[n], "all", backend.session_providers())
-        for j in new:
-            if j.key not in seen:
-                seen.add(j.key)
-                jobs.append(j)
+    if args.blocks == "model" and args.darts:
+        ap.error("--blocks model is for a zoo of models (--darts networks share one space's keys)")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # the table is kept (results/zoo_<tag>_<backend>_table.json.gz): other groupings of the in-context
     # model can be fitted on these models later without measuring again
     table_path = out / f"zoo_{tag}_{args.backend}_table.json.gz"
     table_path.unlink(missing_ok=True)
-    t1 = time.perf_counter()
-    before = measure_models([(m, shapes[n]) for n, m in models.items()], backend, NET_SETTINGS, args.sessions)
-    log(f"{len(specs)} models measured whole in {time.perf_counter() - t1:.0f} s (load {load()})")
-    table = profile(jobs, backend, table_path, spaces=sorted(spaces), progress=False, context=args.context,
-                    settings=Settings(max_time_s=args.max_time),
-                    provenance={"models": specs, "via": args.via, "input": list(IMAGE) if not args.darts else None,
-                                "by": "benchmarks/zoo_accuracy.py"})
-    log(f"table: {len(table)} keys of {len(specs)} models ({args.via}) profiled in {time.perf_counter() - t0:.0f} s "
-        f"(load {load()}); per-call overhead {Overhead.from_table(table).per_call_ms * 1e3:.2f} us")
-    t1 = time.perf_counter()
-    after = measure_models([(m, shapes[n]) for n, m in models.items()], backend, NET_SETTINGS, args.sessions)
+    profile_args = dict(progress=False, context=args.context, settings=Settings(max_time_s=args.max_time))
+    provenance = {"models": specs, "via": args.via, "input": list(IMAGE) if not args.darts else None,
+                  "by": "benchmarks/zoo_accuracy.py"}
+    if args.blocks == "model":
+        tables, before, after = _model_blocks(models, shapes, backend, table_path, args.sessions, profile_args,
+                                              provenance, log)
+    else:
+        jobs, seen, spaces = [], set(), set()
+        for n, m in models.items():
+            if args.darts and not isinstance(m, OnnxGraph):   # the space's op keys at the network's shapes, once
+                spaces.add("darts")
+                new = [] if jobs else space_jobs("darts", "cifar10")
+            else:
+                spaces.add("onnx" if isinstance(m, OnnxGraph) else "torch")
+                new = jobs_for(m, shapes[n], "all", backend.session_providers())
+            for j in new:
+                if j.key not in seen:
+                    seen.add(j.key)
+                    jobs.append(j)
+        t1 = time.perf_counter()
+        before = measure_models([(m, shapes[n]) for n, m in models.items()], backend, NET_SETTINGS, args.sessions)
+        log(f"{len(specs)} models measured whole in {time.perf_counter() - t1:.0f} s (load {load()})")
+        table = profile(jobs, backend, table_path, spaces=sorted(spaces), provenance=provenance, **profile_args)
+        log(f"table: {len(table)} keys of {len(specs)} models ({args.via}) profiled in "
+            f"{time.perf_counter() - t0:.0f} s (load {load()}); per-call overhead "
+            f"{Overhead.from_table(table).per_call_ms * 1e3:.2f} us")
+        t1 = time.perf_counter()
+        after = measure_models([(m, shapes[n]) for n, m in models.items()], backend, NET_SETTINGS, args.sessions)
+        log(f"{len(specs)} models measured whole again in {time.perf_counter() - t1:.0f} s (load {load()})")
+        tables = {n: table for n in models}
     # the table keeps each key's quietest of passes spread over the whole profile; a model's quietest
     # window is taken over two sets of rounds, before and after the profile, to span the same host phases
     measured = [b if b.median <= a.median else a for b, a in zip(before, after)]
-    log(f"{len(specs)} models measured whole again in {time.perf_counter() - t1:.0f} s (load {load()}); "
-        f"after / before the profile, median {np.median([a.median / b.median for b, a in zip(before, after)]):.3f}")
-    per_call = Overhead.from_table(table).per_call_ms
+    log(f"after / before the profile, median {np.median([a.median / b.median for b, a in zip(before, after)]):.3f}")
+    per_call = float(np.median([Overhead.from_table(t).per_call_ms for t in tables.values()]))
     raws, samples, extra = {}, {}, {}
     for i, ((n, m), meas) in enumerate(zip(models.items(), measured)):
-        raw = raws[n] = predict_network(m, shapes[n], table, incontext=None)
+        raw = raws[n] = predict_network(m, shapes[n], tables[n], incontext=None)
         samples[n] = _sample(n, raw.per_key, meas.median * 1e3, meas.p10 * 1e3, meas.p90 * 1e3, raw.streamed)
         extra[n] = {"spec": specs[i],
                     "windows_ms": [w * 1e3 for w in (before[i].pass_medians or []) + (after[i].pass_medians or [])],
@@ -336,7 +380,8 @@ def main() -> int:
     rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log, args.streamed, args.cold)
     log(f"total {time.perf_counter() - t0:.0f} s, load {load()}")
     path = out / f"zoo_{tag}_{args.backend}.json"
-    path.write_text(json.dumps({"backend": args.backend, "via": args.via, "context": args.context, "specs": specs, "machine": {**dev, "label": host_label()},
+    path.write_text(json.dumps({"backend": args.backend, "via": args.via, "context": args.context,
+                                "blocks": args.blocks, "specs": specs, "machine": {**dev, "label": host_label()},
                                 "rows": rows, "summary": summary, "interval90_coverage": cover,
                                 "calibration": sorted(calibration),
                                 "calibration_rows": [{"model": k, "measured_ms": samples[k].measured_ms,
