@@ -86,6 +86,9 @@ class Settings:
         return asdict(self)
 
 
+QUIET_SPREAD = 1.05   # windows of one thing further apart than this: the host changed phase between them
+
+
 @dataclass
 class Measurement:
     """Per-run times (seconds, timer overhead subtracted) and what they say."""
@@ -150,8 +153,26 @@ class Measurement:
         return {"latency_ms": self.median * 1e3, "p10_ms": self.p10 * 1e3, "p90_ms": self.p90 * 1e3,
                 "n": self.n, "iqr_ms": self.iqr * 1e3, "rel_ci": _finite(self.rel_ci),
                 "runs_per_sample": self.runs_per_sample, "quality": self.quality, "attempts": self.attempts,
-                **({"passes": len(self.pass_medians), "pass_medians_ms": [_sig(v * 1e3) for v in self.pass_medians]}
+                **({"passes": len(self.pass_medians), "pass_medians_ms": [_sig(v * 1e3) for v in self.pass_medians],
+                    "window_spread": _sig(self.window_spread) if self.window_spread else None}
                    if self.pass_medians else {})}
+
+    @property
+    def window_spread(self) -> float | None:
+        """Slowest / quietest window median when this is the quietest of several windows (passes), else
+        None: above :data:`QUIET_SPREAD` the host ran in phases while it was measured."""
+        ms = [v for v in (self.pass_medians or ()) if v > 0]
+        return max(ms) / min(ms) if len(ms) > 1 else None
+
+    def phases_note(self) -> str | None:
+        """One line for a report when the windows say the host changed phase, else None."""
+        spread = self.window_spread
+        if spread is None or spread <= QUIET_SPREAD:
+            return None
+        ms = [v * 1e3 for v in self.pass_medians]
+        return (f"its {len(ms)} windows' medians ran {min(ms):.4g} to {max(ms):.4g} ms ({spread:.2f}x): the host "
+                f"changed phase while it was measured; the figure is the quietest window's "
+                f"(benchmarks/host_stability.py shows the host's phases)")
 
     def to_entry(self, key, **extra):
         """A device-table entry (milliseconds; a zero time is clamped to 1 ns: a table needs > 0)."""

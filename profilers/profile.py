@@ -32,7 +32,7 @@ from spaces.errors import HwcostError
 
 from .backends import Backend, sequence_refused
 from .environment import device_info
-from .measure import Measurement, Settings, combine_passes
+from .measure import QUIET_SPREAD, Measurement, Settings, combine_passes
 from .shapes import key_module, model_layer_keys, space_keys
 
 
@@ -311,7 +311,7 @@ class HostPhases:
     ``QUIET`` between timings, the host did not stay in one quiet phase while the keys were measured
     (a neighbour's load, frequency changes) and the table says so (``hwcost table show``)."""
 
-    QUIET = 1.05
+    QUIET = QUIET_SPREAD
 
     def __init__(self, backend: Backend, window):
         module, shape = reference_module()

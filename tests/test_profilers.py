@@ -324,11 +324,22 @@ def test_passes_keep_the_quietest_window_of_a_phased_host():
     assert five.pass_medians[0] == pytest.approx(1.7e-3)  # the first windows sat in the slow phase
     assert 1.0 <= clock.t < 1.05  # max_time_s is shared by the passes
     assert five.summary()["passes"] == 5
+    # the windows name the host's 1.7x phase; one window cannot
+    assert five.window_spread == pytest.approx(1.7) and five.summary()["window_spread"] == pytest.approx(1.7)
+    assert "1.70x" in five.phases_note() and "1 to 1.7 ms" in five.phases_note()
+    assert one.window_spread is None and one.phases_note() is None
     # Two networks interleaved: 5 rounds of one 0.1 s window each; both see the quiet phase.
     clock.t = 0.0
     both = measure_models([(nn.Identity(), (1,)), (nn.ReLU(), (1,))], Phased(), replace(base, passes=5))
     assert [m.median for m in both] == pytest.approx([1e-3, 1e-3])
     assert [len(m.pass_medians) for m in both] == [5, 5] and 2.0 <= clock.t < 2.05  # 0.2 s per network and round
+
+
+def test_windows_within_the_quiet_spread_add_no_note():
+    from profilers.measure import QUIET_SPREAD, Measurement
+    m = Measurement(samples=[1e-3] * 5, pass_medians=[1e-3, 1e-3 * QUIET_SPREAD * 0.999, 1.01e-3])
+    assert m.window_spread == pytest.approx(QUIET_SPREAD * 0.999) and m.phases_note() is None
+    assert Measurement(samples=[1e-3], pass_medians=[1e-3, 1.2e-3]).phases_note() is not None
 
 
 def test_window_settings_share_the_cap_between_passes():
