@@ -43,7 +43,9 @@ keys are profiled in a table of their own, the model measured whole just
 before and just after them (its quietest window of the 20), model after model
 -- a model's layers and its network then meet the same host phases (minutes
 apart, not half an hour); no weight-streaming probe. A key two models share is
-timed in both blocks, each model priced from its own.
+timed in both blocks, each model priced from its own. The models' tables are
+kept in ``zoo_<tag>_<backend>_blocks/`` until they are merged into the run's
+table; the log adds how far apart a model's two measurements were.
 
 When a model holds large weights, the profile also measures the backend's
 weight-streaming bandwidth (``profilers.stream``); a model's ``per_key`` rows
@@ -221,7 +223,7 @@ def rescore(path: Path, log, streamed: str = "off", cold: str = "off") -> int:
     d = json.loads(path.read_text())
     table = load_table(str(path).replace(".json", "_table.json.gz"))
     log(f"rescoring {path.name}: measured on {d['machine']['label']}")
-    per_call = Overhead.from_table(table).per_call_ms
+    per_call = d.get("per_call_ms", Overhead.from_table(table).per_call_ms)  # a --blocks run: its models' median
     if "calibration" not in d and any(r["model"].startswith("darts-") for r in d["rows"]):
         log(f"{path} was written before results kept their calibration networks: a --darts run cannot be rescored")
         return 2
@@ -245,24 +247,28 @@ def _model_blocks(models: dict, shapes: dict, backend, table_path: Path, session
     """``--blocks model``: model after model, the model measured whole, its keys profiled into a table of
     their own, the model measured whole again. Returns ({model: its table}, before, after); writes the
     models' tables merged (a shared key keeps its most-sampled entry) to ``table_path``."""
-    import tempfile
+    import shutil
 
     from device_tables import merge_tables, save_table
     tables, before, after = {}, [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n, m in models.items():
-            t1 = time.perf_counter()
-            before += measure_models([(m, shapes[n])], backend, NET_SETTINGS, sessions)
-            jobs = jobs_for(m, shapes[n], "all", backend.session_providers())
-            tables[n] = profile(jobs, backend, Path(tmp) / f"{n}.json.gz", stream_bytes=0,
-                                spaces=["onnx" if isinstance(m, OnnxGraph) else "torch"],
-                                provenance={**provenance, "block": n}, **profile_args)
-            after += measure_models([(m, shapes[n])], backend, NET_SETTINGS, sessions)
-            log(f"{n}: {len(tables[n])} keys profiled between two measurements of the model "
-                f"({before[-1].median * 1e3:.2f} ms, {after[-1].median * 1e3:.2f} ms) in "
-                f"{time.perf_counter() - t1:.0f} s (load {load()})")
+    blocks = table_path.with_name(table_path.name.replace("_table.json.gz", "_blocks"))
+    blocks.mkdir(exist_ok=True)   # each model's table kept here until the merged one is written
+    for n, m in models.items():
+        t1 = time.perf_counter()
+        before += measure_models([(m, shapes[n])], backend, NET_SETTINGS, sessions)
+        jobs = jobs_for(m, shapes[n], "all", backend.session_providers())
+        path = blocks / f"{n}.json.gz"
+        path.unlink(missing_ok=True)
+        tables[n] = profile(jobs, backend, path, stream_bytes=0,
+                            spaces=["onnx" if isinstance(m, OnnxGraph) else "torch"],
+                            provenance={**provenance, "block": n}, **profile_args)
+        after += measure_models([(m, shapes[n])], backend, NET_SETTINGS, sessions)
+        log(f"{n}: {len(tables[n])} keys profiled between two measurements of the model "
+            f"({before[-1].median * 1e3:.2f} ms, {after[-1].median * 1e3:.2f} ms) in "
+            f"{time.perf_counter() - t1:.0f} s (load {load()})")
     merged, _ = merge_tables(list(tables.values()))
     save_table(merged, table_path)
+    shutil.rmtree(blocks)
     return tables, before, after
 
 
@@ -307,6 +313,10 @@ def main() -> int:
     tag = args.tag or zoo + ("-onnx" if args.via == "onnx" else "")
     if args.via == "onnx" and not args.backend.startswith("ort"):
         ap.error("--via onnx measures ONNX graphs: use an ort backend")
+    if args.blocks == "model" and args.darts:
+        ap.error("--blocks model is for a zoo of models (--darts networks share one space's keys)")
+    if args.blocks == "model" and args.streamed != "off":
+        ap.error("--blocks model runs no weight-streaming probe: leave --streamed off")
     log = lambda line: print(line, flush=True)  # noqa: E731
     dev = device_info()
     log(f"machine: {host_label()}, {dev['logical_cores']} logical cores; load {load()}")
@@ -324,8 +334,6 @@ def main() -> int:
         both = {_short(s): _subject(s, args.via) for s in specs}
     models = {n: m for n, (m, _) in both.items()}
     shapes = {n: sh for n, (_, sh) in both.items()}
-    if args.blocks == "model" and args.darts:
-        ap.error("--blocks model is for a zoo of models (--darts networks share one space's keys)")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # the table is kept (results/zoo_<tag>_<backend>_table.json.gz): other groupings of the in-context
@@ -365,7 +373,10 @@ def main() -> int:
     # the table keeps each key's quietest of passes spread over the whole profile; a model's quietest
     # window is taken over two sets of rounds, before and after the profile, to span the same host phases
     measured = [b if b.median <= a.median else a for b, a in zip(before, after)]
-    log(f"after / before the profile, median {np.median([a.median / b.median for b, a in zip(before, after)]):.3f}")
+    apart = [max(a.median, b.median) / min(a.median, b.median) for b, a in zip(before, after)]
+    log(f"after / before the profile, median {np.median([a.median / b.median for b, a in zip(before, after)]):.3f}; "
+        f"a model's two measurements apart by a median {np.median(apart):.3f}x, at most {max(apart):.3f}x, "
+        f"{sum(x <= 1.05 for x in apart)}/{len(apart)} within 5%, {sum(x <= 1.10 for x in apart)}/{len(apart)} within 10%")
     per_call = float(np.median([Overhead.from_table(t).per_call_ms for t in tables.values()]))
     raws, samples, extra = {}, {}, {}
     for i, ((n, m), meas) in enumerate(zip(models.items(), measured)):
@@ -381,7 +392,7 @@ def main() -> int:
     log(f"total {time.perf_counter() - t0:.0f} s, load {load()}")
     path = out / f"zoo_{tag}_{args.backend}.json"
     path.write_text(json.dumps({"backend": args.backend, "via": args.via, "context": args.context,
-                                "blocks": args.blocks, "specs": specs, "machine": {**dev, "label": host_label()},
+                                "blocks": args.blocks, "per_call_ms": per_call, "specs": specs, "machine": {**dev, "label": host_label()},
                                 "rows": rows, "summary": summary, "interval90_coverage": cover,
                                 "calibration": sorted(calibration),
                                 "calibration_rows": [{"model": k, "measured_ms": samples[k].measured_ms,

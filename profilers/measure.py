@@ -169,7 +169,7 @@ class Measurement:
         spread = self.window_spread
         if spread is None or spread <= QUIET_SPREAD:
             return None
-        ms = [v * 1e3 for v in self.pass_medians]
+        ms = [v * 1e3 for v in self.pass_medians if v > 0]
         return (f"its {len(ms)} windows' medians ran {min(ms):.4g} to {max(ms):.4g} ms ({spread:.2f}x): the host "
                 f"changed phase while it was measured; the figure is the quietest window's "
                 f"(benchmarks/host_stability.py shows the host's phases)")

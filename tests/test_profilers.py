@@ -339,7 +339,10 @@ def test_windows_within_the_quiet_spread_add_no_note():
     from profilers.measure import QUIET_SPREAD, Measurement
     m = Measurement(samples=[1e-3] * 5, pass_medians=[1e-3, 1e-3 * QUIET_SPREAD * 0.999, 1.01e-3])
     assert m.window_spread == pytest.approx(QUIET_SPREAD * 0.999) and m.phases_note() is None
-    assert Measurement(samples=[1e-3], pass_medians=[1e-3, 1.2e-3]).phases_note() is not None
+    assert "(1.20x)" in Measurement(samples=[1e-3], pass_medians=[1e-3, 1.2e-3]).phases_note()
+    # a window timed at zero (a clock too coarse) is no window: left out of the spread and the note
+    zero = Measurement(samples=[1e-3], pass_medians=[0.0, 1e-3, 1.2e-3])
+    assert zero.window_spread == pytest.approx(1.2) and "ran 1 to 1.2 ms" in zero.phases_note()
 
 
 def test_window_settings_share_the_cap_between_passes():
