@@ -47,7 +47,8 @@ def _summary(r: dict) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     from device_tables import load_table
 
-    from .verify import DEFAULT_FINETUNE, DEFAULT_ROUNDS, check_verifiable, predicted_text, verify_search
+    from .verify import (DEFAULT_FINETUNE, DEFAULT_ROUNDS, check_verifiable, predicted_text, share_text,
+                         verify_search)
     from .verify_remote import RemoteMeasure, is_remote_table
     for flag, value in (("--rounds", args.rounds), ("--finetune", args.finetune)):
         if value is not None and value < 0:
@@ -107,7 +108,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 0
     for rec in v["rounds"]:
         print(f"  round {rec['round']}: predicted {predicted_text(rec)}, measured {rec['measured_ms']:.3f} ms"
-              + (f" ({rec['measured_ms'] / rec['budget_ms']:.0%} of {rec['budget_ms']:.3f} ms)" if rec.get("budget_ms")
+              + (f" ({share_text(rec['measured_ms'], rec['budget_ms'], rec.get('floor_ms'))} of "
+                 f"{rec['budget_ms']:.3f} ms)" if rec.get("budget_ms")
                  else ""))
     print(f"derived {'arch' if 'arch' in r else 'genotype'}: {r.get('arch', r.get('genotype'))}")
     print(f"  {_summary(r)}")

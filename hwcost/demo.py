@@ -146,7 +146,7 @@ def _verify_step(cfg, out: Path, r: dict, budget: float, backend: str, network_t
     from spaces.genotypes import genotype_from_dict
 
     from .calibrate import network_settings
-    from .verify import predicted_text, verify_search
+    from .verify import predicted_text, share_text, verify_search
     print(f"\n6. Export the derived network to ONNX, check it, measure it on {backend} (1 thread); outside "
           f"[85%, 100%] of the budget: add it to the calibration and derive again around it")
     net = build_network(network_config("cifar10", genotype_from_dict(r["genotype"]), "darts"))
@@ -160,7 +160,7 @@ def _verify_step(cfg, out: Path, r: dict, budget: float, backend: str, network_t
     for v in rounds:
         scaled = f"   then re-derived with the model x {v['correction']['scale']:.3f}" if v.get("correction") else ""
         print(f"   {v['round']:>5}  {budget:6.2f} ms    {predicted_text(v, 2):<20}"
-              f"   {v['measured_ms']:6.2f} ms ({100 * v['measured_ms'] / budget:3.0f}%) "
+              f"   {v['measured_ms']:6.2f} ms ({share_text(v['measured_ms'], budget, v.get('floor_ms')):>4}) "
               f"[{v['measured_p10_ms']:.2f}, {v['measured_p90_ms']:.2f}]   "
               f"{'in [85%, 100%]' if v['in_band'] else ('OVER budget' if v['measured_ms'] > budget else 'under 85%')}"
               + scaled)

@@ -26,6 +26,7 @@ budgets need no loop: they are exact.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -331,6 +332,15 @@ def _measure_derived(model, shape, table, backend, settings, budget: float | Non
     return rec, meas, ref, p
 
 
+def share_text(ms: float, budget: float, floor_ms: float | None = None) -> str:
+    """``ms / budget`` as a whole percent, with one decimal where the whole percent would put it on the other
+    side of an edge of the band [``floor_ms``, ``budget``] (84.6% under an 85% floor, not "85%")."""
+    share = ms / budget
+    low = floor_ms / budget if floor_ms else -math.inf
+    inside = lambda x: low <= x <= 1.0          # noqa: E731  (the band, both edges in it)
+    return f"{share:.0%}" if inside(round(share * 100) / 100) == inside(share) else f"{share:.1%}"
+
+
 class VerifyPending(Exception):
     """A round's derived network waits for a measurement on a remote device: a bundle of it was
     written (``pending`` says which round, network and bundle); ``hwcost verify RUN --results R``
@@ -409,7 +419,7 @@ def verify_search(cfg, out: str | Path, result: dict, rounds: int = DEFAULT_ROUN
                "host_vs_calibration": (ref_ms / ref_cal) if ref_cal and ref_ms else None, "arch": _arch_text(arch),
                "calibrated": p.calibrated}
         history.append(rec)
-        where = ("" if budget is None else f" ({ms / budget:.0%} of the budget {budget:.3f} ms: "
+        where = ("" if budget is None else f" ({share_text(ms, budget, floor)} of the budget {budget:.3f} ms: "
                                            f"{'inside' if inside else 'outside'} [{floor:.3f}, {budget:.3f}])")
         log(f"   verify round {r}: predicted {predicted_text(rec)}, measured {ms:.3f} ms{where}"
             + (f"; the clock said {rec['measured_raw_ms']:.3f} ms, in a phase where calibration networks beside it "

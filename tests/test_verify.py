@@ -382,3 +382,13 @@ def test_cli_verify_of_a_run_searched_here_measures_here(toy_table, pristine_toy
     (tmp_path / "res.json").write_text("{}")
     assert main(["verify", str(run), "--results", str(tmp_path / "res.json")]) == 2
     assert "remote device" in capsys.readouterr().err
+
+
+def test_a_share_rounded_across_an_edge_of_the_band_keeps_a_decimal():
+    """84.6% of a budget is under the 85% floor: it reads 84.6%, not 85% (a demo printed "( 85%) under 85%")."""
+    from hwcost.verify import share_text
+    assert share_text(13.03, 15.40, 0.85 * 15.40) == "84.6%"
+    assert share_text(15.42, 15.40, 0.85 * 15.40) == "100.1%"          # over the budget, not "100%"
+    assert share_text(13.80, 15.40, 0.85 * 15.40) == "90%"             # well inside: a whole percent
+    assert share_text(13.10, 15.40, 0.85 * 15.40) == "85%"             # 85.06%: inside, and reads so
+    assert share_text(13.03, 15.40) == "85%"                           # no floor: only the budget is an edge
