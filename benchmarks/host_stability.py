@@ -14,10 +14,11 @@ It also says what a slow phase is made of. Each call is timed twice, by the
 wall clock and by the thread's CPU time, and on Linux the VM's steal time
 (``/proc/stat``) is read around each window. If the hypervisor takes the vCPU
 away (steal), or another process of the machine does, the CPU time stays put
-while the wall clock runs on: a CPU-time clock would take such phases out. If the CPU time moves with the wall clock,
-the vCPU ran the whole time, only slower (a busy sibling hyperthread, shared
-cache or memory bandwidth, a lower clock): no clock takes that out; measure in
-the quiet phases, or on a quieter host.
+while the wall clock runs on: a CPU-time clock would take such phases out. If
+the CPU time moves with the wall clock, the vCPU ran the whole time, only
+slower (a busy sibling hyperthread, shared cache or memory bandwidth, a lower
+clock): no clock takes that out; measure in the quiet phases, or on a quieter
+host.
 """
 from __future__ import annotations
 

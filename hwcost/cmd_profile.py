@@ -178,8 +178,9 @@ def cmd_measure(args) -> int:
         print(f"{d['latency_ms']:.3f} ms median (p10 {d['p10_ms']:.3f}, p90 {d['p90_ms']:.3f}; "
               f"{d['n']} samples of {d['runs_per_sample']} run(s); {d['quality']}) on {backend.name}, "
               f"{backend.threads} thread(s), input {'x'.join(map(str, shape))}")
-        if m.phases_note():
-            print(f"  note: {m.phases_note()}")
+        note = m.phases_note()
+        if note:
+            print(f"  note: {note}")
     return 0
 
 

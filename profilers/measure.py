@@ -158,10 +158,15 @@ class Measurement:
                    if self.pass_medians else {})}
 
     @property
+    def _windows(self) -> list[float]:
+        """The windows' medians (``pass_medians``) a clock could time: a window timed at zero is none."""
+        return [v for v in (self.pass_medians or ()) if v > 0]
+
+    @property
     def window_spread(self) -> float | None:
         """Slowest / quietest window median when this is the quietest of several windows (passes), else
         None: above :data:`QUIET_SPREAD` the host ran in phases while it was measured."""
-        ms = [v for v in (self.pass_medians or ()) if v > 0]
+        ms = self._windows
         return max(ms) / min(ms) if len(ms) > 1 else None
 
     def phases_note(self) -> str | None:
@@ -169,7 +174,7 @@ class Measurement:
         spread = self.window_spread
         if spread is None or spread <= QUIET_SPREAD:
             return None
-        ms = [v * 1e3 for v in self.pass_medians if v > 0]
+        ms = [v * 1e3 for v in self._windows]
         return (f"its {len(ms)} windows' medians ran {min(ms):.4g} to {max(ms):.4g} ms ({spread:.2f}x): the host "
                 f"changed phase while it was measured; the figure is the quietest window's "
                 f"(benchmarks/host_stability.py shows the host's phases)")
