@@ -47,6 +47,15 @@ timed in both blocks, each model priced from its own. The models' tables are
 kept in ``zoo_<tag>_<backend>_blocks/`` until they are merged into the run's
 table; the log adds how far apart a model's two measurements were.
 
+``--blocks paired`` goes one step further: each model is timed for one window
+at the start of its keys' profile, after each pass and at the end, and scored
+twice: by the clock (its quietest window) and *in the table's phase*: per pass,
+the network's windows on either side of it times how much faster the model's
+own keys ran in the table than in that pass (:func:`paired_ms`), the median
+over passes. A host phase that slows a network and its layers alike cancels;
+what remains is the in-context model's error. The log prints how much each
+network's windows spread and how much the paired times do.
+
 When a model holds large weights, the profile also measures the backend's
 weight-streaming bandwidth (``profilers.stream``); a model's ``per_key`` rows
 then carry what each node's weights take to stream beyond its isolated time
@@ -70,6 +79,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -81,7 +91,7 @@ from hwcost.calibrate import build_spec, space_specs  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
 from profilers.environment import device_info, host_label  # noqa: E402
 from profilers.export import export_graph  # noqa: E402
-from profilers.measure import Settings  # noqa: E402
+from profilers.measure import Settings, quietest  # noqa: E402
 from profilers.profile import jobs_for, measure_models, profile, space_jobs  # noqa: E402
 from profilers.shapes import resolve_model  # noqa: E402
 from spaces.onnx_graph import OnnxGraph, is_onnx_spec, load_onnx  # noqa: E402
@@ -243,25 +253,51 @@ def rescore(path: Path, log, streamed: str = "off", cold: str = "off") -> int:
 
 
 def _model_blocks(models: dict, shapes: dict, backend, table_path: Path, sessions: int, profile_args: dict,
-                  provenance: dict, log) -> tuple[dict, list, list]:
+                  provenance: dict, log, paired: bool = False) -> tuple[dict, list, list, dict]:
     """``--blocks model``: model after model, the model measured whole, its keys profiled into a table of
-    their own, the model measured whole again. Returns ({model: its table}, before, after); writes the
-    models' tables merged (a shared key keeps its most-sampled entry) to ``table_path``."""
+    their own, the model measured whole again. ``paired`` (``--blocks paired``): instead, the model is timed
+    for one window at the start of its profile, after each pass and at the end (``profile(beside=...)``),
+    so that every pass of its keys has a measurement of the network on either side. Returns ({model: its
+    table}, before, after, {model: its windows}) -- with ``paired``, before and after hold the quietest of
+    its windows; writes the models' tables merged (a shared key keeps its most-sampled entry) to
+    ``table_path``."""
     import shutil
 
     from device_tables import merge_tables, save_table
-    tables, before, after = {}, [], []
+    tables, before, after, beside = {}, [], [], {}
     blocks = table_path.with_name(table_path.name.replace("_table.json.gz", "_blocks"))
     blocks.mkdir(exist_ok=True)   # each model's table kept here until the merged one is written
+    window = NET_SETTINGS.window()
     for n, m in models.items():
         t1 = time.perf_counter()
-        before += measure_models([(m, shapes[n])], backend, NET_SETTINGS, sessions)
+        if not paired:
+            before += measure_models([(m, shapes[n])], backend, NET_SETTINGS, sessions)
         jobs = jobs_for(m, shapes[n], "all", backend.session_providers())
         path = blocks / f"{n}.json.gz"
         path.unlink(missing_ok=True)
+        windows: list = []
+        prepared: list = []
+
+        def time_model(when: str, m=m, n=n, windows=windows, prepared=prepared) -> None:
+            if not prepared:                  # inside the profile's backend.active(), once
+                torch.manual_seed(0)
+                prepared.append(backend.prepare(m.eval(), (torch.randn(*shapes[n]),)))
+            windows.append(backend.timer(prepared[0], window, run_to_cap=True).measure())
+
         tables[n] = profile(jobs, backend, path, stream_bytes=0,
                             spaces=["onnx" if isinstance(m, OnnxGraph) else "torch"],
-                            provenance={**provenance, "block": n}, **profile_args)
+                            provenance={**provenance, "block": n}, beside=time_model if paired else None,
+                            **profile_args)
+        if paired:
+            best = windows[quietest(windows)]
+            best.pass_medians = [w.median for w in windows]
+            before.append(best)
+            after.append(best)
+            beside[n] = [w.median * 1e3 for w in windows]
+            log(f"{n}: {len(tables[n])} keys profiled, the model timed beside its {len(windows) - 1} passes "
+                f"({min(beside[n]):.2f} to {max(beside[n]):.2f} ms) in {time.perf_counter() - t1:.0f} s "
+                f"(load {load()})")
+            continue
         after += measure_models([(m, shapes[n])], backend, NET_SETTINGS, sessions)
         log(f"{n}: {len(tables[n])} keys profiled between two measurements of the model "
             f"({before[-1].median * 1e3:.2f} ms, {after[-1].median * 1e3:.2f} ms) in "
@@ -269,7 +305,37 @@ def _model_blocks(models: dict, shapes: dict, backend, table_path: Path, session
     merged, _ = merge_tables(list(tables.values()))
     save_table(merged, table_path)
     shutil.rmtree(blocks)
-    return tables, before, after
+    return tables, before, after, beside
+
+
+def pass_sums(table, per_key) -> tuple[list[float], float]:
+    """(each pass's sum of a model's keys, the same sum with the table's values): a key counted as often
+    as the model runs it (``per_key`` rows of :func:`costmodels.predict.predict_network`: key, calls,
+    fused, ...), each pass from its entry's ``pass_medians_ms``, the table's value its quietest pass. Keys
+    without per-pass medians (not profiled here) are left out of both sums."""
+    sums, quiet = None, 0.0
+    for key, calls, fused, *_ in per_key:
+        entry = table.get(key)
+        passes = (entry.extra.get("pass_medians_ms") if entry is not None else None) or []
+        if not passes or calls - fused <= 0:
+            continue
+        sums = [0.0] * len(passes) if sums is None else sums
+        if len(passes) != len(sums):
+            raise ValueError(f"{key}: {len(passes)} passes, other keys {len(sums)}")
+        sums = [s + (calls - fused) * v for s, v in zip(sums, passes)]
+        quiet += (calls - fused) * entry.median_ms
+    return sums or [], quiet
+
+
+def paired_ms(windows_ms: list[float], sums: list[float], quiet_sum: float) -> list[float]:
+    """The network's time in the phase of the table's values, once per pass: the geometric mean of the
+    network's windows on either side of pass p (``windows_ms``: the start, after each pass, the end --
+    one more than ``sums``) times ``quiet_sum / sums[p]``, how much faster the model's own keys ran in
+    the table than in that pass. A host phase that slows the network and its layers alike cancels; the
+    spread left over the passes is what it does not."""
+    if len(windows_ms) != len(sums) + 1:
+        raise ValueError(f"{len(windows_ms)} windows for {len(sums)} passes: want one more window than passes")
+    return [float(np.sqrt(windows_ms[p] * windows_ms[p + 1])) * quiet_sum / sums[p] for p in range(len(sums))]
 
 
 def main() -> int:
@@ -293,9 +359,11 @@ def main() -> int:
     ap.add_argument("--max-time", type=float, default=2.0, metavar="S",
                     help="the profile's time per key over its 10 passes (per call with --context sequence; "
                          "default 2)")
-    ap.add_argument("--blocks", choices=("all", "model"), default="all",
+    ap.add_argument("--blocks", choices=("all", "model", "paired"), default="all",
                     help="all (default): one table of every model's keys, the models measured whole before and "
-                         "after it; model: a table per model, the model measured just before and after its keys")
+                         "after it; model: a table per model, the model measured just before and after its keys; "
+                         "paired: a table per model, the model timed beside each pass of its keys, and scored "
+                         "both by the clock and in the table's phase")
     ap.add_argument("--rescore", metavar="RESULT.json", help="fit and score a saved run again (nothing measured)")
     ap.add_argument("--cold", choices=STREAMED_MODES, default="off",
                     help="the in-context fit's cold group (each call's isolated ms ** 0.6, costmodels.incontext): "
@@ -313,10 +381,10 @@ def main() -> int:
     tag = args.tag or zoo + ("-onnx" if args.via == "onnx" else "")
     if args.via == "onnx" and not args.backend.startswith("ort"):
         ap.error("--via onnx measures ONNX graphs: use an ort backend")
-    if args.blocks == "model" and args.darts:
-        ap.error("--blocks model is for a zoo of models (--darts networks share one space's keys)")
-    if args.blocks == "model" and args.streamed != "off":
-        ap.error("--blocks model runs no weight-streaming probe: leave --streamed off")
+    if args.blocks != "all" and args.darts:
+        ap.error(f"--blocks {args.blocks} is for a zoo of models (--darts networks share one space's keys)")
+    if args.blocks != "all" and args.streamed != "off":
+        ap.error(f"--blocks {args.blocks} runs no weight-streaming probe: leave --streamed off")
     log = lambda line: print(line, flush=True)  # noqa: E731
     dev = device_info()
     log(f"machine: {host_label()}, {dev['logical_cores']} logical cores; load {load()}")
@@ -343,9 +411,10 @@ def main() -> int:
     profile_args = dict(progress=False, context=args.context, settings=Settings(max_time_s=args.max_time))
     provenance = {"models": specs, "via": args.via, "input": list(IMAGE) if not args.darts else None,
                   "by": "benchmarks/zoo_accuracy.py"}
-    if args.blocks == "model":
-        tables, before, after = _model_blocks(models, shapes, backend, table_path, args.sessions, profile_args,
-                                              provenance, log)
+    beside: dict = {}
+    if args.blocks != "all":
+        tables, before, after, beside = _model_blocks(models, shapes, backend, table_path, args.sessions,
+                                                      profile_args, provenance, log, args.blocks == "paired")
     else:
         jobs, seen, spaces = [], set(), set()
         for n, m in models.items():
@@ -373,27 +442,55 @@ def main() -> int:
     # the table keeps each key's quietest of passes spread over the whole profile; a model's quietest
     # window is taken over two sets of rounds, before and after the profile, to span the same host phases
     measured = [b if b.median <= a.median else a for b, a in zip(before, after)]
-    apart = [max(a.median, b.median) / min(a.median, b.median) for b, a in zip(before, after)]
-    log(f"after / before the profile, median {np.median([a.median / b.median for b, a in zip(before, after)]):.3f}; "
-        f"a model's two measurements apart by a median {np.median(apart):.3f}x, at most {max(apart):.3f}x, "
-        f"{sum(x <= 1.05 for x in apart)}/{len(apart)} within 5%, {sum(x <= 1.10 for x in apart)}/{len(apart)} within 10%")
+    if not beside:
+        apart = [max(a.median, b.median) / min(a.median, b.median) for b, a in zip(before, after)]
+        log(f"after / before the profile, median {np.median([a.median / b.median for b, a in zip(before, after)]):.3f}; "
+            f"a model's two measurements apart by a median {np.median(apart):.3f}x, at most {max(apart):.3f}x, "
+            f"{sum(x <= 1.05 for x in apart)}/{len(apart)} within 5%, {sum(x <= 1.10 for x in apart)}/{len(apart)} within 10%")
     per_call = float(np.median([Overhead.from_table(t).per_call_ms for t in tables.values()]))
     raws, samples, extra = {}, {}, {}
     for i, ((n, m), meas) in enumerate(zip(models.items(), measured)):
         raw = raws[n] = predict_network(m, shapes[n], tables[n], incontext=None)
         samples[n] = _sample(n, raw.per_key, meas.median * 1e3, meas.p10 * 1e3, meas.p90 * 1e3, raw.streamed)
         extra[n] = {"spec": specs[i],
-                    "windows_ms": [w * 1e3 for w in (before[i].pass_medians or []) + (after[i].pass_medians or [])],
+                    "windows_ms": beside[n] if beside else
+                    [w * 1e3 for w in (before[i].pass_medians or []) + (after[i].pass_medians or [])],
                     # a 5th column when the key's weights can cost more streamed (profilers.stream)
                     "per_key": [[k.to_str(), c, a, ms] + ([raw.streamed[k]] if k in raw.streamed else [])
                                 for k, c, a, ms, _ in raw.per_key],
                     "sum_of_ops_ms": raw.latency_ms, "layers": raw.n_calls, "fused": raw.n_fused}
+    by_clock = None
+    if beside:    # --blocks paired: score by the clock, then each network in its table's phase
+        log("\nby the clock (each model's quietest window beside its passes):")
+        rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log, args.streamed, args.cold)
+        by_clock = {"rows": [{k: r[k] for k in ("model", "measured_ms", "calibrated_ms", "sum_of_ops_ms")}
+                             for r in rows], "summary": summary, "interval90_coverage": cover}
+        log(f"\n{'model':<22} {'windows':>16} {'spread':>7} {'in the table phase':>19} {'spread':>7} {'clock ms':>9} "
+            f"{'paired ms':>9}")
+        spreads = []
+        for n, smp in list(samples.items()):
+            sums, quiet = pass_sums(tables[n], raws[n].per_key)
+            each = paired_ms(beside[n], sums, quiet)
+            w = beside[n]
+            spreads.append((max(w) / min(w), max(each) / min(each)))
+            extra[n].update(pass_sums_ms=sums, table_sum_ms=quiet, paired_ms=each, clock_ms=smp.measured_ms)
+            ms = float(np.median(each))
+            log(f"{n:<22} {min(w):7.2f}-{max(w):7.2f}ms {spreads[-1][0]:6.3f}x {min(each):8.2f}-{max(each):8.2f}ms "
+                f"{spreads[-1][1]:6.3f}x {smp.measured_ms:8.2f} {ms:9.2f}")
+            samples[n] = _sample(n, raws[n].per_key, ms, float(np.percentile(each, 10)),
+                                 float(np.percentile(each, 90)), raws[n].streamed)
+        log(f"a network's windows spread a median {np.median([a for a, _ in spreads]):.3f}x; each pass's network "
+            f"time in the table's phase, a median {np.median([b for _, b in spreads]):.3f}x")
+        log("\nin the table's phase (each pass's network time divided by how much slower its layers ran then "
+            "than in the table; median over the passes):")
     rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log, args.streamed, args.cold)
     log(f"total {time.perf_counter() - t0:.0f} s, load {load()}")
     path = out / f"zoo_{tag}_{args.backend}.json"
     path.write_text(json.dumps({"backend": args.backend, "via": args.via, "context": args.context,
                                 "blocks": args.blocks, "per_call_ms": per_call, "specs": specs, "machine": {**dev, "label": host_label()},
                                 "rows": rows, "summary": summary, "interval90_coverage": cover,
+                                **({"measured": "in the table's phase (--blocks paired)", "by_clock": by_clock}
+                                   if by_clock else {}),
                                 "calibration": sorted(calibration),
                                 "calibration_rows": [{"model": k, "measured_ms": samples[k].measured_ms,
                                                       "p10_ms": samples[k].p10_ms, "p90_ms": samples[k].p90_ms,

@@ -172,7 +172,8 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
             settings: Settings = Settings(), resume: bool = False, device_name: str | None = None,
             provenance: dict | None = None, progress: bool | None = None,
             on_entry: Callable | None = None, announce: Callable[[str], None] | None = None,
-            reference: bool = True, stream_bytes: int | None = None, context: str = "alone") -> DeviceTable:
+            reference: bool = True, stream_bytes: int | None = None, context: str = "alone",
+            beside: Callable[[str], None] | None = None) -> DeviceTable:
     """Measure every job on ``backend`` and write the table to ``out``.
 
     ``resume`` continues the journal ``out + ".journal"`` left by an
@@ -196,6 +197,10 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
     one call at a time, round after round, each with its own module and its input just rewritten
     (:meth:`Backend.measure_sequence`; host-clock backends), a key pooling its calls' samples: what a
     layer meets in an eager network. Recorded in ``measurement.context``; a resume must use the same.
+
+    ``beside(when)`` is called where the reference kernel is timed (``"start"``, ``"after pass N"``,
+    ``"end"``; inside :meth:`Backend.active`): something to time beside the passes, in their host phases
+    (``benchmarks/zoo_accuracy.py --blocks paired`` times the model whose keys these are).
     """
     from costmodels.analytical import weight_bytes
 
@@ -239,16 +244,21 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
         wbytes: dict[OpKey, int] = {}
         phases = HostPhases(backend, window) if reference and todo else None
         extras: dict = {}
+
+        def mark(when: str) -> None:
+            if phases is not None:
+                phases.time(when)
+            if beside is not None and todo:
+                beside(when)
         try:
             with backend.active():
-                if phases is not None:
-                    phases.time("start")
+                mark("start")
                 prepare = backend.prepare if context == "alone" else backend.prepare_in_sequence
                 pooled: dict[OpKey, list[Measurement]] = {}  # sequence: a key's calls measured in this pass
                 for i, step in enumerate(_steps(todo, context)):
                     number = step[0][0]
-                    if phases is not None and i and number != previous:
-                        phases.time(f"after pass {previous}")
+                    if i and number != previous:
+                        mark(f"after pass {previous}")
                     previous = number
                     bar.set_postfix_str(f"pass {number}/{passes} {step[0][1].key.op}" if passes > 1
                                         else step[0][1].key.op, refresh=False)
@@ -281,8 +291,7 @@ def profile(jobs: Iterable[Job], backend: Backend, out: str | Path, *, spaces: l
                         if on_entry is not None:
                             on_entry(entry)
                     bar.update(len(entries))
-                if phases is not None:
-                    phases.time("end")
+                mark("end")
                 heaviest = max((e.extra.get("weight_bytes", 0) for e in journal.entries()), default=0)
                 if heaviest >= STREAM_MIN_WEIGHTS and stream_bytes != 0:
                     bar.set_postfix_str("weight-stream probe", refresh=True)

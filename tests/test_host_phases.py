@@ -114,3 +114,60 @@ def test_a_scaled_calibration_round_trips_and_shows(tmp_path, capsys):
     assert [s.phase for s in back.samples] == [None, 1.5, None, 1.5]
     assert main(["table", "show", str(path)]) == 0
     assert "measured in a phase up to 1.50x slower than the profile's quietest, scaled back" in capsys.readouterr().out
+
+
+def test_profile_calls_beside_where_the_reference_is_timed_inside_the_backends_settings(tmp_path):
+    """``profile(beside=...)``: called at the start, after each pass and at the end, with the backend's
+    thread count and grad mode in force (what ``zoo_accuracy.py --blocks paired`` times a model in)."""
+    import torch
+    seen = []
+    backend = B.get_backend("torch-cpu", threads=1)
+
+    def beside(when):
+        seen.append((when, torch.get_num_threads(), torch.is_grad_enabled()))
+    settings = replace(FAST, passes=3, max_time_s=FAST.max_time_s * 3)
+    profile(space_jobs("nb201", "nb201")[:2], backend, tmp_path / "t.json", spaces=["nb201"], settings=settings,
+            progress=False, reference=False, beside=beside)
+    assert seen == [(w, 1, False) for w in ("start", "after pass 1", "after pass 2", "end")]
+
+
+def _zoo_accuracy():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "zoo_accuracy.py"
+    spec = importlib.util.spec_from_file_location("zoo_accuracy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_paired_network_time_takes_out_a_phase_that_slows_network_and_layers_alike():
+    """``zoo_accuracy.pass_sums`` / ``paired_ms``: a host 30 % slower through pass 3 of 5 slows that pass's
+    layers and the network's windows on either side of it alike: pass 3's network time in the table's phase
+    is the network's 12 ms exactly; passes 2 and 4, with one slow window beside them and fast layers, keep
+    half of the phase (x sqrt(1.3)); the median over passes is 12 ms (numbers by hand)."""
+    import math
+    from types import SimpleNamespace
+
+    import pytest
+    mod = _zoo_accuracy()
+    # two keys: a (3 calls, 1 fused away: 2 priced) and b (1 call); c is not in the table; d fused away
+    slow = [1.0, 1.0, 1.3, 1.0, 1.0]
+    entries = {"a": SimpleNamespace(median_ms=1.0, extra={"pass_medians_ms": [1.0 * g for g in slow]}),
+               "b": SimpleNamespace(median_ms=4.0, extra={"pass_medians_ms": [4.0 * g for g in slow]}),
+               "d": SimpleNamespace(median_ms=9.0, extra={"pass_medians_ms": [9.0] * 5})}
+    table = SimpleNamespace(get=entries.get)
+    per_key = [("a", 3, 1, 1.0, "table"), ("b", 1, 0, 4.0, "table"), ("c", 1, 0, 2.0, "surrogate"),
+               ("d", 2, 2, 0.0, "table")]
+    sums, quiet = mod.pass_sums(table, per_key)
+    assert sums == pytest.approx([6.0, 6.0, 7.8, 6.0, 6.0]) and quiet == pytest.approx(6.0)
+    # the network: 12 ms in the table's phase; the windows after pass 2 and after pass 3 met the slow phase
+    windows = [12.0, 12.0, 12.0 * 1.3, 12.0 * 1.3, 12.0, 12.0]
+    each = mod.paired_ms(windows, sums, quiet)
+    half = 12.0 * math.sqrt(1.3)
+    assert each == pytest.approx([12.0, half, 12.0, half, 12.0])
+    assert sorted(each)[2] == pytest.approx(12.0)
+    # a host that kept one phase: the network's own time
+    assert mod.paired_ms([12.0] * 4, [6.0, 6.0, 6.0], 6.0) == pytest.approx([12.0] * 3)
+    with pytest.raises(ValueError, match="one more window than passes"):
+        mod.paired_ms([12.0] * 3, sums, quiet)
