@@ -71,6 +71,7 @@ interval's coverage, the machine and the load; writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -248,6 +249,12 @@ def rescore(path: Path, log, streamed: str = "off", cold: str = "off") -> int:
     if calibration and not calibration <= set(samples):
         log(f"{path} does not keep its calibration networks' rows: cannot rescore it")
         return 2
+    if d.get("by_clock"):   # --blocks paired: scored by the clock, then in the table's phase, as the run did
+        clock = {r["model"]: r["clock_ms"] for r in d["rows"]}
+        log("\nby the clock (each model's quietest window beside its passes):")
+        score({n: dataclasses.replace(s, measured_ms=clock[n], p10_ms=None, p90_ms=None) for n, s in samples.items()}, extra,
+              calibration, per_call, d.get("via", "layers"), log, streamed, cold)
+        log(f"\nmeasured {d['measured']}:")
     score(samples, extra, calibration, per_call, d.get("via", "layers"), log, streamed, cold)
     return 0
 
@@ -385,6 +392,8 @@ def main() -> int:
         ap.error(f"--blocks {args.blocks} is for a zoo of models (--darts networks share one space's keys)")
     if args.blocks != "all" and args.streamed != "off":
         ap.error(f"--blocks {args.blocks} runs no weight-streaming probe: leave --streamed off")
+    if args.blocks == "paired" and args.sessions != 1:
+        ap.error("--blocks paired times one session of each model beside its passes: leave --sessions at 1")
     log = lambda line: print(line, flush=True)  # noqa: E731
     dev = device_info()
     log(f"machine: {host_label()}, {dev['logical_cores']} logical cores; load {load()}")
@@ -465,7 +474,7 @@ def main() -> int:
         rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log, args.streamed, args.cold)
         by_clock = {"rows": [{k: r[k] for k in ("model", "measured_ms", "calibrated_ms", "sum_of_ops_ms")}
                              for r in rows], "summary": summary, "interval90_coverage": cover}
-        log(f"\n{'model':<22} {'windows':>16} {'spread':>7} {'in the table phase':>19} {'spread':>7} {'clock ms':>9} "
+        log(f"\n{'model':<22} {'windows':>17} {'spread':>7} {'in the table phase':>19} {'spread':>7} {'clock ms':>9} "
             f"{'paired ms':>9}")
         spreads = []
         for n, smp in list(samples.items()):

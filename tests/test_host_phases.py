@@ -171,3 +171,22 @@ def test_paired_network_time_takes_out_a_phase_that_slows_network_and_layers_ali
     assert mod.paired_ms([12.0] * 4, [6.0, 6.0, 6.0], 6.0) == pytest.approx([12.0] * 3)
     with pytest.raises(ValueError, match="one more window than passes"):
         mod.paired_ms([12.0] * 3, sums, quiet)
+
+
+def test_rescoring_a_paired_zoo_run_gives_back_both_of_its_scores():
+    """``zoo_accuracy.py --rescore`` of the saved ``--blocks paired`` run (host E, 2026-12-03): fitted again
+    from its rows, it prints the by-the-clock score and then the in-phase one, each the run's own MAPE."""
+    from pathlib import Path
+    mod = _zoo_accuracy()
+    path = (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "hostE"
+            / "zoo_torchvision-layers-paired-hostE_torch-cpu.json")
+    import json
+    d = json.loads(path.read_text())
+    lines = []
+    assert mod.rescore(path, lines.append) == 0
+    text = "\n".join(lines)
+    clock, phase = text.index("by the clock"), text.index("measured in the table's phase")
+    assert clock < phase
+    for summary, part in ((d["by_clock"]["summary"], text[clock:phase]), (d["summary"], text[phase:])):
+        for field in ("sum_of_ops_ms", "calibrated_ms"):
+            assert f"MAPE {summary[field]['mape']:.2%}" in part
