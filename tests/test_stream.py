@@ -219,7 +219,8 @@ def test_a_probe_that_cannot_run_is_recorded_as_skipped_and_the_table_is_written
     def fail(*a, **k):
         raise MemoryError("no room")
     monkeypatch.setattr(stream, "stream_probe", fail)
-    _, table, out = _profile(tmp_path, _Heavy(), "skip")
+    with pytest.warns(UserWarning, match="weight-stream probe skipped: the weight-stream probe failed: no room"):
+        _, table, out = _profile(tmp_path, _Heavy(), "skip")
     rec = load_table(out).measurement["weight_stream"]
     assert "failed" in rec["skipped"] and stream_bandwidth(table) is None and len(table) >= 3
     monkeypatch.setattr(stream, "probe_bytes", lambda requested=stream.STREAM_BYTES: 64 << 20)
