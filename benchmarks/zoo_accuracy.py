@@ -168,14 +168,19 @@ def twins(extra: dict) -> dict[str, set]:
     return out
 
 
-def score(samples: dict, extra: dict, calibration: set, per_call: float, via: str, log,
+def score(samples: dict, extra: dict, calibration: set, per_call, via: str, log,
           streamed: str = "off", cold: str = "off") -> tuple[list, dict, float]:
     """Predict every network not in ``calibration`` through an in-context model fitted on ``calibration``
     (else on all the other networks: leave one model out -- and its twins, :func:`twins`); print the
     per-model table and the summary. Each row names the op types of its network that the fit's networks
-    never held (``unseen``)."""
+    never held (``unseen``). ``per_call``: the per-call overhead (ms) the fits remove, or -- a ``--blocks``
+    run, a table per model -- {model: its table's}, each fit then taking the median of its own networks'."""
     rows = []
-    fixed = fit_in_context([samples[k] for k in calibration], per_call, streamed=streamed,
+    by_model = per_call if isinstance(per_call, dict) else None
+
+    def overhead(names) -> float:
+        return float(np.median([by_model[k] for k in names])) if by_model else per_call
+    fixed = fit_in_context([samples[k] for k in calibration], overhead(calibration), streamed=streamed,
                            cold=cold) if calibration else None
     twin = {} if calibration else twins(extra)
     for n, held in twin.items():
@@ -187,7 +192,7 @@ def score(samples: dict, extra: dict, calibration: set, per_call: float, via: st
         others = [s for k, s in samples.items() if k != n and k not in twin[n]]
         if not fixed and len(others) < 2:                   # too few left without its twins: keep them
             others = [s for k, s in samples.items() if k != n]
-        ic = fixed or fit_in_context(others, per_call, streamed=streamed, cold=cold)
+        ic = fixed or fit_in_context(others, overhead([s.name for s in others]), streamed=streamed, cold=cold)
         cal = ic.predict(smp.features, smp.n_ops)
         lo, hi = ic.interval(cal, 0.9)
         unseen = ic.unseen(smp.op_types)
@@ -234,7 +239,8 @@ def rescore(path: Path, log, streamed: str = "off", cold: str = "off") -> int:
     d = json.loads(path.read_text())
     table = load_table(str(path).replace(".json", "_table.json.gz"))
     log(f"rescoring {path.name}: measured on {d['machine']['label']}")
-    per_call = d.get("per_call_ms", Overhead.from_table(table).per_call_ms)  # a --blocks run: its models' median
+    # a --blocks run: each model's table's overhead (older runs: their median)
+    per_call = d.get("per_call_by_model") or d.get("per_call_ms", Overhead.from_table(table).per_call_ms)
     if "calibration" not in d and any(r["model"].startswith("darts-") for r in d["rows"]):
         log(f"{path} was written before results kept their calibration networks: a --darts run cannot be rescored")
         return 2
@@ -252,8 +258,8 @@ def rescore(path: Path, log, streamed: str = "off", cold: str = "off") -> int:
     if d.get("by_clock"):   # --blocks paired: scored by the clock, then in the table's phase, as the run did
         clock = {r["model"]: r["clock_ms"] for r in d["rows"]}
         log("\nby the clock (each model's quietest window beside its passes):")
-        score({n: dataclasses.replace(s, measured_ms=clock[n], p10_ms=None, p90_ms=None) for n, s in samples.items()}, extra,
-              calibration, per_call, d.get("via", "layers"), log, streamed, cold)
+        score({n: dataclasses.replace(s, measured_ms=clock[n], p10_ms=None, p90_ms=None)
+               for n, s in samples.items()}, extra, calibration, per_call, d.get("via", "layers"), log, streamed, cold)
         log(f"\nmeasured {d['measured']}:")
     score(samples, extra, calibration, per_call, d.get("via", "layers"), log, streamed, cold)
     return 0
@@ -456,7 +462,9 @@ def main() -> int:
         log(f"after / before the profile, median {np.median([a.median / b.median for b, a in zip(before, after)]):.3f}; "
             f"a model's two measurements apart by a median {np.median(apart):.3f}x, at most {max(apart):.3f}x, "
             f"{sum(x <= 1.05 for x in apart)}/{len(apart)} within 5%, {sum(x <= 1.10 for x in apart)}/{len(apart)} within 10%")
-    per_call = float(np.median([Overhead.from_table(t).per_call_ms for t in tables.values()]))
+    # a table per model (--blocks): each fit removes the overhead of its own networks' tables only
+    per_call = ({n: Overhead.from_table(t).per_call_ms for n, t in tables.items()} if args.blocks != "all"
+                else Overhead.from_table(tables[next(iter(tables))]).per_call_ms)
     raws, samples, extra = {}, {}, {}
     for i, ((n, m), meas) in enumerate(zip(models.items(), measured)):
         raw = raws[n] = predict_network(m, shapes[n], tables[n], incontext=None)
@@ -495,8 +503,12 @@ def main() -> int:
     rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log, args.streamed, args.cold)
     log(f"total {time.perf_counter() - t0:.0f} s, load {load()}")
     path = out / f"zoo_{tag}_{args.backend}.json"
+    by_model = per_call if isinstance(per_call, dict) else None
     path.write_text(json.dumps({"backend": args.backend, "via": args.via, "context": args.context,
-                                "blocks": args.blocks, "per_call_ms": per_call, "specs": specs, "machine": {**dev, "label": host_label()},
+                                "blocks": args.blocks,
+                                "per_call_ms": float(np.median(list(by_model.values()))) if by_model else per_call,
+                                **({"per_call_by_model": by_model} if by_model else {}),
+                                "specs": specs, "machine": {**dev, "label": host_label()},
                                 "rows": rows, "summary": summary, "interval90_coverage": cover,
                                 **({"measured": "in the table's phase (--blocks paired)", "by_clock": by_clock}
                                    if by_clock else {}),

@@ -190,3 +190,25 @@ def test_rescoring_a_paired_zoo_run_gives_back_both_of_its_scores():
     for summary, part in ((d["by_clock"]["summary"], text[clock:phase]), (d["summary"], text[phase:])):
         for field in ("sum_of_ops_ms", "calibrated_ms"):
             assert f"MAPE {summary[field]['mape']:.2%}" in part
+
+
+def test_a_blocks_runs_fit_never_takes_the_scored_models_own_overhead(monkeypatch):
+    """``zoo_accuracy.score`` with a table per model ({model: per-call overhead}): the fit that predicts a
+    model removes the median overhead of the *other* models' tables, never its own."""
+    mod = _zoo_accuracy()
+    from costmodels.incontext import Sample
+    seen = []
+    real = mod.fit_in_context
+
+    def spy(samples, per_call, **kw):
+        seen.append((sorted(s.name for s in samples), per_call))
+        return real(samples, per_call, **kw)
+    monkeypatch.setattr(mod, "fit_in_context", spy)
+    samples = {n: Sample(n, {"conv_kxk": f, "linear": 1.0}, 10, 1.2 * (f + 1.0), op_types={"Conv2d": f, "Linear": 1.0})
+               for n, f in (("a", 4.0), ("b", 6.0), ("c", 9.0), ("d", 12.0))}
+    extra = {n: {"sum_of_ops_ms": s.features["conv_kxk"] + 1.0, "layers": 10, "per_key": []}
+             for n, s in samples.items()}
+    overhead = {"a": 0.001, "b": 0.002, "c": 0.004, "d": 0.100}
+    mod.score(samples, extra, set(), overhead, "layers", lambda line: None)
+    assert seen == [(["b", "c", "d"], 0.004), (["a", "c", "d"], 0.004), (["a", "b", "d"], 0.002),
+                    (["a", "b", "c"], 0.002)]
