@@ -266,18 +266,18 @@ def rescore(path: Path, log, streamed: str = "off", cold: str = "off") -> int:
 
 
 def _model_blocks(models: dict, shapes: dict, backend, table_path: Path, sessions: int, profile_args: dict,
-                  provenance: dict, log, paired: bool = False) -> tuple[dict, list, list, dict]:
+                  provenance: dict, log, paired: bool = False) -> tuple[dict, list, list]:
     """``--blocks model``: model after model, the model measured whole, its keys profiled into a table of
     their own, the model measured whole again. ``paired`` (``--blocks paired``): instead, the model is timed
     for one window at the start of its profile, after each pass and at the end (``profile(beside=...)``),
     so that every pass of its keys has a measurement of the network on either side. Returns ({model: its
-    table}, before, after, {model: its windows}) -- with ``paired``, before and after hold the quietest of
-    its windows; writes the models' tables merged (a shared key keeps its most-sampled entry) to
+    table}, before, after) -- with ``paired``, before and after both the quietest of its windows, which
+    records every window's median (``pass_medians``); writes the models' tables merged (a shared key keeps its most-sampled entry) to
     ``table_path``."""
     import shutil
 
     from device_tables import merge_tables, save_table
-    tables, before, after, beside = {}, [], [], {}
+    tables, before, after = {}, [], []
     blocks = table_path.with_name(table_path.name.replace("_table.json.gz", "_blocks"))
     blocks.mkdir(exist_ok=True)   # each model's table kept here until the merged one is written
     window = NET_SETTINGS.window()
@@ -289,27 +289,24 @@ def _model_blocks(models: dict, shapes: dict, backend, table_path: Path, session
         path = blocks / f"{n}.json.gz"
         path.unlink(missing_ok=True)
         windows: list = []
-        prepared: list = []
-
-        def time_model(when: str, m=m, n=n, windows=windows, prepared=prepared) -> None:
-            if not prepared:                  # inside the profile's backend.active(), once
+        time_model = None
+        if paired:                            # prepared as measure_models prepares a network
+            with backend.active():
                 torch.manual_seed(0)
-                prepared.append(backend.prepare(m.eval(), (torch.randn(*shapes[n]),)))
-            windows.append(backend.timer(prepared[0], window, run_to_cap=True).measure())
-
+                fn = backend.prepare(m.eval(), (torch.randn(*shapes[n]),))
+            time_model = lambda when, fn=fn, windows=windows: windows.append(  # noqa: E731
+                backend.timer(fn, window, run_to_cap=True).measure())
         tables[n] = profile(jobs, backend, path, stream_bytes=0,
                             spaces=["onnx" if isinstance(m, OnnxGraph) else "torch"],
-                            provenance={**provenance, "block": n}, beside=time_model if paired else None,
-                            **profile_args)
+                            provenance={**provenance, "block": n}, beside=time_model, **profile_args)
         if paired:
             best = windows[quietest(windows)]
             best.pass_medians = [w.median for w in windows]
             before.append(best)
             after.append(best)
-            beside[n] = [w.median * 1e3 for w in windows]
             log(f"{n}: {len(tables[n])} keys profiled, the model timed beside its {len(windows) - 1} passes "
-                f"({min(beside[n]):.2f} to {max(beside[n]):.2f} ms) in {time.perf_counter() - t1:.0f} s "
-                f"(load {load()})")
+                f"({min(best.pass_medians) * 1e3:.2f} to {max(best.pass_medians) * 1e3:.2f} ms) in "
+                f"{time.perf_counter() - t1:.0f} s (load {load()})")
             continue
         after += measure_models([(m, shapes[n])], backend, NET_SETTINGS, sessions)
         log(f"{n}: {len(tables[n])} keys profiled between two measurements of the model "
@@ -318,7 +315,7 @@ def _model_blocks(models: dict, shapes: dict, backend, table_path: Path, session
     merged, _ = merge_tables(list(tables.values()))
     save_table(merged, table_path)
     shutil.rmtree(blocks)
-    return tables, before, after, beside
+    return tables, before, after
 
 
 def pass_sums(table, per_key) -> tuple[list[float], float]:
@@ -426,10 +423,10 @@ def main() -> int:
     profile_args = dict(progress=False, context=args.context, settings=Settings(max_time_s=args.max_time))
     provenance = {"models": specs, "via": args.via, "input": list(IMAGE) if not args.darts else None,
                   "by": "benchmarks/zoo_accuracy.py"}
-    beside: dict = {}
+    paired = args.blocks == "paired"
     if args.blocks != "all":
-        tables, before, after, beside = _model_blocks(models, shapes, backend, table_path, args.sessions,
-                                                      profile_args, provenance, log, args.blocks == "paired")
+        tables, before, after = _model_blocks(models, shapes, backend, table_path, args.sessions, profile_args,
+                                              provenance, log, paired)
     else:
         jobs, seen, spaces = [], set(), set()
         for n, m in models.items():
@@ -457,27 +454,28 @@ def main() -> int:
     # the table keeps each key's quietest of passes spread over the whole profile; a model's quietest
     # window is taken over two sets of rounds, before and after the profile, to span the same host phases
     measured = [b if b.median <= a.median else a for b, a in zip(before, after)]
-    if not beside:
+    if not paired:
         apart = [max(a.median, b.median) / min(a.median, b.median) for b, a in zip(before, after)]
         log(f"after / before the profile, median {np.median([a.median / b.median for b, a in zip(before, after)]):.3f}; "
             f"a model's two measurements apart by a median {np.median(apart):.3f}x, at most {max(apart):.3f}x, "
             f"{sum(x <= 1.05 for x in apart)}/{len(apart)} within 5%, {sum(x <= 1.10 for x in apart)}/{len(apart)} within 10%")
     # a table per model (--blocks): each fit removes the overhead of its own networks' tables only
     per_call = ({n: Overhead.from_table(t).per_call_ms for n, t in tables.items()} if args.blocks != "all"
-                else Overhead.from_table(tables[next(iter(tables))]).per_call_ms)
+                else Overhead.from_table(table).per_call_ms)
     raws, samples, extra = {}, {}, {}
     for i, ((n, m), meas) in enumerate(zip(models.items(), measured)):
         raw = raws[n] = predict_network(m, shapes[n], tables[n], incontext=None)
         samples[n] = _sample(n, raw.per_key, meas.median * 1e3, meas.p10 * 1e3, meas.p90 * 1e3, raw.streamed)
         extra[n] = {"spec": specs[i],
-                    "windows_ms": beside[n] if beside else
-                    [w * 1e3 for w in (before[i].pass_medians or []) + (after[i].pass_medians or [])],
+                    # paired: before and after are the same quietest window, recording all of them
+                    "windows_ms": [w * 1e3 for w in (before[i].pass_medians or [])
+                                   + ((after[i].pass_medians or []) if not paired else [])],
                     # a 5th column when the key's weights can cost more streamed (profilers.stream)
                     "per_key": [[k.to_str(), c, a, ms] + ([raw.streamed[k]] if k in raw.streamed else [])
                                 for k, c, a, ms, _ in raw.per_key],
                     "sum_of_ops_ms": raw.latency_ms, "layers": raw.n_calls, "fused": raw.n_fused}
     by_clock = None
-    if beside:    # --blocks paired: score by the clock, then each network in its table's phase
+    if paired:    # --blocks paired: score by the clock, then each network in its table's phase
         log("\nby the clock (each model's quietest window beside its passes):")
         rows, summary, cover = score(samples, extra, calibration, per_call, args.via, log, args.streamed, args.cold)
         by_clock = {"rows": [{k: r[k] for k in ("model", "measured_ms", "calibrated_ms", "sum_of_ops_ms")}
@@ -487,8 +485,8 @@ def main() -> int:
         spreads = []
         for n, smp in list(samples.items()):
             sums, quiet = pass_sums(tables[n], raws[n].per_key)
-            each = paired_ms(beside[n], sums, quiet)
-            w = beside[n]
+            w = extra[n]["windows_ms"]
+            each = paired_ms(w, sums, quiet)
             spreads.append((max(w) / min(w), max(each) / min(each)))
             extra[n].update(pass_sums_ms=sums, table_sum_ms=quiet, paired_ms=each, clock_ms=smp.measured_ms)
             ms = float(np.median(each))
