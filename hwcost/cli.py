@@ -114,6 +114,16 @@ def cmd_demo(args) -> int:
     return run_demo(out_dir=args.out, epochs=args.epochs, budget_quantile=args.budget_quantile, seed=args.seed)
 
 
+def cmd_host(args) -> int:
+    from profilers.host import check_host
+    check = check_host(args.seconds, args.window)
+    if args.json:
+        print(json.dumps(check.to_dict(), indent=1))
+    else:
+        print("\n".join(check.lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hwcost", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -141,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency budget = this quantile of random networks' predicted latency (default 0.3)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("host", help="is this machine quiet enough to measure on? (the reference kernel timed in "
+                                    "short windows: their spread, and whether slow phases are steal or contention)")
+    p.add_argument("--seconds", type=float, default=12.0, help="how long to watch (default 12)")
+    p.add_argument("--window", type=float, default=0.25, help="seconds per window (default 0.25)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_host)
 
     from .cmd_bundle import add_bundle_parsers
     from .cmd_calibrate import add_calibrate_parser

@@ -28,7 +28,7 @@ Why these choices:
   or the per-key time cap is hit.
 * **Interleaved passes, quietest kept** (``passes``, used by the profile and by
   benchmarks that measure many networks): a shared host slows everything down
-  by up to 1.7x in phases that last seconds (``benchmarks/host_stability.py``),
+  by up to 1.7x in phases that last seconds (``hwcost host``),
   longer than one key's window, so no statistic of one window can see them.
   Several passes over *all* keys put each key's windows seconds apart, and a
   key keeps its pass with the lowest median -- contention only ever adds time,
@@ -177,7 +177,7 @@ class Measurement:
         ms = [v * 1e3 for v in self._windows]
         return (f"its {len(ms)} windows' medians ran {min(ms):.4g} to {max(ms):.4g} ms ({spread:.2f}x): the host "
                 f"changed phase while it was measured; the figure is the quietest window's "
-                f"(benchmarks/host_stability.py shows the host's phases)")
+                f"(`hwcost host` shows the host's phases)")
 
     def to_entry(self, key, **extra):
         """A device-table entry (milliseconds; a zero time is clamped to 1 ns: a table needs > 0)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import replace
 
+import pytest
+
 from device_tables import load_table, save_table
 from hwcost.cli import main
 from profilers import backends as B
@@ -212,3 +214,53 @@ def test_a_blocks_runs_fit_never_takes_the_scored_models_own_overhead(monkeypatc
     mod.score(samples, extra, set(), overhead, "layers", lambda line: None)
     assert seen == [(["b", "c", "d"], 0.004), (["a", "c", "d"], 0.004), (["a", "b", "d"], 0.002),
                     (["a", "b", "c"], 0.002)]
+
+
+# --- `hwcost host`: is this machine quiet enough to measure on? ---------------------------------
+
+def test_host_rating_tells_quiet_steal_and_contention_apart():
+    from profilers.host import NOISY, QUIET, rate
+    quiet = [400.0 + (i % 3) for i in range(12)]
+    assert rate(quiet, quiet) == (pytest.approx(402 / 400, rel=1e-3), "quiet", None)
+    slow = [400.0] * 8 + [600.0] * 4            # a third of the windows 1.5x slower
+    spread, rating, kind = rate(slow, [v * 0.99 for v in slow])   # the CPU time moved with the wall time
+    assert spread == pytest.approx(1.5) and spread > NOISY and (rating, kind) == ("noisy", "contention")
+    assert rate(slow, [396.0] * 12)[2] == "steal"  # the CPU time stayed put: the vCPU was taken away
+    # Under 10 windows the spread is max / min; between the two thresholds: "phases".
+    mid = [400.0, 440.0, 410.0]
+    assert QUIET < 1.1 <= NOISY and rate(mid, None) == (pytest.approx(1.1), "phases", None)
+
+
+def test_host_check_times_the_reference_kernel_in_windows(capsys):
+    import json
+    import statistics
+    import time
+
+    import torch
+
+    from profilers.profile import reference_module
+    code = main(["host", "--seconds", "0.8", "--window", "0.2", "--json"])
+    d = json.loads(capsys.readouterr().out)
+    assert code == 0 and 3 <= len(d["windows_us"]) <= 5 and d["rating"] in ("quiet", "phases", "noisy")
+    assert d["median_us"] == pytest.approx(statistics.median(d["windows_us"]))
+    # The kernel timed another way (plain calls, all threads): the check's one-thread median is of its order.
+    module, shape = reference_module()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        module(x)
+        t = []
+        for _ in range(30):
+            t0 = time.perf_counter()
+            module(x)
+            t.append(time.perf_counter() - t0)
+    assert 0.2 < d["median_us"] / (statistics.median(t) * 1e6) < 10
+    code = main(["host", "--seconds", "0.4", "--window", "0.2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "verdict: " in out and "window medians (us): " in out
+
+
+@pytest.mark.parametrize("argv", [["--seconds", "0"], ["--seconds", "0.3", "--window", "0.2"], ["--window", "-1"]])
+def test_host_check_refuses_windows_it_cannot_compare(capsys, argv):
+    assert main(["host", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hwcost: error:") and "Traceback" not in err

@@ -291,7 +291,7 @@ def test_a_noisy_window_is_retried_and_the_quietest_kept():
 
 def test_passes_keep_the_quietest_window_of_a_phased_host():
     """A host whose first 0.7 s of every second runs the op 1.7x slower (the phases
-    benchmarks/host_stability.py shows): one 1 s window reports the slow phase, five
+    `hwcost host` shows): one 1 s window reports the slow phase, five
     0.2 s windows find the quiet one."""
     clock = FakeClock()
 
