@@ -4,7 +4,7 @@
 
 The same check as ``hwcost host`` (``profilers.host``): the reference kernel a
 profile times beside its passes (a 3x3 conv, 64 channels at 32x32, BN, ReLU;
-~0.4 ms) runs back to back on one thread; the script prints each window's
+about 1 ms on host F) runs back to back on one thread; the script prints each window's
 median, their spread, whether slow phases are steal or contention (the
 thread's CPU time per call and ``/proc/stat``), and a verdict. Until
 2026-12-04 this script timed its own conv (72 channels at 16x16); its figures

@@ -405,7 +405,7 @@ def median_session(sessions: list[Measurement]) -> Measurement:
 
 
 def reference_module() -> tuple[nn.Module, tuple[int, ...]]:
-    """A fixed kernel timed beside the networks (a 3x3 conv, 64 channels at 32x32, BN, ReLU: ~0.4 ms on
+    """A fixed kernel timed beside the networks (a 3x3 conv, 64 channels at 32x32, BN, ReLU: 0.4-1.1 ms on
     one core): how fast the host runs *now*. Its quietest window, compared with the one recorded when a
     table was calibrated, says whether a measurement met the host's quiet phase."""
     torch.manual_seed(0)
