@@ -28,7 +28,7 @@ from device_tables.errors import HwcostError
 from .environment import host_label
 from .measure import QUIET_SPREAD
 
-QUIET = 1.05     # windows' p90 / p10 at most this: the host keeps one speed (figures to +-5% are within reach)
+QUIET = QUIET_SPREAD   # windows' p90 / p10 at most this: the host keeps one speed (figures to +-5% within reach)
 NOISY = 1.15     # above this: a single measurement can be off by more than +-10%
 
 
@@ -79,13 +79,13 @@ class HostCheck:
             out.append(f"steal time (the hypervisor ran something else on this VM's vCPUs; /proc/stat, all CPUs "
                        f"together): {sum(self.steal_window_ms):.0f} ms over {self.seconds:g} s, at most "
                        f"{max(self.steal_window_ms):.0f} ms in a window")
-        if self.kind == "contention":
+        if self.kind:   # a kind is only ever given with the CPU times it was told from
             c_lo, c_hi = min(self.cpu_windows_us), max(self.cpu_windows_us)
+        if self.kind == "contention":
             out.append(f"the slow windows ran on the CPU the whole time, only slower (per call, its CPU time moved "
                        f"{c_hi / c_lo - 1:.0%}, its wall time {hi / lo - 1:.0%}): contention for the core's caches or "
                        f"memory, or its clock, not steal; no clock takes it out")
         elif self.kind == "steal":
-            c_lo, c_hi = min(self.cpu_windows_us), max(self.cpu_windows_us)
             out.append(f"the slow windows lost the CPU (per call, its CPU time moved only {c_hi / c_lo - 1:.0%}, its "
                        f"wall time {hi / lo - 1:.0%}): taken by the hypervisor (steal) or by another process of this "
                        f"machine")
