@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 from costmodels.predict import Overhead, predict_genotype, predict_network  # noqa: E402
 from costmodels.incontext import group_features  # noqa: E402
 from hwcost.calibrate import arch_spec, build_spec, fit_table, measure_specs, network_specs  # noqa: E402
-from hwcost.verify import candles  # noqa: E402
+from hwcost.verify import CANDLES, candles, measure_beside_candles  # noqa: E402
 from costmodels.surrogate import accuracy, within_text  # noqa: E402
 from device_tables import DATA_DIR, load_table  # noqa: E402
 from profilers.backends import get_backend  # noqa: E402
@@ -171,16 +171,27 @@ def run_backend(name: str, args, log) -> dict:
         # in the calibration's phase.
         lit = candles(calibrated["now"]) if "now" in calibrated else []
         phase = []
+        paired = Settings(max_time_s=args.paired) if args.paired else None
+        if paired and not lit:
+            raise SystemExit("--paired needs the calibration networks (--calibrate > 0)")
         for start in range(0, len(tests), step):
             chunk = tests[start:start + step]
             nets = [(n, n.input_shape(1)) for n in (build_network(network_config("cifar10", g)) for g in chunk)]
-            measured, ref = measure_models_with_reference(nets + [(n, sh) for n, sh, _ in lit], backend, NET_SETTINGS,
-                                                          sessions=args.sessions)
-            measured, again = measured[:len(chunk)], measured[len(chunk):]
-            phase.append({"reference_ms": ref.median * 1e3,
-                          "calibration_now_over_then": [a.median * 1e3 / then for a, (_, _, then) in zip(again, lit)]})
-            for g, m in zip(chunk, measured):
+            if paired:
+                # each run right after a run of a calibration network (hwcost.verify.measure_beside_candles)
+                beside = measure_beside_candles(nets, calibrated["now"], backend, paired, sessions=args.sessions)
+                measured = [raw for _, raw, _ in beside]
+            else:
+                measured, ref = measure_models_with_reference(nets + [(n, sh) for n, sh, _ in lit], backend,
+                                                              NET_SETTINGS, sessions=args.sessions)
+                measured, again = measured[:len(chunk)], measured[len(chunk):]
+                phase.append({"reference_ms": ref.median * 1e3, "calibration_now_over_then":
+                              [a.median * 1e3 / then for a, (_, _, then) in zip(again, lit)]})
+            for i, (g, m) in enumerate(zip(chunk, measured)):
                 row = {"kind": "darts", "name": "darts genotype", "genotype": str(g), **_measured(m)}
+                if paired:
+                    row.update(paired_ms=beside[i][0].median * 1e3, paired_phase=beside[i][2],
+                               paired_runs=beside[i][0].n)
                 for label, t in tables.items():
                     p = predict_genotype(g, t, network="cifar10", incontext=None)
                     row[f"predicted_{label}_ms"] = p.latency_ms
@@ -201,13 +212,19 @@ def run_backend(name: str, args, log) -> dict:
             for start in reversed(range(0, len(tests), step)):
                 chunk = tests[start:start + step]
                 nets = [(n, n.input_shape(1)) for n in (build_network(network_config("cifar10", g)) for g in chunk)]
-                measured, ref = measure_models_with_reference(nets, backend, NET_SETTINGS, sessions=args.sessions)
-                for r, m in zip(darts_rows[start:start + step], measured):
-                    r["remeasured_ms"] = m.median * 1e3
-                    r["remeasured_reference_ms"] = ref.median * 1e3
+                if paired:
+                    beside = measure_beside_candles(nets, calibrated["now"], backend, paired, sessions=args.sessions)
+                    for r, (m, raw, ph) in zip(darts_rows[start:start + step], beside):
+                        r.update(remeasured_ms=raw.median * 1e3, remeasured_paired_ms=m.median * 1e3,
+                                 remeasured_paired_phase=ph)
+                else:
+                    measured, ref = measure_models_with_reference(nets, backend, NET_SETTINGS, sessions=args.sessions)
+                    for r, m in zip(darts_rows[start:start + step], measured):
+                        r["remeasured_ms"] = m.median * 1e3
+                        r["remeasured_reference_ms"] = ref.median * 1e3
                 log(f"  remeasured darts {start + 1}-{start + len(chunk)} ({time.perf_counter() - t1:.0f} s, "
                     f"load {load()})")
-        if lit:
+        if lit and phase:
             ratios = [v for ph in phase for v in ph["calibration_now_over_then"]]
             then_ref = models["now"].reference_ms
             log(f"host phase: {len(lit)} calibration networks measured again beside the test networks ran "
@@ -253,7 +270,7 @@ def _repriced(smp, table):
 
 def _measured(m) -> dict:
     return {"measured_ms": m.median * 1e3, "measured_p10_ms": m.p10 * 1e3, "measured_p90_ms": m.p90 * 1e3,
-            "quality": m.quality, "measured_windows_ms": [v * 1e3 for v in m.pass_medians]}
+            "quality": m.quality, "measured_windows_ms": [v * 1e3 for v in (m.pass_medians or [])]}
 
 
 def summarize(rows: list[dict], field: str = "predicted_ms") -> dict:
@@ -295,10 +312,12 @@ def quiet_chunks(rows: list[dict], phase: list[dict]) -> list[dict] | None:
     return [r for r, ratio in zip(rows, ratios) if 1 / QUIET <= ratio <= QUIET]
 
 
-def repeatability(rows: list[dict], result: dict, log) -> dict:
+def repeatability(rows: list[dict], result: dict, log, first: str = "measured_ms", second: str = "remeasured_ms",
+                  how: str = "") -> dict:
     """How far two measurements of the same networks agree (the ceiling of a prediction's agreement with
     one measurement), and the calibrated predictions scored against the second measurement and against the
     geometric mean of both (the measurement noise halved in variance)."""
+    rows = [{**r, "measured_ms": r[first], "remeasured_ms": r[second]} for r in rows]
     a = np.array([r["measured_ms"] for r in rows])
     b = np.array([r["remeasured_ms"] for r in rows])
     d = np.log(b / a)
@@ -306,7 +325,7 @@ def repeatability(rows: list[dict], result: dict, log) -> dict:
     out = {"n": len(rows), "within_5": float(np.mean(rel <= 0.05)), "within_10": float(np.mean(rel <= 0.10)),
            "median_ratio": float(np.exp(np.median(d))), "sd_log_ratio": float(np.std(d, ddof=1)),
            "single_measurement_sd": float(np.std(d, ddof=1) / np.sqrt(2))}
-    log(f"\n{result['backend']}: the {len(rows)} DARTS test networks measured twice (second pass in reverse order): "
+    log(f"\n{result['backend']}: the {len(rows)} DARTS test networks measured twice{how} (second pass in reverse order): "
         f"second / first median {out['median_ratio']:.3f}, agree within 5% {out['within_5']:.0%}, within 10% "
         f"{out['within_10']:.0%}; sd of log(second / first) {out['sd_log_ratio']:.2%} -> one measurement's noise "
         f"about {out['single_measurement_sd']:.2%} (sessions per network: {result.get('sessions', 1)})")
@@ -321,6 +340,32 @@ def repeatability(rows: list[dict], result: dict, log) -> dict:
         for what, s in (("the second measurement", second), ("the geometric mean of both", both)):
             log(f"  {label} table, in-context model against {what}: MAPE {s['mape']:.2%}, within 5% "
                 f"{s['within_5']:.0%}, within 10% {s['within_10']:.0%}, mean signed {s['mean_signed_error']:+.2%}")
+    return out
+
+
+def report_paired(rows: list[dict], result: dict, log) -> dict:
+    """The calibrated predictions against the networks measured run by run beside calibration networks,
+    brought to the calibration's phase (``--paired``; as ``hwcost search --verify`` measures)."""
+    out = {}
+    phases = [r["paired_phase"] for r in rows]
+    log(f"\n{result['backend']}: the {len(rows)} DARTS test networks measured run by run, each run right after a "
+        f"run of one of {CANDLES} calibration networks "
+        f"(hwcost.verify.measure_beside_candles), brought to the calibration's phase; the candles ran "
+        f"{min(phases):.3f}-{max(phases):.3f}x their calibration time beside them (median {statistics.median(phases):.3f})")
+    head = f"{'prediction':<34} {'n':>4} {'MAPE':>7} {'<=5%':>6} {'<=10%':>6} {'mean signed':>11}"
+    log(f"  {head}")
+    for label in result["tables"]:
+        for kind in ("predicted", "calibrated"):
+            field = f"{kind}_{label}_ms"
+            if not all(field in r for r in rows):
+                continue
+            s = out[field] = summarize([{**r, "measured_ms": r["paired_ms"]} for r in rows], field)
+            what = f"{label} table, " + ("sum of ops" if kind == "predicted" else "in-context model")
+            log(f"  {what:<34} {s['n']:>4} {s['mape']:>7.2%} {s['within_5']:>6.0%} {s['within_10']:>6.0%} "
+                f"{s['mean_signed_error']:>+11.2%}")
+            if kind == "calibrated":
+                log(f"    within 5%: {within_text(s['within_5'], s['n'])}; within 10%: "
+                    f"{within_text(s['within_10'], s['n'])}")
     return out
 
 
@@ -373,9 +418,16 @@ def report(result: dict, log) -> dict:
                     log(f"  in the calibration's phase (each prediction x the now / then ratio of the calibration "
                         f"networks measured beside it, as verify does): MAPE {s['mape']:.2%}, within 5% "
                         f"{s['within_5']:.0%}, within 10% {s['within_10']:.0%}, mean signed {s['mean_signed_error']:+.2%}")
+    paired = [r for r in groups["darts"] if "paired_ms" in r]
+    if paired:
+        out["paired"] = report_paired(paired, result, log)
     again = [r for r in groups["darts"] if "remeasured_ms" in r]
     if again:
-        out["repeatability"] = repeatability(again, result, log)
+        out["repeatability"] = repeatability(again, result, log, how=", by the clock" if paired else "")
+    again = [r for r in paired if "remeasured_paired_ms" in r]
+    if again:
+        out["repeatability_paired"] = repeatability(again, result, log, "paired_ms", "remeasured_paired_ms",
+                                                    ", run by run beside calibration networks")
     label = result["tables"][0]
     log("")
     if "shipped" in result["tables"] and groups["darts"]:
@@ -439,6 +491,10 @@ def main() -> int:
     ap.add_argument("--remeasure", action="store_true",
                     help="measure the test networks a second time and report how far two measurements agree "
                          "(the ceiling of any prediction's agreement with one of them)")
+    ap.add_argument("--paired", type=float, default=0.0, metavar="SECONDS",
+                    help="measure each test network run by run beside the calibration networks for SECONDS per "
+                         "session (as search --verify does) and score the predictions against it, in the "
+                         "calibration's phase, beside the clock's figures (default 0: off)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--replot", metavar="JSON", help="report a results .json again and redraw its plot (no measuring)")
     args = ap.parse_args()

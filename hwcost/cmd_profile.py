@@ -11,8 +11,8 @@ from device_tables.errors import HwcostError
 DEFAULT_NETWORKS = {"darts": "cifar10-search,cifar10", "sharpdarts": "cifar10-search,cifar10", "nb201": "nb201"}
 
 
-def _add_backend_args(p: argparse.ArgumentParser, max_time: float) -> None:
-    p.add_argument("--backend", default="ort-cpu",
+def _add_backend_args(p: argparse.ArgumentParser, max_time: float, backend: str | None = "ort-cpu") -> None:
+    p.add_argument("--backend", default=backend,
                    help="torch-cpu | torch-cuda | ort-cpu | ort:<ExecutionProvider> (default ort-cpu)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads, fixed and recorded (default 1)")
     p.add_argument("--rel-ci", type=float, default=0.02,
@@ -152,6 +152,8 @@ def cmd_measure(args) -> int:
     from profilers.backends import get_backend
     from profilers.profile import measure_model
     settings = _settings(args)
+    table = _beside_table(args) if args.beside else None
+    args.backend = args.backend or "ort-cpu"
     if args.model is not None:
         if args.genotype or args.arch:
             raise HwcostError("give either --model or --genotype/--arch, not both")
@@ -168,6 +170,8 @@ def cmd_measure(args) -> int:
         target = resolve_target(args.space or "darts", args.genotype, args.arch, args.network or "cifar10",
                                 batch=args.batch or 1)
         model, shape, description = target.model, target.input_shape, target.description
+    if table is not None:
+        return _measure_beside(args, table, model, shape, description)
     backend = get_backend(args.backend, threads=args.threads, batch=shape[0])
     m = measure_model(model, shape, backend, settings)
     d = {**m.summary(), **description, "input_shape": list(shape), "backend": backend.name,
@@ -181,6 +185,59 @@ def cmd_measure(args) -> int:
         note = m.phases_note()
         if note:
             print(f"  note: {note}")
+    return 0
+
+
+def _beside_table(args):
+    """The calibrated table of ``--beside``, checked: calibration networks to run beside, its backend (``--backend``,
+    if given, must be it) and this machine."""
+    from device_tables import load_table
+    from hwcost.calibrate import table_backend
+    from hwcost.verify import candle_samples
+    table = load_table(args.beside)
+    name = table.runtime.get("backend")
+    if args.backend is not None and args.backend != name:
+        raise HwcostError(f"--beside {args.beside}: the table was profiled on {name}, and a network is measured "
+                          f"beside its calibration networks on the same backend: give --backend {name} or none")
+    if not candle_samples(table):
+        raise HwcostError(f"--beside {args.beside}: the table has no calibration networks to measure beside "
+                          f"(run `hwcost calibrate {args.beside}` first)")
+    try:
+        table_backend(table)
+    except HwcostError as e:
+        raise HwcostError(f"--beside {args.beside}: its calibration networks were measured on another machine or "
+                          f"backend, so they say nothing of this host's phase ({e})") from None
+    args.backend = name
+    return table
+
+
+def _measure_beside(args, table, model, shape, description) -> int:
+    """``measure --beside TABLE``: every run right after a run of one of the table's calibration networks, brought
+    to the calibration's phase (hwcost.verify.measure_beside_candles)."""
+    from hwcost.calibrate import table_backend
+    from hwcost.verify import CANDLES, measure_beside_candles
+    from profilers.measure import Settings
+    if _is_onnx(model):
+        raise HwcostError("--beside measures a PyTorch model or a genotype on the table's backend, not an ONNX "
+                          "file: drop --beside to time the graph by the clock")
+    backend = table_backend(table)
+    if shape[0] != backend.batch:
+        raise HwcostError(f"--beside {args.beside}: the table was calibrated at batch {backend.batch}, the network's "
+                          f"input is {'x'.join(map(str, shape))}")
+    [(m, raw, phase)] = measure_beside_candles([(model, shape)], table, backend, Settings(max_time_s=args.max_time))
+    d = {**m.summary(), "clock_ms": raw.median * 1e3, "phase": phase, "beside": str(args.beside),
+         "candles": CANDLES, **description, "input_shape": list(shape), "backend": backend.name,
+         "threads": backend.threads}
+    d.pop("attempts", None)
+    if args.json:
+        print(json.dumps(d, indent=1))
+        return 0
+    print(f"{d['latency_ms']:.3f} ms median in the calibration's phase of {args.beside} (p10 {d['p10_ms']:.3f}, "
+          f"p90 {d['p90_ms']:.3f}; {d['n']} runs, each right after one of {CANDLES} calibration networks) on "
+          f"{backend.name}, {backend.threads} thread(s), input {'x'.join(map(str, shape))}")
+    print(f"  the clock: {d['clock_ms']:.3f} ms median; the calibration networks ran {phase:.3f}x their calibrated "
+          f"time beside it" + (" (the host slower now)" if phase > 1.02 else " (the host faster now)"
+                               if phase < 0.98 else ""))
     return 0
 
 
@@ -232,8 +289,13 @@ def add_profile_parsers(sub) -> None:
                                     "of a genotype")
     p.add_argument("--input", help="input shape of --model, e.g. 1x3x224x224 (an ONNX model: only to fix "
                                     "dynamic dims)")
-    _add_backend_args(p, max_time=10.0)
+    _add_backend_args(p, max_time=10.0, backend=None)
     p.add_argument("--batch", type=int, default=None, help="batch size (default 1; --model takes it from --input)")
+    p.add_argument("--beside", metavar="TABLE",
+                   help="a calibrated table profiled here: time every run right after a run of one of its "
+                        "calibration networks (for --max-time seconds) and report the network in the "
+                        "calibration's phase -- a noisy host's phases cancel (as search --verify measures; "
+                        "docs/in-context.md); the backend and threads are the table's")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_measure)
 

@@ -20,9 +20,10 @@ import torch.nn as nn
 
 from spaces.errors import HwcostError, unknown
 
-from .measure import BlockTimer, Measurement, Settings, Timer, cpu_block_timer, quietest
+from .measure import BlockTimer, Measurement, Pairs, Settings, Timer, cpu_block_timer, quietest
 
 _BACKENDS: dict[str, type["Backend"]] = {}
+MAX_PAIRS = 5000          # runs of one network in a paired window at most (a backend whose clock is not the wall's)
 SEQUENCE_NOISY_IQR = 0.3  # IQR / median of single calls timed in a sequence above which a key is "noisy"
 _PREFIXES: dict[str, type["Backend"]] = {}  # "ort:" -> a backend taking the rest of the name
 
@@ -172,6 +173,34 @@ class Backend:
             best.elapsed_s = sum(w.elapsed_s for w in mine)
             results.append(best)
         return results
+
+    def measure_paired(self, fns: list[Callable[[], object]], candles: list[Callable[[], object]],
+                       settings: Settings) -> list["Pairs"]:
+        """Time prepared ``fns`` (inside :meth:`active`) one after the other, each for one window of
+        ``settings.max_time_s`` (at least ``settings.min_samples`` runs): every run of it right after a
+        run of one of ``candles``, rotating (:class:`~profilers.measure.Pairs`). Each fn and candle first
+        runs for ``settings.warmup_s``. Runs are timed one by one with the backend's block timer (CUDA
+        events on a GPU): a network's run lasts milliseconds, the clock microseconds."""
+        if not candles:
+            raise HwcostError("a paired measurement needs at least one candle network")
+        block = self.block_timer(settings)
+        clock = self.wall_clock
+        for fn in list(candles) + list(fns):
+            end = clock() + settings.warmup_s
+            block(fn, 1)
+            while clock() < end:
+                block(fn, 1)
+        out = []
+        for fn in fns:
+            times, lit, which = [], [], []
+            end = clock() + settings.max_time_s
+            while len(times) < MAX_PAIRS and (clock() < end or len(times) < settings.min_samples):
+                j = len(times) % len(candles)
+                lit.append(block(candles[j], 1))
+                times.append(block(fn, 1))
+                which.append(j)
+            out.append(Pairs(times, lit, which))
+        return out
 
     # -- keys timed in a sequence (``hwcost profile --context sequence``)
     def prepare_in_sequence(self, module: nn.Module, inputs: tuple) -> tuple[Callable[[], object], Callable[[], None]]:

@@ -195,6 +195,45 @@ class Measurement:
                 f"rel_ci={self.rel_ci:.2%}, quality={self.quality})")
 
 
+@dataclass
+class Pairs:
+    """One network timed run by run, each run right after a run of one of several *candles* (networks of
+    the same kind whose time in a chosen host phase is known), rotating: ``times[i]`` followed
+    ``candle_times[i]`` of candle ``candles[i]`` (seconds).
+
+    A shared host changes speed in phases of seconds (``hwcost host``); two runs tens of milliseconds
+    apart share a phase, so a run's time over its candle's cancels the phase. Host F (2-vCPU AMD EPYC
+    VM), 12 DARTS networks on ORT timed in three passes minutes apart: the quietest-window median agreed
+    between passes within 5% for 44%, the median per-run ratio to a DARTS candle for 100% (sd 0.9%);
+    a ratio to a lone convolution for 53%: the candle must be of the network's kind.
+    """
+    times: list[float]
+    candle_times: list[float]
+    candles: list[int]
+
+    def __post_init__(self):
+        if not (len(self.times) == len(self.candle_times) == len(self.candles)):
+            raise ValueError("times, candle_times and candles must have one entry per run")
+
+    def __add__(self, other: "Pairs") -> "Pairs":
+        return Pairs(self.times + other.times, self.candle_times + other.candle_times, self.candles + other.candles)
+
+    def raw(self, settings: Settings = Settings()) -> Measurement:
+        """The runs' times as the clock took them."""
+        return Measurement(list(self.times), settings=settings)
+
+    def in_phase(self, then_s, settings: Settings = Settings()) -> Measurement:
+        """Each run brought to the phase the candles' ``then_s`` times (seconds, one per candle) were
+        measured in: time x candle's time then / candle's time beside it."""
+        return Measurement([t * then_s[j] / c for t, c, j in zip(self.times, self.candle_times, self.candles)],
+                           settings=settings)
+
+    def phase(self, then_s) -> float:
+        """How much slower the host ran the candles beside these runs than then: median now / then."""
+        r = sorted(c / then_s[j] for c, j in zip(self.candle_times, self.candles))
+        return r[len(r) // 2] if len(r) % 2 else 0.5 * (r[len(r) // 2 - 1] + r[len(r) // 2])
+
+
 def quietest(values, median=lambda v: v.median):
     """Index of the quietest of several windows of one key: the lowest median."""
     values = list(values)

@@ -378,21 +378,29 @@ def measure_models(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Bac
     the placement. The returned measurement records every session's median
     (``session_medians``).
     """
+    with backend.active():
+        fns = prepare_models(models, backend, sessions)
+        measured = backend.measure_interleaved(fns, settings)
+    return [median_session(measured[i * sessions:(i + 1) * sessions]) for i in range(len(models))]
+
+
+def prepare_models(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Backend, sessions: int = 1) -> list:
+    """Every network prepared on ``backend`` (inside :meth:`Backend.active`) ``sessions`` times, in order
+    (network 0's sessions first), at a seeded random input of its shape; one clear error for a network that
+    cannot run at its input."""
     if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
         raise HwcostError(f"sessions must be a positive integer, got {sessions!r}")
     fns = []
-    with backend.active():
-        for model, shape in models:
-            for _ in range(sessions):
-                torch.manual_seed(0)
-                x = torch.randn(*shape)
-                try:
-                    fns.append(backend.prepare(model.eval() if sessions == 1 else copy.deepcopy(model).eval(), (x,)))
-                except RuntimeError as e:
-                    raise HwcostError(f"{type(model).__name__} cannot run at input "
-                                      f"{'x'.join(map(str, shape))}: {str(e).splitlines()[0]}") from None
-        measured = backend.measure_interleaved(fns, settings)
-    return [median_session(measured[i * sessions:(i + 1) * sessions]) for i in range(len(models))]
+    for model, shape in models:
+        for _ in range(sessions):
+            torch.manual_seed(0)
+            x = torch.randn(*shape)
+            try:
+                fns.append(backend.prepare(model.eval() if sessions == 1 else copy.deepcopy(model).eval(), (x,)))
+            except RuntimeError as e:
+                raise HwcostError(f"{type(model).__name__} cannot run at input "
+                                  f"{'x'.join(map(str, shape))}: {str(e).splitlines()[0]}") from None
+    return fns
 
 
 def median_session(sessions: list[Measurement]) -> Measurement:

@@ -45,6 +45,9 @@ class _Toy(B.Backend):
     def measure_interleaved(self, fns, settings):
         return [Measurement([f.toy_ms / 1e3] * 9) for f in fns]
 
+    def block_timer(self, settings):
+        return lambda fn, k: k * fn.toy_ms / 1e3    # run by run (measure_paired): the toy's time, k runs
+
 
 @pytest.fixture(scope="module")
 def pristine_toy(tmp_path_factory):
@@ -258,10 +261,12 @@ def test_verify_recovers_from_a_calibration_measured_in_a_slow_phase(toy_table, 
     assert r["verify"]["correction"]["local_scale"] == rounds[-2]["correction"]["scale"]
 
 
-def test_a_measurement_in_a_slower_phase_is_brought_back_by_calibration_networks_beside_it(toy_table):
-    """Calibration networks timed again beside a derived network say how fast the host runs networks
-    now: 30% slower than at calibration -> the measurement is divided by 1.3 (back to the calibrated
-    speed); 20% faster -> it stands (the quietest phase seen is the device's speed)."""
+def test_a_measurement_in_another_phase_is_brought_back_by_calibration_networks_run_beside_it(toy_table):
+    """Each run of a derived network follows a run of a calibration network (a candle); its time x the
+    candle's calibrated time / the candle's time beside it is the run in the calibration's phase: the host
+    30% slower than at calibration -> the figure is the calibrated-speed time; 20% faster -> the figure is
+    that speed x 0.8, the phase seen now (the quickest phase seen is the device's); the clock's figure is
+    the raw one."""
     from hwcost.calibrate import build_spec, calibrate, network_settings, table_backend
     from hwcost.verify import CANDLES, candles, measure_in_phase
     calibrate(load_table(toy_table), toy_table, n=4, log=lambda s: None)
@@ -272,18 +277,53 @@ def test_a_measurement_in_a_slower_phase_is_brought_back_by_calibration_networks
                                                      "avg_pool_3x3~0|none~1|nor_conv_3x3~2|"})
     true_ms = SLOWDOWN * predict_network(net, shape, table, incontext=None).latency_ms + EXTRA_MS
     backend = table_backend(table)
-    for phase, corrected in ((1.3, True), (0.8, False)):
+    for phase in (1.3, 0.8):
         _Toy.phase = phase
-        meas, raw, ref, seen = measure_in_phase(net, shape, table, backend, network_settings(0.1))
+        meas, raw, ref, seen = measure_in_phase(net, shape, table, backend, network_settings(0.05), sessions=2)
         assert raw.median * 1e3 == pytest.approx(SLOWDOWN * predict_network(net, shape, table, incontext=None)
                                                  .latency_ms * phase + EXTRA_MS, rel=1e-6)
         # the toy's per-network constant (20 us) does not scale with the phase: the candles' ratio is
-        # a little under the phase, so the correction lands within 1% of the calibrated-speed time
+        # a little off the phase, so the correction lands within 1% of the calibrated-speed time
         assert seen == pytest.approx(phase, rel=0.02)
-        if corrected:
-            assert meas.median * 1e3 == pytest.approx(true_ms, rel=0.01) and meas.median < raw.median
-        else:
-            assert meas.median == raw.median
+        assert meas.median * 1e3 == pytest.approx(true_ms * min(phase, 1.0), rel=0.01)
+        assert (meas.median < raw.median) == (phase > 1)
+        if phase < 1:
+            assert meas.median == pytest.approx(raw.median, rel=0.01)
+        assert len(meas.session_medians) == 2 and ref.median == pytest.approx(0.4e-3)
+    _Toy.phase = 1.0
+
+
+def test_paired_runs_follow_their_candles_in_rotation():
+    """measure_paired: every run of a network right after one run of a candle, the candles in rotation,
+    at least min_samples runs; a run x then / its candle's time undoes a phase shared by the pair."""
+    from profilers.measure import Pairs, Settings
+    calls = []
+
+    class Clocked(B.TorchCPU):
+        def block_timer(self, settings):
+            def run(fn, k):
+                calls.append(fn.label)
+                return k * fn.ms
+            return run
+
+    def fn(label, ms):
+        f = lambda: None  # noqa: E731
+        f.label, f.ms = label, ms
+        return f
+
+    be = Clocked()
+    a, b = fn("a", 2e-3), fn("b", 4e-3)
+    c0, c1 = fn("c0", 1e-3), fn("c1", 3e-3)
+    pa, pb = be.measure_paired([a, b], [c0, c1], Settings(max_time_s=1e-9, warmup_s=1e-9, min_samples=5))
+    timed = calls[4:]          # after one warm-up run of each candle and network
+    assert timed[:10] == ["c0", "a", "c1", "a", "c0", "a", "c1", "a", "c0", "a"]
+    assert pa.candles == [0, 1, 0, 1, 0] and pb.times == [4e-3] * 5
+    assert pa.in_phase([2e-3, 3e-3]).median == pytest.approx(4e-3)   # candle 0 ran 2x faster than then
+    assert pa.phase([2e-3, 6e-3]) == pytest.approx(0.5)
+    with pytest.raises(Exception, match="candle"):
+        be.measure_paired([a], [], Settings())
+    with pytest.raises(ValueError):
+        Pairs([1.0], [], [])
 
 
 def test_a_rounds_interval_is_printed_beside_the_figure_it_belongs_to():
@@ -392,3 +432,32 @@ def test_a_share_rounded_across_an_edge_of_the_band_keeps_a_decimal():
     assert share_text(13.80, 15.40, 0.85 * 15.40) == "90%"             # well inside: a whole percent
     assert share_text(13.10, 15.40, 0.85 * 15.40) == "85%"             # 85.06%: inside, and reads so
     assert share_text(13.03, 15.40) == "85%"                           # no floor: only the budget is an edge
+
+
+def test_cli_measure_beside_a_calibrated_table_reports_the_calibration_phase(toy_table, capsys):
+    """`hwcost measure --beside TABLE`: the network's runs, each right after a calibration network's, in the
+    calibration's phase (the host 30% slower now: the figure is the calibrated-speed time, the clock's 1.3x);
+    a table without calibration, or another backend than the table's, is one error each."""
+    from hwcost.calibrate import build_spec, calibrate
+    arch = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|"
+    args = ["measure", "--space", "nb201", "--arch", arch, "--beside", str(toy_table), "--max-time", "0.05"]
+    assert main(args) == 2
+    assert "no calibration networks" in capsys.readouterr().err
+    calibrate(load_table(toy_table), toy_table, n=4, log=lambda s: None)
+    table = load_table(toy_table)
+    net, shape = build_spec({"kind": "nb201", "arch": arch})
+    true_ms = SLOWDOWN * predict_network(net, shape, table, incontext=None).latency_ms + EXTRA_MS
+    _Toy.phase = 1.3
+    try:
+        assert main(args + ["--json"]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert d["latency_ms"] == pytest.approx(true_ms, rel=0.01)
+        assert d["clock_ms"] == pytest.approx(true_ms * 1.3, rel=0.01) and d["phase"] == pytest.approx(1.3, rel=0.02)
+        assert d["backend"] == TOY and d["n"] >= 10
+        assert main(args) == 0
+        assert "in the calibration's phase" in capsys.readouterr().out
+    finally:
+        _Toy.phase = 1.0
+    assert main(args + ["--backend", "torch-cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "profiled on" in err and "Traceback" not in err
