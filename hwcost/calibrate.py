@@ -323,6 +323,35 @@ def measure_in_table_phase(table: DeviceTable, built, backend, settings, log: Ca
     return [_scaled(m, slow) for m in measured], ref, slow
 
 
+def levelled_by_pairs(built, measured, backend, settings, log: Callable[[str], None] = lambda s: None) -> list:
+    """Networks of one space measured window by window (``measured``), made consistent with each other: every
+    network but the first is timed again run by run, each run right after a run of the first (the anchor;
+    :meth:`Backend.measure_paired`, ``settings.max_time_s`` each), and its figure becomes its median run / the
+    anchor's run x the anchor's level -- the level that matches the windows best (the median over the networks
+    of window figure / ratio). The windows set the level (the table's phase); the runs set the ratios, which a
+    host's phases do not move: on host F (2-vCPU AMD EPYC VM) a DARTS network's quietest window agreed with
+    another pass's within 5% for 31-44% of networks, its median run / a DARTS network's run just before for
+    100% (benchmarks/paired_repeatability.py). Returns the measurements, in seconds, in ``measured``'s order."""
+    import statistics
+
+    from profilers.profile import prepare_models
+    with backend.active():
+        fns = prepare_models(list(built), backend)
+        pairs = backend.measure_paired(fns[1:], fns[:1], dataclasses.replace(settings, passes=1))
+    ratios = [1.0] + [p.in_phase([1.0]).median for p in pairs]
+    level = statistics.median(m.median / r for m, r in zip(measured, ratios))
+    out = [_scaled(measured[0], measured[0].median / level)]
+    for p in pairs:
+        m = p.in_phase([level], measured[0].settings)
+        m.elapsed_s = sum(p.times) + sum(p.candle_times)
+        out.append(m)
+    moved = [b.median / a.median for a, b in zip(measured, out)]
+    log(f"levelled by runs beside the first network ({len(pairs)} networks, {settings.max_time_s:g} s each): "
+        f"the window figures moved by a median {statistics.median(abs(x - 1) for x in moved):.1%} "
+        f"(at most {max(abs(x - 1) for x in moved):.1%})")
+    return out
+
+
 def measure_specs(table: DeviceTable, specs: Sequence[dict], backend, settings=None,
                   log: Callable[[str], None] = lambda s: None, role: str = "calibration"):
     """Measure the networks of ``specs`` whole on ``backend`` (interleaved, in the table's host phase:
@@ -334,6 +363,8 @@ def measure_specs(table: DeviceTable, specs: Sequence[dict], backend, settings=N
         table = _profile_missing_layers(table, built, backend, log)
     log(f"measuring {len(built)} networks whole on {backend.name} ({settings.passes} interleaved rounds)")
     measured, ref, phase = measure_in_table_phase(table, built, backend, settings, log)
+    if len(built) >= 2 and all(s.get("kind") != "model" for s in specs):
+        measured = levelled_by_pairs(built, measured, backend, settings, log)
     samples = [sample_of(m, shape, table, meas, spec_name(s), s, role, ref)
                for (m, shape), meas, s in zip(built, measured, specs)]
     for smp in samples:

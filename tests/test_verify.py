@@ -461,3 +461,33 @@ def test_cli_measure_beside_a_calibrated_table_reports_the_calibration_phase(toy
     assert main(args + ["--backend", "torch-cpu"]) == 2
     err = capsys.readouterr().err
     assert "profiled on" in err and "Traceback" not in err
+
+
+def test_calibration_networks_are_levelled_by_runs_beside_the_first():
+    """Window figures off by host phases (+30%, -10% on two networks): each network timed run by run after
+    the first one gives its ratio to it exactly; the level is the median of window / ratio, so the figures
+    come back to the true times (a count done the other way: the toy's known per-run times)."""
+    import torch.nn as nn
+
+    from hwcost.calibrate import levelled_by_pairs
+    from profilers.measure import Measurement, Settings
+    true, noise = [2e-3, 3e-3, 5e-3, 4e-3], [1.0, 1.3, 0.9, 1.0]
+
+    class Clocked(B.TorchCPU):
+        def prepare(self, module, inputs):
+            f = lambda: None  # noqa: E731
+            f.ms = module.ms
+            return f
+
+        def block_timer(self, settings):
+            return lambda fn, k: k * fn.ms
+
+    built = []
+    for t in true:
+        m = nn.Identity()
+        m.ms = t
+        built.append((m, (1, 2)))
+    windows = [Measurement([t * n] * 9) for t, n in zip(true, noise)]
+    out = levelled_by_pairs(built, windows, Clocked(), Settings(max_time_s=1e-9, warmup_s=1e-9, min_samples=3))
+    assert [m.median for m in out] == pytest.approx(true)
+    assert [m.n for m in out[1:]] == [3, 3, 3]
