@@ -450,17 +450,20 @@ def plot(result: dict, path: Path) -> None:
     rows = [r for r in result["rows"] if r["kind"] != "calibration"]
     fields = [(f"predicted_{t}_ms", f"{t} table: sum of ops") for t in result["tables"]]
     fields += [(f"calibrated_{t}_ms", f"{t} table: in-context model") for t in result.get("calibration", {})]
-    fields = [(f, label) for f, label in fields if all(f in r for r in rows if r["kind"] == "darts")]
-    top = max(max(r["measured_ms"], r[f]) for r in rows for f, _ in fields if f in r) * 1.08
+    fields = [(f, label, "measured_ms") for f, label in fields if all(f in r for r in rows if r["kind"] == "darts")]
+    if any("paired_ms" in r for r in rows):   # --paired: the model against the networks measured beside candles
+        fields += [(f"calibrated_{t}_ms", f"{t} table: in-context, run beside cal. networks",
+                    "paired_ms") for t in result.get("calibration", {})]
+    top = max(max(r[m], r[f]) for r in rows for f, _, m in fields if f in r and m in r) * 1.08
     fig, axes = plt.subplots(1, len(fields), figsize=(4.6 * len(fields), 4.8))
     x = np.linspace(0, top, 100)
-    for ax, (field, label) in zip(axes, fields):
+    for ax, (field, label, measured) in zip(axes, fields):
         ax.fill_between(x, 0.9 * x, 1.1 * x, color="0.88", label="±10%")
         ax.plot(x, x, color="0.4", lw=0.8)
-        d = [r for r in rows if r["kind"] == "darts"]
-        ax.scatter([r["measured_ms"] for r in d], [r[field] for r in d], s=12,  # noqa: E501
+        d = [r for r in rows if r["kind"] == "darts" and measured in r]
+        ax.scatter([r[measured] for r in d], [r[field] for r in d], s=12,  # noqa: E501
                    label=f"DARTS genotypes, C=36, 20 cells ({len(d)})")
-        for r in (r for r in rows if r["kind"] == "torchvision" and field in r):
+        for r in (r for r in rows if r["kind"] == "torchvision" and field in r and measured == "measured_ms"):
             ax.scatter([r["measured_ms"]], [r[field]], marker="s", s=30)
             ax.annotate(r["name"], (r["measured_ms"], r[field]), fontsize=7, xytext=(4, -8),
                         textcoords="offset points")
