@@ -204,8 +204,8 @@ class Pairs:
     A shared host changes speed in phases of seconds (``hwcost host``); two runs tens of milliseconds
     apart share a phase, so a run's time over its candle's cancels the phase. Host F (2-vCPU AMD EPYC
     VM), 12 DARTS networks on ORT timed in three passes minutes apart: the quietest-window median agreed
-    between passes within 5% for 44%, the median per-run ratio to a DARTS candle for 100% (sd 0.9%);
-    a ratio to a lone convolution for 53%: the candle must be of the network's kind.
+    between passes within 5% for 28-44%, the median per-run ratio to a DARTS candle for 100% (sd 0.9-1.5%);
+    a ratio to a lone convolution for 28-61%: on ORT the candle must be of the network's kind.
     """
     times: list[float]
     candle_times: list[float]
