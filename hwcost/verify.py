@@ -298,8 +298,8 @@ def measure_beside_candles(models, table, backend, settings, sessions=1, k: int 
 
     Why run by run: a shared host changes speed in phases of seconds; two runs milliseconds apart share
     one. On host F (2-vCPU AMD EPYC VM) 12 DARTS networks measured in three passes minutes apart: by the
-    clock (quietest window) a network's passes agreed within 5% for 44% (ORT) / 14% (eager torch); timed
-    run by run against a DARTS candle, for 100% (sd 0.9%) / 83% (sd 3.3%; eager torch's 120 ms runs span
+    clock a network's passes agreed within 5% for 28-44% (ORT) / 4-29% (eager torch); timed run by run
+    against a DARTS candle, for 100% (sd 0.9-1.5%) / 67-83% (sd 3.3-3.5%; eager torch's ~120 ms runs span
     more of a phase). A lone convolution as the candle: 28-61% on ORT, 33-83% on eager torch -- on ORT the
     candle must be of the networks' kind, which a calibration network is (benchmarks/paired_repeatability.py)."""
     import statistics
