@@ -330,14 +330,14 @@ def levelled_by_pairs(built, measured, backend, settings, log: Callable[[str], N
     anchor's run x the anchor's level -- the level that matches the windows best (the median over the networks
     of window figure / ratio). The windows set the level (the table's phase); the runs set the ratios, which a
     host's phases do not move: on host F (2-vCPU AMD EPYC VM) a DARTS network's quietest window agreed with
-    another pass's within 5% for 31-44% of networks, its median run / a DARTS network's run just before for
+    another pass's within 5% for 28-44% of networks, its median run / a DARTS network's run just before for
     100% (benchmarks/paired_repeatability.py). Returns the measurements, in seconds, in ``measured``'s order."""
     import statistics
 
     from profilers.profile import prepare_models
     with backend.active():
         fns = prepare_models(list(built), backend)
-        pairs = backend.measure_paired(fns[1:], fns[:1], dataclasses.replace(settings, passes=1))
+        pairs = backend.measure_paired(fns[1:], fns[:1], settings)
     ratios = [1.0] + [p.in_phase([1.0]).median for p in pairs]
     level = statistics.median(m.median / r for m, r in zip(measured, ratios))
     out = [_scaled(measured[0], measured[0].median / level)]

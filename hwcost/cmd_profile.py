@@ -152,7 +152,7 @@ def cmd_measure(args) -> int:
     from profilers.backends import get_backend
     from profilers.profile import measure_model
     settings = _settings(args)
-    table = _beside_table(args) if args.beside else None
+    beside = _beside_table(args) if args.beside else None
     args.backend = args.backend or "ort-cpu"
     if args.model is not None:
         if args.genotype or args.arch:
@@ -170,8 +170,8 @@ def cmd_measure(args) -> int:
         target = resolve_target(args.space or "darts", args.genotype, args.arch, args.network or "cifar10",
                                 batch=args.batch or 1)
         model, shape, description = target.model, target.input_shape, target.description
-    if table is not None:
-        return _measure_beside(args, table, model, shape, description)
+    if beside is not None:
+        return _measure_beside(args, *beside, model, shape, description)
     backend = get_backend(args.backend, threads=args.threads, batch=shape[0])
     m = measure_model(model, shape, backend, settings)
     d = {**m.summary(), **description, "input_shape": list(shape), "backend": backend.name,
@@ -188,9 +188,9 @@ def cmd_measure(args) -> int:
     return 0
 
 
-def _beside_table(args):
-    """The calibrated table of ``--beside``, checked: calibration networks to run beside, its backend (``--backend``,
-    if given, must be it) and this machine."""
+def _beside_table(args) -> tuple:
+    """(table, its backend): the calibrated table of ``--beside``, checked: calibration networks to run beside, its
+    backend (``--backend``, if given, must be it) and this machine."""
     from device_tables import load_table
     from hwcost.calibrate import table_backend
     from hwcost.verify import candle_samples
@@ -203,24 +203,22 @@ def _beside_table(args):
         raise HwcostError(f"--beside {args.beside}: the table has no calibration networks to measure beside "
                           f"(run `hwcost calibrate {args.beside}` first)")
     try:
-        table_backend(table)
+        backend = table_backend(table)
     except HwcostError as e:
         raise HwcostError(f"--beside {args.beside}: its calibration networks were measured on another machine or "
                           f"backend, so they say nothing of this host's phase ({e})") from None
     args.backend = name
-    return table
+    return table, backend
 
 
-def _measure_beside(args, table, model, shape, description) -> int:
+def _measure_beside(args, table, backend, model, shape, description) -> int:
     """``measure --beside TABLE``: every run right after a run of one of the table's calibration networks, brought
     to the calibration's phase (hwcost.verify.measure_beside_candles)."""
-    from hwcost.calibrate import table_backend
     from hwcost.verify import CANDLES, measure_beside_candles
     from profilers.measure import Settings
     if _is_onnx(model):
         raise HwcostError("--beside measures a PyTorch model or a genotype on the table's backend, not an ONNX "
                           "file: drop --beside to time the graph by the clock")
-    backend = table_backend(table)
     if shape[0] != backend.batch:
         raise HwcostError(f"--beside {args.beside}: the table was calibrated at batch {backend.batch}, the network's "
                           f"input is {'x'.join(map(str, shape))}")

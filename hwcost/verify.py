@@ -304,25 +304,20 @@ def measure_beside_candles(models, table, backend, settings, sessions=1, k: int 
     candle must be of the networks' kind, which a calibration network is (benchmarks/paired_repeatability.py)."""
     import statistics
 
-    from profilers.profile import measure_models, median_session, prepare_models
+    from profilers.profile import measure_models, prepare_models, session_slices
     models = list(models)
-    counts = [sessions] * len(models) if isinstance(sessions, int) else list(sessions)
-    starts = [sum(counts[:i]) for i in range(len(models) + 1)]
     lit = candles(table, k)
+    if not lit:
+        return [(m, m, None) for m in measure_models(models, backend, settings, sessions)]
     with backend.active():
-        fns = [fn for (m, sh), n in zip(models, counts) for fn in prepare_models([(m, sh)], backend, n)]
-        if not lit:
-            measured = backend.measure_interleaved(fns, settings)
-            return [(m, m, None) for m in (median_session(measured[a:b]) for a, b in zip(starts, starts[1:]))]
+        fns = prepare_models(models, backend, sessions)
         lights = prepare_models([(n, sh) for n, sh, _ in lit], backend)
         pairs = backend.measure_paired(fns, lights, settings)
     then = [ms / 1e3 for _, _, ms in lit]
     out = []
-    for a, b in zip(starts, starts[1:]):
+    for a, b in session_slices(models, sessions):
         mine = pairs[a:b]
-        pooled = mine[0]
-        for p in mine[1:]:
-            pooled = pooled + p
+        pooled = sum(mine[1:], mine[0])
         meas, raw = pooled.in_phase(then, settings), pooled.raw(settings)
         meas.session_medians = [statistics.median(p.in_phase(then).samples) for p in mine]
         raw.session_medians = [statistics.median(p.times) for p in mine]

@@ -38,6 +38,7 @@ Why these choices:
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
@@ -230,8 +231,7 @@ class Pairs:
 
     def phase(self, then_s) -> float:
         """How much slower the host ran the candles beside these runs than then: median now / then."""
-        r = sorted(c / then_s[j] for c, j in zip(self.candle_times, self.candles))
-        return r[len(r) // 2] if len(r) % 2 else 0.5 * (r[len(r) // 2 - 1] + r[len(r) // 2])
+        return statistics.median(c / then_s[j] for c, j in zip(self.candle_times, self.candles))
 
 
 def quietest(values, median=lambda v: v.median):

@@ -381,22 +381,39 @@ def measure_models(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Bac
     with backend.active():
         fns = prepare_models(models, backend, sessions)
         measured = backend.measure_interleaved(fns, settings)
-    return [median_session(measured[i * sessions:(i + 1) * sessions]) for i in range(len(models))]
+    return [median_session(measured[a:b]) for a, b in session_slices(models, sessions)]
 
 
-def prepare_models(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Backend, sessions: int = 1) -> list:
-    """Every network prepared on ``backend`` (inside :meth:`Backend.active`) ``sessions`` times, in order
-    (network 0's sessions first), at a seeded random input of its shape; one clear error for a network that
-    cannot run at its input."""
-    if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
-        raise HwcostError(f"sessions must be a positive integer, got {sessions!r}")
+def session_counts(models: list, sessions) -> list[int]:
+    """Sessions per network: ``sessions`` (an int) for each, or one count per network; each a positive integer."""
+    counts = list(sessions) if isinstance(sessions, (list, tuple)) else [sessions]
+    for n in counts:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise HwcostError(f"sessions must be a positive integer, got {n!r}")
+    if len(counts) == 1 and not isinstance(sessions, (list, tuple)):
+        return counts * len(models)
+    if len(counts) != len(models):
+        raise HwcostError(f"one session count per network: {len(counts)} counts for {len(models)} networks")
+    return counts
+
+
+def session_slices(models: list, sessions) -> list[tuple[int, int]]:
+    """(start, end) of each network's sessions among :func:`prepare_models`' prepared runs."""
+    ends = list(itertools.accumulate(session_counts(models, sessions)))
+    return list(zip([0] + ends[:-1], ends))
+
+
+def prepare_models(models: list[tuple[nn.Module, tuple[int, ...]]], backend: Backend, sessions=1) -> list:
+    """Every network prepared on ``backend`` (inside :meth:`Backend.active`) ``sessions`` times (an int, or one
+    count per network), in order (network 0's sessions first), at a seeded random input of its shape; one clear
+    error for a network that cannot run at its input."""
     fns = []
-    for model, shape in models:
-        for _ in range(sessions):
+    for (model, shape), n in zip(models, session_counts(models, sessions)):
+        for _ in range(n):
             torch.manual_seed(0)
             x = torch.randn(*shape)
             try:
-                fns.append(backend.prepare(model.eval() if sessions == 1 else copy.deepcopy(model).eval(), (x,)))
+                fns.append(backend.prepare(model.eval() if n == 1 else copy.deepcopy(model).eval(), (x,)))
             except RuntimeError as e:
                 raise HwcostError(f"{type(model).__name__} cannot run at input "
                                   f"{'x'.join(map(str, shape))}: {str(e).splitlines()[0]}") from None
